@@ -1,0 +1,3 @@
+from ttsyncd.cli import main
+
+raise SystemExit(main())
