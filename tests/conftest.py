@@ -1,0 +1,39 @@
+"""Shared fixtures: a real redis-server on a unix socket in a temp dir, never port 6379."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from ttsyncd.embedded import find_redis_server, spawn_foreground
+
+
+@pytest.fixture(scope="session")
+def redis_socket() -> Iterator[Path]:
+    # A short directory name: unix socket paths are limited to ~107 bytes.
+    with tempfile.TemporaryDirectory(prefix="ttsr-") as tmp:
+        socket_path = Path(tmp) / "redis.sock"
+        process = spawn_foreground(find_redis_server(), socket_path, Path(tmp), ["--save", ""])
+        try:
+            yield socket_path
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_url(redis_socket: Path) -> str:
+    return f"unix://{redis_socket}"
+
+
+@pytest.fixture
+def rdb(redis_socket: Path) -> Iterator[redis.Redis]:
+    """A client on the test server, emptied before each test (the server is ours alone)."""
+    client = redis.Redis(unix_socket_path=str(redis_socket), decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
