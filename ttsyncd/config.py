@@ -1,0 +1,473 @@
+"""Settings: the town, its Redis and the sync knobs, from flags, env, ttsyncd.toml, tinytown.toml.
+
+Everything here is a pure function of (arguments, environment, files on disk); nothing connects
+to Redis except `Endpoint.client()`. Passwords never reach an error message, a repr or a log
+line: errors about URLs name where the URL came from, never its text.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from ttsyncd.errors import ConfigError
+
+POLICIES: Final = ("owner", "file", "redis", "manual")
+DELETION_MODES: Final = ("delete", "cancel", "keep")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS: Final = ("auto", "console", "json")
+
+CONFIG_FILE: Final = "ttsyncd.toml"
+TINYTOWN_FILE: Final = "tinytown.toml"
+TASKS_FILE: Final = "tasks.toml"
+DEFAULT_SOCKET: Final = ".tt/redis.sock"  # tinytown's own default, relative to the town
+URL_SCHEMES: Final = ("redis", "rediss", "unix")
+MASK: Final = "***"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One Redis server and db. `url` and `password` hold secrets, so repr() leaves them out."""
+
+    source: str
+    url: str | None = field(default=None, repr=False)
+    unix_socket: Path | None = None
+    host: str = ""  # TCP only ("" for a unix socket)
+    port: int = 0  # TCP only (0 for a unix socket)
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    tls_ca_cert: Path | None = None
+    managed: bool = False
+
+    def redacted(self) -> str:
+        """A URL for humans and logs, rebuilt from the fields so no secret can slip through."""
+        userinfo = ""
+        if self.username is not None or self.password is not None:
+            user = quote(self.username or "", safe="")
+            userinfo = f"{user}:{MASK}@" if self.password is not None else f"{user}@"
+        if self.unix_socket is not None:
+            db_query = f"?db={self.db}" if self.db else ""
+            return f"unix://{userinfo}{self.unix_socket}{db_query}"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{userinfo}{_url_host(self.host)}:{self.port}/{self.db}"
+
+    def identity(self) -> str:
+        """Server and db, without credentials: the key of state persisted per Redis."""
+        if self.unix_socket is not None:
+            return f"unix:{self.unix_socket}/{self.db}"
+        return f"tcp:{_url_host(self.host)}:{self.port}/{self.db}"
+
+    def client(self, *, decode_responses: bool = True, timeout_s: float = 5.0) -> redis.Redis:
+        timeouts: dict[str, Any] = {
+            "decode_responses": decode_responses,
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            # redis-py 8 retries 10 times with backoff up to seconds, auth errors included:
+            # answer a one-shot command quickly; the daemon does its own reconnecting.
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        }
+        if self.url is not None:
+            # from_url keeps the URL's extra query options (ssl_cert_reqs=..., etc.).
+            return redis.Redis.from_url(self.url, **timeouts)
+        credentials: dict[str, Any] = {
+            "db": self.db,
+            "username": self.username,
+            "password": self.password,
+        }
+        if self.unix_socket is not None:
+            return redis.Redis(unix_socket_path=str(self.unix_socket), **credentials, **timeouts)
+        return redis.Redis(
+            host=self.host,
+            port=self.port,
+            ssl=self.tls,
+            ssl_ca_certs=str(self.tls_ca_cert) if self.tls_ca_cert else None,
+            **credentials,
+            **timeouts,
+        )
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    policy: str = "owner"
+    deletions: str = "delete"
+    max_delete_fraction: float = 0.5
+    max_delete_min: int = 5
+    file_debounce_ms: int = 100
+    file_max_wait_ms: int = 1000
+    redis_debounce_ms: int = 50
+    redis_max_wait_ms: int = 500
+    poll_interval_ms: int = 2000
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "info"
+    format: str = "auto"  # auto|console|json
+
+
+@dataclass(frozen=True)
+class Settings:
+    town_dir: Path
+    town_name: str
+    tasks_file: Path
+    config_path: Path | None
+    state_dir: Path
+    endpoint: Endpoint
+    sync: SyncSettings
+    log: LogSettings
+
+
+# --- town discovery -------------------------------------------------------------------------
+
+
+def find_town(town_arg: str | None, env: Mapping[str, str], cwd: Path) -> Path:
+    """--town, else $TTSYNCD_TOWN, else the nearest ancestor of cwd with a town file, else cwd."""
+    for explicit, origin in ((town_arg, "--town"), (env.get("TTSYNCD_TOWN"), "TTSYNCD_TOWN")):
+        if explicit:
+            town_dir = (cwd / explicit).resolve()
+            if not town_dir.is_dir():
+                raise ConfigError(f"{origin}: {town_dir} is not a directory")
+            return town_dir
+    start = cwd.resolve()
+    for candidate in (start, *start.parents):
+        if (candidate / TINYTOWN_FILE).is_file() or (candidate / TASKS_FILE).is_file():
+            return candidate
+    return start
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def load_settings(
+    *,
+    town_arg: str | None,
+    config_arg: str | None,
+    redis_url_arg: str | None,
+    env: Mapping[str, str],
+    cwd: Path,
+) -> Settings:
+    town_dir = find_town(town_arg, env, cwd)
+    config_path = _config_path(config_arg, env, cwd, town_dir)
+    config = _read_config(config_path) if config_path else {}
+    tinytown_path = town_dir / TINYTOWN_FILE
+    tinytown = _read_toml(tinytown_path) if tinytown_path.is_file() else None
+
+    town_section = config.get("town", {})
+    # tinytown's name keys the Redis keyspace (tt:<town>:...), so it beats ours.
+    town_name = _tinytown_name(tinytown, tinytown_path) or town_section.get("name") or town_dir.name
+    return Settings(
+        town_dir=town_dir,
+        town_name=town_name,
+        tasks_file=town_dir / town_section.get("tasks_file", TASKS_FILE),
+        config_path=config_path,
+        state_dir=town_dir / ".tt" / "ttsyncd",
+        endpoint=choose_endpoint(
+            redis_url_arg=redis_url_arg,
+            env=env,
+            config_url=config.get("redis", {}).get("url"),
+            config_path=config_path,
+            tinytown=tinytown,
+            town_dir=town_dir,
+        ),
+        sync=SyncSettings(**config.get("sync", {})),
+        log=LogSettings(**config.get("log", {})),
+    )
+
+
+def _config_path(
+    config_arg: str | None, env: Mapping[str, str], cwd: Path, town_dir: Path
+) -> Path | None:
+    for explicit, origin in (
+        (config_arg, "--config"),
+        (env.get("TTSYNCD_CONFIG"), "TTSYNCD_CONFIG"),
+    ):
+        if explicit:
+            path = (cwd / explicit).resolve()
+            if not path.is_file():
+                raise ConfigError(f"{origin}: config file {path} does not exist or is not a file")
+            return path
+    in_town = town_dir / CONFIG_FILE
+    return in_town if in_town.is_file() else None
+
+
+# --- the ttsyncd config file ------------------------------------------------------------------
+
+
+class _BadValue(Exception):
+    """A value that fails its check; the caller adds file and key."""
+
+
+Check = Callable[[object], Any]
+
+
+def _string(value: object) -> str:
+    # Never shows the value: [redis] url is a string and may hold a password.
+    if not isinstance(value, str) or not value:
+        raise _BadValue("must be a non-empty string")
+    return value
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    def check(value: object) -> str:
+        if not isinstance(value, str) or value.lower() not in choices:
+            raise _BadValue(f"must be one of {', '.join(choices)} (got {value!r})")
+        return value.lower()
+
+    return check
+
+
+def _int_at_least(minimum: int) -> Check:
+    def check(value: object) -> int:
+        # bool is an int in Python; `true` is no count of milliseconds.
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise _BadValue(f"must be an integer >= {minimum} (got {value!r})")
+        return value
+
+    return check
+
+
+def _fraction(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise _BadValue(f"must be a number between 0 and 1 (got {value!r})")
+    return float(value)
+
+
+_CONFIG_SCHEMA: Final[dict[str, dict[str, Check]]] = {
+    "town": {"name": _string, "tasks_file": _string},
+    "redis": {"url": _string},
+    "sync": {
+        "policy": _one_of(POLICIES),
+        "deletions": _one_of(DELETION_MODES),
+        "max_delete_fraction": _fraction,
+        "max_delete_min": _int_at_least(0),
+        "file_debounce_ms": _int_at_least(0),
+        "file_max_wait_ms": _int_at_least(0),
+        "redis_debounce_ms": _int_at_least(0),
+        "redis_max_wait_ms": _int_at_least(0),
+        "poll_interval_ms": _int_at_least(1),  # 0 would poll in a busy loop
+    },
+    "log": {"level": _one_of(LOG_LEVELS), "format": _one_of(LOG_FORMATS)},
+}
+
+
+def _read_config(path: Path) -> dict[str, dict[str, Any]]:
+    """The config file's sections, every key checked against the schema."""
+    document = _read_toml(path)
+    sections: dict[str, dict[str, Any]] = {}
+    for section_name, section in document.items():
+        schema = _CONFIG_SCHEMA.get(section_name)
+        if schema is None:
+            known = ", ".join(f"[{name}]" for name in _CONFIG_SCHEMA)
+            raise ConfigError(f"{path}: unknown section or key {section_name!r} (known: {known})")
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: {section_name} must be a table [{section_name}]")
+        sections[section_name] = {}
+        for key, value in section.items():
+            check = schema.get(key)
+            if check is None:
+                raise ConfigError(
+                    f"{path}: unknown key {section_name}.{key} (known: {', '.join(schema)})"
+                )
+            try:
+                sections[section_name][key] = check(value)
+            except _BadValue as error:
+                raise ConfigError(f"{path}: {section_name}.{key} {error}") from None
+    _check_waits(sections.get("sync", {}), path)
+    return sections
+
+
+def _check_waits(sync: dict[str, Any], path: Path) -> None:
+    """A debounce's maximum wait below its quiet period would never let it settle."""
+    defaults = SyncSettings()
+    for side in ("file", "redis"):
+        debounce = sync.get(f"{side}_debounce_ms", getattr(defaults, f"{side}_debounce_ms"))
+        max_wait = sync.get(f"{side}_max_wait_ms", getattr(defaults, f"{side}_max_wait_ms"))
+        if max_wait < debounce:
+            raise ConfigError(
+                f"{path}: sync.{side}_max_wait_ms ({max_wait}) must be >= "
+                f"sync.{side}_debounce_ms ({debounce})"
+            )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as stream:
+            return tomllib.load(stream)
+    except tomllib.TOMLDecodeError as error:
+        # tomllib's messages name the line and column, never the text found there.
+        raise ConfigError(f"{path}: invalid TOML: {error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+
+
+# --- tinytown.toml ----------------------------------------------------------------------------
+
+# The [redis] keys of tinytown 0.10 that ttsyncd uses; tinytown has more (persist, bind, ...),
+# which are its business and are ignored here.
+_TINYTOWN_REDIS_TYPES: Final[dict[str, type]] = {
+    "url": str,
+    "use_socket": bool,
+    "socket_path": str,
+    "host": str,
+    "port": int,
+    "password": str,
+    "tls_enabled": bool,
+    "tls_ca_cert": str,
+}
+
+
+def _tinytown_name(tinytown: dict[str, Any] | None, path: Path) -> str | None:
+    if tinytown is None or "name" not in tinytown:
+        return None
+    name = tinytown["name"]
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}: name must be a non-empty string")
+    return name
+
+
+def _tinytown_redis(tinytown: dict[str, Any], path: Path) -> dict[str, Any]:
+    table = tinytown["redis"]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: redis must be a table [redis]")
+    for key, expected in _TINYTOWN_REDIS_TYPES.items():
+        value = table.get(key)
+        # bool is an int in Python, so compare exact types; values are never echoed (password).
+        if value is not None and type(value) is not expected:
+            raise ConfigError(f"{path}: redis.{key} must be a {expected.__name__}")
+    port = table.get("port", 6379)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{path}: redis.port must be between 1 and 65535")
+    return table
+
+
+# --- choosing the endpoint --------------------------------------------------------------------
+
+
+def choose_endpoint(
+    *,
+    redis_url_arg: str | None,
+    env: Mapping[str, str],
+    config_url: str | None,
+    config_path: Path | None,
+    tinytown: dict[str, Any] | None,
+    town_dir: Path,
+) -> Endpoint:
+    """--redis-url, REDIS_URL, the config's [redis] url, tinytown.toml's [redis], else embedded."""
+    if redis_url_arg is not None:
+        return endpoint_from_url(redis_url_arg, "--redis-url")
+    if env.get("REDIS_URL"):
+        return endpoint_from_url(env["REDIS_URL"], "REDIS_URL")
+    if config_url is not None:
+        return endpoint_from_url(config_url, f"config {config_path}")
+    if tinytown is not None and "redis" in tinytown:
+        table = _tinytown_redis(tinytown, town_dir / TINYTOWN_FILE)
+        return _tinytown_endpoint(table, env, town_dir)
+    return Endpoint(
+        source="embedded default",
+        unix_socket=(town_dir / DEFAULT_SOCKET).resolve(),
+        managed=True,
+    )
+
+
+def _tinytown_endpoint(table: dict[str, Any], env: Mapping[str, str], town_dir: Path) -> Endpoint:
+    source = TINYTOWN_FILE
+    if table.get("url"):
+        return endpoint_from_url(table["url"], source)
+    if table.get("use_socket", True):
+        # tinytown starts its own redis-server on this socket (without a password: it never
+        # sends one over the socket), so ttsyncd may start it too.
+        socket_path = (town_dir / table.get("socket_path", DEFAULT_SOCKET)).resolve()
+        return Endpoint(source=source, unix_socket=socket_path, managed=True)
+    ca_cert = table.get("tls_ca_cert")
+    return Endpoint(
+        source=source,
+        host=table.get("host", "127.0.0.1"),
+        port=table.get("port", 6379),
+        password=env.get("TINYTOWN_REDIS_PASSWORD") or table.get("password") or None,
+        tls=table.get("tls_enabled", False),
+        tls_ca_cert=(town_dir / ca_cert).resolve() if ca_cert else None,
+    )
+
+
+def endpoint_from_url(url: str, source: str) -> Endpoint:
+    """An explicit redis:// rediss:// or unix:// URL. Errors name `source`, never the URL."""
+
+    def invalid(reason: str) -> ConfigError:
+        return ConfigError(f"{source}: invalid Redis URL: {reason}")
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise invalid(
+            "cannot parse it (is the port a number? special characters in the "
+            "password must be percent-encoded)"
+        ) from None
+    if parts.scheme not in URL_SCHEMES:
+        raise invalid("the scheme must be redis://, rediss:// or unix://")
+    if parts.fragment:
+        raise invalid("unexpected '#' (percent-encode it as %23 in a password)")
+    query = parse_qs(parts.query)
+    # As redis-py does: credentials in the authority win over ?username= / ?password=.
+    username = _unquoted(parts.username) or _first(query, "username")
+    password = _unquoted(parts.password) or _first(query, "password")
+    db_text = _first(query, "db")
+
+    if parts.scheme == "unix":
+        if parts.hostname or port is not None or not parts.path.startswith("/"):
+            raise invalid("a unix URL names an absolute socket path: unix:///path/to/redis.sock")
+        return Endpoint(
+            source=source,
+            url=url,
+            unix_socket=Path(unquote(parts.path)),
+            db=_db_number(db_text, invalid),
+            username=username,
+            password=password,
+        )
+
+    path_db = unquote(parts.path).strip("/")
+    if db_text is None and path_db:
+        db_text = path_db
+    return Endpoint(
+        source=source,
+        url=url,
+        host=parts.hostname or "localhost",
+        port=port or 6379,
+        db=_db_number(db_text, invalid),
+        username=username,
+        password=password,
+        tls=parts.scheme == "rediss",
+    )
+
+
+def _db_number(text: str | None, invalid: Callable[[str], ConfigError]) -> int:
+    if text is None or text == "":
+        return 0
+    if not (text.isascii() and text.isdigit()):
+        raise invalid("the database must be a non-negative integer (…/0 or ?db=0)")
+    return int(text)
+
+
+def _first(query: dict[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values else None
+
+
+def _unquoted(text: str | None) -> str | None:
+    return unquote(text) if text else None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
