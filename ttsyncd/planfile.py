@@ -1,0 +1,755 @@
+"""The plan file (tasks.toml): read fast with tomllib, edited in place keeping its style.
+
+Reading parses the whole file with tomllib and finds line numbers by a line scan. Writing
+splits the text into a preamble and one segment per `[[tasks]]` entry and edits only the
+segments that change (each one a tiny tomlkit document), so every other byte stays as it was.
+Layouts the split cannot describe (inline `tasks = [...]`, `[tasks.sub]` tables, multi-line
+strings holding `[[tasks]]`) fall back to one whole-document tomlkit edit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import tempfile
+import tomllib
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomlkit
+from tomlkit.container import Container
+from tomlkit.items import AoT, Array, Comment, InlineTable, Item, Table, Whitespace
+
+from ttsyncd.errors import PlanError
+from ttsyncd.model import FIELDS, STATES, Record
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    index: int  # 0-based position among the [[tasks]] entries
+    line: int  # 1-based line number of its [[tasks]] header
+    plan_id: str | None  # the entry's `id`, None when missing
+    record: Record  # `agent` is the entry's own key, not the [meta] default
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: Path
+    text: str  # the exact text read
+    default_agent: str | None  # [meta] default_agent
+    entries: tuple[PlanEntry, ...]
+
+
+@dataclass(frozen=True)
+class UpdateEntry:
+    """Make the entry with this id hold `record`."""
+
+    plan_id: str
+    record: Record
+
+
+@dataclass(frozen=True)
+class AddEntry:
+    """Append a new entry at the end of the file."""
+
+    plan_id: str
+    record: Record
+
+
+@dataclass(frozen=True)
+class RemoveEntry:
+    plan_id: str
+
+
+@dataclass(frozen=True)
+class AssignId:
+    """Give the id-less entry at `index` an `id`."""
+
+    index: int
+    plan_id: str
+
+
+FileEdit = UpdateEntry | AddEntry | RemoveEntry | AssignId
+
+# A value as tomllib returns it; None in a change means "remove the key".
+TomlData = dict[str, Any]
+
+_TASKS_HEADER = re.compile(r"""\s*\[\[\s*(?:tasks|"tasks"|'tasks')\s*\]\]\s*(?:#.*)?$""")
+_TASKS_KEY = re.compile(r"""\s*\[*\s*(?:tasks|"tasks"|'tasks')\s*[\]=.]""")
+_META_KEY = re.compile(r"""\s*\[*\s*(?:meta|"meta"|'meta')\s*[\]=.]""")
+_DEFAULT_AGENT_KEY = re.compile(r"""\s*(?:default_agent|"default_agent"|'default_agent')\s*=""")
+_ERROR_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+# What a missing key means (every other field: None).
+_ABSENT_MEANS: dict[str, Any] = {"status": "pending", "tags": ()}
+_TOML_TYPES = {bool: "a boolean", int: "an integer", float: "a float", list: "an array"}
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def read_plan(path: Path) -> Plan:
+    try:
+        # Bytes, not read_text: universal newlines would turn CRLF into LF and break byte
+        # equality with what write_atomic compares against.
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Plan(path, "", None, ())
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise PlanError([f"{path}:{line}: not UTF-8 text"]) from None
+    return parse_plan(path, text)
+
+
+def parse_plan(path: Path, text: str) -> Plan:
+    where = str(path)
+    try:
+        data = _load_toml(text)
+    except tomllib.TOMLDecodeError as error:
+        raise PlanError([_syntax_problem(where, text, error)]) from None
+    locate = _Locator(text.split("\n"))
+    problems: list[str] = []
+
+    default_agent: str | None = None
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict):
+        problems.append(f"{where}:{locate.meta_line()}: [meta] must be a table")
+    elif "default_agent" in meta:
+        if isinstance(meta["default_agent"], str):
+            default_agent = meta["default_agent"]
+        else:
+            problems.append(
+                f"{where}:{locate.first_line(_DEFAULT_AGENT_KEY)}: default_agent must be a string"
+                f" (got {_toml_type(meta['default_agent'])})"
+            )
+
+    raw_entries = data.get("tasks", [])
+    if not isinstance(raw_entries, list):
+        problems.append(
+            f"{where}:{locate.tasks_line()}: `tasks` must be an array of tables ([[tasks]]),"
+            f" got {_toml_type(raw_entries)}"
+        )
+        raise PlanError(problems)
+    locate.expect_entries(len(raw_entries))
+    for index, raw in enumerate(raw_entries):
+        if not isinstance(raw, dict):
+            problems.append(
+                f"{where}:{locate.entry_line(index)}: task {index + 1} must be a table,"
+                f" got {_toml_type(raw)}"
+            )
+    tables = [(index, raw) for index, raw in enumerate(raw_entries) if isinstance(raw, dict)]
+    for index, raw in tables:
+        problems.extend(
+            f"{where}:{line}: {message}" for line, message in _field_problems(raw, index, locate)
+        )
+    problems.extend(
+        f"{where}:{line}: {message}" for line, message in _graph_problems(tables, locate)
+    )
+    if problems:
+        raise PlanError(problems)
+
+    entries = tuple(
+        PlanEntry(index, locate.entry_line(index), raw.get("id"), _record(raw))
+        for index, raw in tables
+    )
+    return Plan(path, text, default_agent, entries)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_toml(text: str) -> TomlData:
+    """tomllib, memoised: render_plan needs the same parse that read_plan just did.
+
+    Callers must not mutate the result."""
+    return tomllib.loads(text)
+
+
+def _syntax_problem(where: str, text: str, error: tomllib.TOMLDecodeError) -> str:
+    message = str(error)
+    position = _ERROR_POSITION.search(message)
+    if position:
+        line = int(position.group(1))
+        message = f"{message[: position.start()]} (column {position.group(2)})"
+    else:  # "(at end of document)": the last line
+        line = max(1, len(text.rstrip("\n").split("\n")))
+    return f"{where}:{line}: invalid TOML: {message}"
+
+
+def _toml_type(value: object) -> str:
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a table"
+    return _TOML_TYPES.get(type(value), "a date/time")
+
+
+class _Locator:
+    """Line numbers (1-based) of headers and keys, found by scanning lines, only as needed."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+        self.headers = _tasks_headers(lines)
+        self.trusted = True
+
+    def expect_entries(self, count: int) -> None:
+        # More or fewer headers than entries (inline arrays, headers inside multi-line
+        # strings): the scan cannot be trusted, so point at the `tasks` key instead.
+        self.trusted = len(self.headers) == count
+
+    def first_line(self, pattern: re.Pattern[str]) -> int:
+        return next((n + 1 for n, line in enumerate(self.lines) if pattern.match(line)), 1)
+
+    def tasks_line(self) -> int:
+        return self.first_line(_TASKS_KEY)
+
+    def meta_line(self) -> int:
+        return self.first_line(_META_KEY)
+
+    def entry_line(self, index: int) -> int:
+        return self.headers[index] + 1 if self.trusted else self.tasks_line()
+
+    def key_line(self, index: int, key: str) -> int:
+        if not self.trusted:
+            return self.tasks_line()
+        start = self.headers[index]
+        stop = self.headers[index + 1] if index + 1 < len(self.headers) else len(self.lines)
+        pattern = re.compile(rf"""\s*(?:{key}|"{key}"|'{key}')\s*=""")
+        return next(
+            (n + 1 for n in range(start + 1, stop) if pattern.match(self.lines[n])), start + 1
+        )
+
+
+def _tasks_headers(lines: list[str]) -> list[int]:
+    """0-based indexes of the `[[tasks]]` header lines."""
+    return [n for n, line in enumerate(lines) if "[[" in line and _TASKS_HEADER.match(line)]
+
+
+def _field_problems(raw: TomlData, index: int, locate: _Locator) -> list[tuple[int, str]]:
+    problems: list[tuple[int, str]] = []
+
+    def wrong(key: str, message: str) -> None:
+        problems.append((locate.key_line(index, key), message))
+
+    description = raw.get("description")
+    if description is None:
+        problems.append((locate.entry_line(index), "task has no description"))
+    elif not isinstance(description, str):
+        wrong("description", f"description must be a string (got {_toml_type(description)})")
+    elif not description.strip():
+        wrong("description", "description is empty")
+    for key in ("id", "agent", "parent", "result"):
+        if key in raw and not isinstance(raw[key], str):
+            wrong(key, f"{key} must be a string (got {_toml_type(raw[key])})")
+    if raw.get("id") == "":
+        wrong("id", "id is empty")
+    status = raw.get("status", "pending")
+    if not isinstance(status, str):
+        wrong("status", f"status must be a string (got {_toml_type(status)})")
+    elif status not in STATES:
+        wrong("status", f'invalid status "{status}" (expected one of: {", ".join(STATES)})')
+    tags = raw.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+        wrong("tags", "tags must be an array of strings")
+    return problems
+
+
+def _graph_problems(tables: list[tuple[int, TomlData]], locate: _Locator) -> list[tuple[int, str]]:
+    """Duplicate ids, parents naming no entry, parent cycles."""
+    problems: list[tuple[int, str]] = []
+    first_index: dict[str, int] = {}
+    for index, raw in tables:
+        plan_id = raw.get("id")
+        if not isinstance(plan_id, str):
+            continue
+        if plan_id in first_index:
+            first_line = locate.key_line(first_index[plan_id], "id")
+            problems.append(
+                (
+                    locate.key_line(index, "id"),
+                    f'duplicate id "{plan_id}" (first defined at line {first_line})',
+                )
+            )
+        else:
+            first_index[plan_id] = index
+
+    parent_of: dict[str, str] = {}
+    for index, raw in tables:
+        parent = raw.get("parent")
+        if not isinstance(parent, str):
+            continue
+        if parent not in first_index:
+            problems.append(
+                (locate.key_line(index, "parent"), f'parent "{parent}" is not the id of any task')
+            )
+        elif isinstance(raw.get("id"), str) and first_index[raw["id"]] == index:
+            parent_of[raw["id"]] = parent
+
+    finished: set[str] = set()
+    for start in first_index:  # file order, so each cycle is reported at its first entry
+        path: list[str] = []
+        node: str | None = start
+        while node is not None and node not in finished:
+            if node in path:
+                cycle = path[path.index(node) :]
+                first = min(range(len(cycle)), key=lambda n: first_index[cycle[n]])
+                cycle = cycle[first:] + cycle[:first]  # start at its first entry in the file
+                line = locate.key_line(first_index[cycle[0]], "parent")
+                if len(cycle) == 1:
+                    problems.append((line, f'task "{node}" is its own parent'))
+                else:
+                    problems.append((line, f"parent cycle: {' -> '.join([*cycle, cycle[0]])}"))
+                break
+            path.append(node)
+            node = parent_of.get(node)
+        finished.update(path)
+    return problems
+
+
+def _record(raw: TomlData) -> Record:
+    return Record(
+        description=raw["description"],
+        status=raw.get("status", "pending"),
+        agent=raw.get("agent"),
+        tags=tuple(raw.get("tags", ())),
+        parent=raw.get("parent"),
+        result=raw.get("result"),
+    )
+
+
+# ---------------------------------------------------------------------------- ids
+
+
+def new_entry_id(description: str, taken: set[str]) -> str:
+    ascii_text = unicodedata.normalize("NFKD", description).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:40].rstrip("-") or "task"
+    candidate, suffix = slug, 1
+    while candidate in taken:
+        suffix += 1
+        candidate = f"{slug}-{suffix}"
+    return candidate
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """The edits resolved against the plan: what happens to each original entry."""
+
+    changes: dict[int, dict[str, Any]]  # index -> key -> new value (None: remove the key)
+    removed: frozenset[int]
+    added: tuple[TomlData, ...]  # new entries' data, keys in writing order
+
+
+def render_plan(plan: Plan, edits: Sequence[FileEdit]) -> str:
+    data = _load_toml(plan.text)
+    raw_entries: list[TomlData] = data.get("tasks", [])
+    outcome = _resolve(plan, raw_entries, edits)
+    if not (outcome.changes or outcome.removed or outcome.added):
+        return plan.text
+    expected = {
+        index: _changed(raw_entries[index], changes) for index, changes in outcome.changes.items()
+    }
+    by_segments = _render_by_segments(plan.text, data, outcome, expected)
+    if by_segments is not None:
+        return by_segments
+    return _render_whole_document(plan, data, outcome, expected)
+
+
+def _resolve(plan: Plan, raw_entries: list[TomlData], edits: Sequence[FileEdit]) -> _Outcome:
+    index_of = {entry.plan_id: entry.index for entry in plan.entries if entry.plan_id}
+    ids = [entry.plan_id for entry in plan.entries]
+    records: dict[int, Record] = {}
+    removed: set[int] = set()
+    added: dict[str, Record] = {}
+
+    def known(plan_id: str) -> None:
+        if plan_id not in index_of and plan_id not in added:
+            raise ValueError(f"no plan entry has the id {plan_id!r}")
+
+    def unused(plan_id: str) -> None:
+        if plan_id in index_of or plan_id in added:
+            raise ValueError(f"the id {plan_id!r} is already in the plan")
+
+    for edit in edits:
+        match edit:
+            case UpdateEntry(plan_id, record):
+                known(plan_id)
+                if plan_id in added:
+                    added[plan_id] = record
+                else:
+                    records[index_of[plan_id]] = record
+            case AddEntry(plan_id, record):
+                unused(plan_id)
+                added[plan_id] = record
+            case RemoveEntry(plan_id):
+                known(plan_id)
+                if plan_id in added:
+                    del added[plan_id]
+                else:
+                    removed.add(index_of.pop(plan_id))
+            case AssignId(index, plan_id):
+                if not 0 <= index < len(ids) or ids[index] is not None or index in removed:
+                    raise ValueError(f"no id-less plan entry at index {index}")
+                unused(plan_id)
+                ids[index] = plan_id
+                index_of[plan_id] = index
+
+    changes: dict[int, dict[str, Any]] = {}
+    for entry in plan.entries:
+        if entry.index in removed:
+            continue
+        entry_changes: dict[str, Any] = {}
+        if ids[entry.index] != entry.plan_id:
+            entry_changes["id"] = ids[entry.index]
+        if entry.index in records:
+            entry_changes.update(
+                _field_changes(raw_entries[entry.index], records[entry.index], plan.default_agent)
+            )
+        if entry_changes:
+            changes[entry.index] = entry_changes
+    new_entries = tuple(
+        _new_entry(plan_id, record, plan.default_agent) for plan_id, record in added.items()
+    )
+    return _Outcome(changes, frozenset(removed), new_entries)
+
+
+def _field_changes(raw: TomlData, record: Record, default_agent: str | None) -> dict[str, Any]:
+    """The keys to set or remove so that the entry holds `record`; unchanged keys untouched."""
+    changes: dict[str, Any] = {}
+    for key in FIELDS:
+        desired = record.get(key)
+        current = raw.get(key, _ABSENT_MEANS.get(key))
+        if isinstance(current, list):
+            current = tuple(current)
+        if desired == current:
+            continue
+        if key == "agent" and "agent" not in raw and desired == default_agent:
+            continue  # the [meta] default already says it
+        if desired is None or desired == ():
+            changes[key] = None
+        else:
+            changes[key] = list(desired) if isinstance(desired, tuple) else desired
+    return changes
+
+
+def _changed(raw: TomlData, changes: Mapping[str, Any]) -> TomlData:
+    updated = {**raw, **changes}
+    return {key: value for key, value in updated.items() if value is not None}
+
+
+def _new_entry(plan_id: str, record: Record, default_agent: str | None) -> TomlData:
+    values: dict[str, Any] = {
+        "id": plan_id,
+        "description": record.description,
+        "agent": None if record.agent == default_agent else record.agent,
+        "status": record.status,
+        "tags": list(record.tags) or None,
+        "parent": record.parent,
+        "result": record.result,
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _value_text(value: Any) -> str:
+    text: str = tomlkit.item(value).as_string()
+    return text
+
+
+# --- the fast path: segments
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """Line range of one entry: attached comments, header, body (0-based, end exclusive)."""
+
+    start: int
+    header: int
+    end: int
+
+
+def _split(lines: list[str]) -> list[_Segment]:
+    headers = _tasks_headers(lines)
+    segments: list[_Segment] = []
+    previous_end = 0
+    for position, header in enumerate(headers):
+        stop = headers[position + 1] if position + 1 < len(headers) else len(lines)
+        end = header + 1
+        for n in range(header + 1, stop):
+            stripped = lines[n].strip()
+            if stripped.startswith("["):
+                break  # another table ends the entry's body
+            if stripped and not stripped.startswith("#"):
+                end = n + 1
+        # Trailing comments/blank lines of the body belong to no entry: they stay put.
+        start = header
+        while start > previous_end and lines[start - 1].lstrip().startswith("#"):
+            start -= 1
+        segments.append(_Segment(start, header, end))
+        previous_end = end
+    return segments
+
+
+def _render_by_segments(
+    text: str, data: TomlData, outcome: _Outcome, expected: Mapping[int, TomlData]
+) -> str | None:
+    """The new text, or None when the file's layout does not split into segments safely."""
+    ends_with_newline = text.endswith("\n")
+    lines = text.split("\n")
+    if ends_with_newline:
+        lines.pop()
+    segments = _split(lines)
+    raw_entries: list[TomlData] = data.get("tasks", [])
+    if len(segments) != len(raw_entries) or ("tasks" in data and not segments):
+        return None
+    carriage = "\r" if "\r\n" in text else ""  # new lines follow the file's line endings
+
+    replacements: dict[int, list[str]] = {}
+    for index in outcome.removed | outcome.changes.keys():
+        segment = segments[index]
+        segment_text = "\n".join(lines[segment.start : segment.end]) + "\n"
+        if not _holds(segment_text, raw_entries[index]):
+            return None
+        if index in outcome.changes:
+            indent = _body_indent(lines[segment.header + 1 : segment.end])
+            new_text = _edit_segment(segment_text, outcome.changes[index], indent)
+            if not _holds(new_text, expected[index]):
+                return None
+            replacements[index] = [
+                line if line.endswith("\r") or not carriage else line + carriage
+                for line in new_text.split("\n")[:-1]
+            ]
+
+    out: list[str] = []
+    cursor = 0
+    for index, segment in enumerate(segments):
+        out.extend(lines[cursor : segment.start])
+        cursor = segment.end
+        if index in replacements:
+            out.extend(replacements[index])
+        elif index not in outcome.removed:
+            out.extend(lines[segment.start : segment.end])
+        else:
+            # Don't leave a double blank line (or trailing blank lines) where it was.
+            after = segment.end
+            while after < len(lines) and not lines[after].strip():
+                after += 1
+            if after == len(lines):
+                while out and not out[-1].strip():
+                    out.pop()
+                cursor = after
+            elif not out or not out[-1].strip():
+                cursor = after
+    out.extend(lines[cursor:])
+
+    for entry in outcome.added:
+        while out and not out[-1].strip():
+            out.pop()
+        if out:
+            out.append(carriage)
+        out.append("[[tasks]]" + carriage)
+        out.extend(f"{key} = {_value_text(value)}{carriage}" for key, value in entry.items())
+        ends_with_newline = True
+    if not out:
+        return ""
+    return "\n".join(out) + ("\n" if ends_with_newline else "")
+
+
+def _holds(segment_text: str, raw: TomlData) -> bool:
+    try:
+        return tomllib.loads(segment_text) == {"tasks": [raw]}
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def _body_indent(body: list[str]) -> str:
+    for line in body:
+        stripped = line.lstrip()
+        if stripped and not stripped.startswith("#"):
+            return line[: len(line) - len(stripped)]
+    return ""
+
+
+def _edit_segment(segment_text: str, changes: Mapping[str, Any], indent: str) -> str:
+    document = tomlkit.parse(segment_text)
+    table = document["tasks"][0]
+    for key, value in changes.items():
+        if key == "id":
+            continue  # goes first, inserted below
+        if value is None:
+            del table[key]
+        elif key in table:
+            table[key] = value  # tomlkit keeps the key's place and inline comment
+        else:
+            item = tomlkit.item(value)
+            item.trivia.indent = indent
+            table.append(key, item)
+    new_text = tomlkit.dumps(document)
+    if "id" not in changes:
+        return new_text
+    lines = new_text.split("\n")
+    header = next(n for n, line in enumerate(lines) if _TASKS_HEADER.match(line))
+    lines.insert(header + 1, f"{indent}id = {_value_text(changes['id'])}")
+    return "\n".join(lines)
+
+
+# --- the slow path: the whole document through tomlkit
+
+
+def _render_whole_document(
+    plan: Plan, data: TomlData, outcome: _Outcome, expected: Mapping[int, TomlData]
+) -> str:
+    # tomlkit glues an appended table onto a last line that lacks its newline.
+    document = tomlkit.parse(plan.text if plan.text.endswith("\n") else plan.text + "\n")
+    tasks: Any = document.get("tasks")  # an AoT, or an Array of inline tables
+    for index, changes in outcome.changes.items():
+        _edit_table(tasks[index], changes)
+    for index in sorted(outcome.removed, reverse=True):
+        _remove_table(document, tasks, index)
+    for entry in outcome.added:
+        if tasks is None:
+            tasks = tomlkit.aot()
+            document.append("tasks", tasks)
+        new_table = tomlkit.inline_table() if isinstance(tasks, Array) else tomlkit.table()
+        new_table.update(entry)
+        if isinstance(new_table, Table) and document.body:
+            new_table.trivia.indent = "\n"  # one blank line before it, as on the fast path
+        tasks.append(new_table)
+    new_text = tomlkit.dumps(document)
+
+    raw_entries: list[TomlData] = data.get("tasks", [])
+    intended = {
+        **data,
+        "tasks": [
+            expected.get(index, raw)
+            for index, raw in enumerate(raw_entries)
+            if index not in outcome.removed
+        ]
+        + list(outcome.added),
+    }
+    try:
+        produced = tomllib.loads(new_text)
+    except tomllib.TOMLDecodeError:
+        produced = {}
+    if {"tasks": [], **produced} != {"tasks": [], **intended}:
+        raise PlanError([f"{plan.path}:1: cannot apply the edits to this file's layout"])
+    return new_text
+
+
+def _edit_table(table: Table | InlineTable, changes: Mapping[str, Any]) -> None:
+    body = table.value.body
+    for key, value in changes.items():
+        if value is None:
+            del table[key]
+        elif key in table or not body:
+            table[key] = value
+        elif key == "id":
+            _insert_first(table, key, value)
+        elif isinstance(table, InlineTable):
+            table[key] = value
+        else:
+            # Plain assignment would land after trailing comments that visually belong to
+            # the next [[tasks]] (a tomlkit pitfall): insert after the last key instead.
+            last_key = max(
+                (n for n, (k, item) in enumerate(body) if k and _is_value(item)),
+                default=len(body) - 1,
+            )
+            if last_key + 1 < len(body):
+                table.value._insert_at(last_key + 1, key, value)
+            else:
+                table[key] = value
+
+
+def _insert_first(table: Table | InlineTable, key: str, value: Any) -> None:
+    body = table.value.body
+    position, first = next((n, item) for n, (k, item) in enumerate(body) if k is not None)
+    table.value._insert_at(position, key, value)
+    body[position][1].trivia.indent = first.trivia.indent
+    if isinstance(table, InlineTable):
+        first.trivia.indent = " "  # after the comma tomlkit puts between them
+
+
+def _is_value(item: Item) -> bool:
+    return not isinstance(item, (Table, AoT, Comment, Whitespace))
+
+
+def _remove_table(document: tomlkit.TOMLDocument, tasks: AoT | Array, index: int) -> None:
+    if not isinstance(tasks, AoT):
+        del tasks[index]
+        return
+    # tomlkit keeps the comments above a [[tasks]] header at the end of the previous table,
+    # so deleting a table would take the next entry's comments with it: carry them over.
+    carried = _trailing_trivia(_last_container(tasks[index]))
+    carried_text = "".join(item.as_string() for _, item in carried)
+    if index > 0:
+        previous = _last_container(tasks[index - 1])
+        own_comments = _trailing_trivia(previous)
+        while own_comments and isinstance(own_comments.pop()[1], Comment):
+            previous.body.pop()  # the removed entry's own comments go with it
+    del tasks[index]
+    if index < len(tasks):
+        # A table's indent is rendered right before its `[[tasks]]`: where its comments were.
+        tasks[index].trivia.indent = carried_text + tasks[index].trivia.indent
+    elif index > 0:
+        _last_container(tasks[index - 1]).body.extend(carried)
+    elif carried_text:
+        document.add(Whitespace(carried_text))  # verbatim text; Whitespace renders as is
+
+
+def _last_container(table: Table) -> Container:
+    """The container whose end is rendered last for this table (its last sub-table's)."""
+    container = table.value
+    while container.body and isinstance(container.body[-1][1], Table):
+        container = container.body[-1][1].value
+    return container
+
+
+def _trailing_trivia(container: Container) -> list[tuple[Any, Item]]:
+    body = container.body
+    start = len(body)
+    while start > 0 and isinstance(body[start - 1][1], (Comment, Whitespace)):
+        start -= 1
+    return body[start:]
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def write_atomic(path: Path, text: str, expected_current: str | None) -> bool:
+    # Follow a symlink: replace its target, not the link.
+    target = Path(os.path.realpath(path))
+    try:
+        current: bytes | None = target.read_bytes()
+        status: os.stat_result | None = target.stat()
+    except FileNotFoundError:
+        current, status = None, None
+    if expected_current is not None and (current or b"") != expected_current.encode("utf-8"):
+        return False  # changed since it was read: the caller re-merges
+    descriptor, temp_name = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as temp:
+            temp.write(text.encode("utf-8"))
+            temp.flush()
+            os.fchmod(temp.fileno(), status.st_mode & 0o7777 if status else 0o644)
+            if status and (status.st_uid, status.st_gid) != (os.geteuid(), os.getegid()):
+                # A daemon running as root must not leave the user a root-owned file.
+                with contextlib.suppress(PermissionError):
+                    os.fchown(temp.fileno(), status.st_uid, status.st_gid)
+            os.fsync(temp.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return True
