@@ -1,0 +1,212 @@
+"""tinytown 0.10's task hash, field for field (DESIGN §1), and the plan record it carries.
+
+Decoding is strict about what tinytown itself would refuse (a missing id or description, a
+state it does not know, tags that are not a JSON array of strings) and lenient where tinytown
+is (`in_flight` reads as `running`, any RFC 3339 time).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from ttsyncd.model import STATES, TERMINAL_STATES, Record
+
+PLAN_TAG_PREFIX: Final = "plan:"
+OPTIONAL_FIELDS: Final = ("assigned_to", "started_at", "completed_at", "result", "parent_id")
+REQUIRED_FIELDS: Final = ("id", "description", "state", "created_at", "updated_at", "tags")
+LEGACY_STATES: Final = {"in_flight": "running"}
+# RFC 3339 as chrono writes it, and any other RFC 3339 a hand or a tool may have written.
+RFC3339: Final = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+class BadHash(ValueError):
+    """A task hash tinytown could not parse either; the message says which field and why."""
+
+
+@dataclass(frozen=True)
+class RedisTask:
+    """One task hash as read, decoded; `raw` is kept so a write can be guarded on it."""
+
+    key: str
+    uuid: str
+    description: str
+    state: str  # normalised: `in_flight` reads as `running`
+    tags: tuple[str, ...]  # without the plan tag
+    plan_id: str | None  # from the `plan:<id>` tag
+    assigned_to: str | None
+    parent_id: str | None
+    result: str | None
+    updated_at: str
+    raw: Mapping[str, str]
+
+
+def task_key(town: str, task_uuid: str) -> str:
+    return f"tt:{town}:task:{task_uuid}"
+
+
+def agent_key_prefix(town: str) -> str:
+    return f"tt:{town}:agent:"
+
+
+def backlog_key(town: str) -> str:
+    return f"tt:{town}:backlog"
+
+
+def is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+def decode_task(key: str, raw: Mapping[str, str]) -> RedisTask:
+    """Decode one hash read from `key`; raises BadHash naming the field that is wrong."""
+    missing = [name for name in REQUIRED_FIELDS if name not in raw]
+    if missing:
+        raise BadHash(f"missing field(s) {', '.join(missing)}")
+    task_uuid = raw["id"]
+    if not is_uuid(task_uuid) or not key.endswith(":" + task_uuid):
+        raise BadHash(f"id {task_uuid!r} is not the lowercase uuid in the key")
+    state = LEGACY_STATES.get(raw["state"], raw["state"])
+    if state not in STATES:
+        raise BadHash(f"unknown state {raw['state']!r}")
+    for name in ("created_at", "updated_at", "started_at", "completed_at"):
+        if name in raw:
+            parse_time(raw[name], name)
+    for name in ("assigned_to", "parent_id"):
+        if name in raw and not is_uuid(raw[name]):
+            raise BadHash(f"{name} {raw[name]!r} is not a uuid")
+    all_tags = decode_tags(raw["tags"])
+    # The first plan tag is the identity; any further one stays an ordinary tag, so no tag is lost.
+    plan_tag = next((t for t in all_tags if t.startswith(PLAN_TAG_PREFIX) and len(t) > 5), None)
+    return RedisTask(
+        key=key,
+        uuid=task_uuid,
+        description=raw["description"],
+        state=state,
+        tags=tuple(t for t in all_tags if t != plan_tag),
+        plan_id=plan_tag[len(PLAN_TAG_PREFIX) :] if plan_tag else None,
+        assigned_to=raw.get("assigned_to"),
+        parent_id=raw.get("parent_id"),
+        result=raw.get("result"),
+        updated_at=raw["updated_at"],
+        raw=dict(raw),
+    )
+
+
+def decode_tags(text: str) -> list[str]:
+    try:
+        tags = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadHash(f"tags is not JSON ({error.msg})") from None
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise BadHash("tags is not a JSON array of strings")
+    return tags
+
+
+def encode_tags(tags: list[str]) -> str:
+    # serde_json::to_string: compact, non-ASCII kept as is.
+    return json.dumps(tags, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_time(text: str, name: str = "time") -> tuple[datetime, int]:
+    """Any RFC 3339 time, to the nanosecond chrono writes: (the whole second, nanoseconds).
+
+    The shape is checked here, the calendar by datetime (which keeps only microseconds).
+    """
+    match = RFC3339.match(text)
+    if not match:
+        raise BadHash(f"{name} {text!r} is not an RFC 3339 time")
+    fraction = match.group(1) or "."
+    try:
+        whole_second = datetime.fromisoformat(text.upper().replace(fraction, "", 1))
+    except ValueError as error:
+        raise BadHash(f"{name} {text!r} is not a valid time ({error})") from None
+    return whole_second, int(fraction[1:10].ljust(9, "0"))
+
+
+def rfc3339(moment: datetime) -> str:
+    """chrono's `to_rfc3339()` of a UTC time: 0, 3 or 6 fraction digits, `+00:00`."""
+    utc = moment.astimezone(UTC)
+    if utc.microsecond == 0:
+        return utc.isoformat(timespec="seconds")
+    if utc.microsecond % 1000 == 0:
+        return utc.isoformat(timespec="milliseconds")
+    return utc.isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class HashWrite:
+    """One task's write: HDEL of `delete_fields`, then HSET of `set_fields`."""
+
+    set_fields: dict[str, str]
+    delete_fields: tuple[str, ...]
+
+
+def encode_task(
+    record: Record,
+    *,
+    task_uuid: str,
+    plan_id: str,
+    current: RedisTask | None,
+    assigned_to: str | None,
+    parent_id: str | None,
+    now: datetime,
+) -> HashWrite:
+    """The write that makes the hash hold `record`, as tinytown's Task methods would.
+
+    Fields the record does not cover (created_at, the plan tag's place among the tags) are kept
+    from `current`; lifecycle times follow the state as tinytown's start/complete/fail do.
+    """
+    stamp = rfc3339(now)
+    old = dict(current.raw) if current else {}
+    new: dict[str, str] = {
+        "id": task_uuid,
+        "description": record.description,
+        "state": record.status,
+        "created_at": old.get("created_at", stamp),
+        "updated_at": stamp,
+        "tags": encode_tags(tags_with_plan(old.get("tags"), record.tags, plan_id)),
+    }
+    if current and current.state == record.status:
+        new["state"] = old["state"]  # keep a legacy `in_flight` as it is when nothing changed
+    optional: dict[str, str | None] = {
+        "assigned_to": assigned_to,
+        "parent_id": parent_id,
+        "result": record.result,
+        "started_at": old.get("started_at"),
+        "completed_at": old.get("completed_at"),
+    }
+    state_changed = current is None or current.state != record.status
+    if state_changed:
+        if record.status == "running":
+            optional["started_at"] = stamp
+        elif record.status in TERMINAL_STATES:
+            optional["completed_at"] = stamp
+        elif record.status == "pending":
+            optional["started_at"] = optional["completed_at"] = None
+    new.update({name: value for name, value in optional.items() if value is not None})
+    unset = tuple(name for name in OPTIONAL_FIELDS if optional[name] is None)
+    return HashWrite(new, unset)
+
+
+def tags_with_plan(current_tags_json: str | None, tags: tuple[str, ...], plan_id: str) -> list[str]:
+    """The record's tags plus `plan:<id>`: where the hash had it, else last (as `tt sync` does)."""
+    plan_tag = PLAN_TAG_PREFIX + plan_id
+    position = len(tags)
+    if current_tags_json is not None:
+        try:
+            old = decode_tags(current_tags_json)
+        except BadHash:
+            old = []
+        if plan_tag in old:
+            position = min(old.index(plan_tag), len(tags))
+    return [*tags[:position], plan_tag, *tags[position:]]

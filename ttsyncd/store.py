@@ -1,0 +1,167 @@
+"""The Redis side: read a town's tasks and agents in a few pipelined round trips, and write tasks
+guarded on what was read.
+
+Each task write is one Lua script rather than WATCH/MULTI/EXEC: it is just as atomic (nobody sees
+the HDEL without the HSET), it carries the guard ("the hash still holds what the merge read") in
+the same round trip, and many of them pipeline into one round trip, where WATCH needs a round
+trip per key. It touches one key, so it also works on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import redis
+
+from ttsyncd.codec import (
+    BadHash,
+    HashWrite,
+    RedisTask,
+    agent_key_prefix,
+    backlog_key,
+    decode_task,
+    is_uuid,
+)
+
+SCAN_COUNT: Final = 1000
+PIPELINE_CHUNK: Final = 2000
+
+# KEYS[1]: the task hash. ARGV: expected field count n, n field/value pairs (the hash as read;
+# n = 0 means "absent"), then "del" or "set"; for "set": HDEL field count, the fields, then the
+# HSET field/value pairs. Returns 1 when written, 0 when the hash changed since it was read.
+GUARDED_WRITE: Final = """
+local n = tonumber(ARGV[1])
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'hash' and kind ~= 'none' then return 0 end
+local current = redis.call('HGETALL', KEYS[1])
+if #current ~= 2 * n then return 0 end
+local expected = {}
+for i = 0, n - 1 do expected[ARGV[2 + 2 * i]] = ARGV[3 + 2 * i] end
+for i = 1, #current, 2 do
+  if expected[current[i]] ~= current[i + 1] then return 0 end
+end
+local p = 2 + 2 * n
+if ARGV[p] == 'del' then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+local ndel = tonumber(ARGV[p + 1])
+if ndel > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, p + 2, p + 1 + ndel)) end
+redis.call('HSET', KEYS[1], unpack(ARGV, p + 2 + ndel))
+return 1
+"""
+
+
+@dataclass
+class Snapshot:
+    """A town's tasks and agents as read from Redis."""
+
+    tasks: list[RedisTask] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)  # key -> why it was skipped
+    agent_names: dict[str, str] = field(default_factory=dict)  # agent uuid -> name
+
+
+@dataclass(frozen=True)
+class TaskWrite:
+    key: str
+    expected: dict[str, str]  # the hash as the merge read it; {} when it did not exist
+    write: HashWrite | None  # None: delete the key
+    task_uuid: str
+    backlog_add: bool = False  # a new claimable task: RPUSH it after it exists
+    backlog_remove: bool = False  # LREM it before the task goes
+
+
+def scan_keys(client: redis.Redis, pattern: str) -> list[str]:
+    return [str(k) for k in client.scan_iter(match=pattern, count=SCAN_COUNT)]
+
+
+def glob_escape(text: str) -> str:
+    """`text` matched literally in a SCAN pattern (a town may be called `team[1]`)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def chunks(items: Sequence[str], size: int = PIPELINE_CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def hgetall_many(client: redis.Redis, keys: Sequence[str]) -> list[Any]:
+    """HGETALL of every key, pipelined; a failed read (wrong type) comes back as its error."""
+    replies: list[Any] = []
+    for batch in chunks(keys):
+        pipe = client.pipeline(transaction=False)
+        for key in batch:
+            pipe.hgetall(key)
+        replies.extend(pipe.execute(raise_on_error=False))
+    return replies
+
+
+def read_snapshot(
+    client: redis.Redis, town: str, task_keys: Sequence[str] | None = None
+) -> Snapshot:
+    """Every task hash of the town (or just `task_keys`) and every agent's name."""
+    snapshot = Snapshot()
+    task_prefix = f"tt:{town}:task:"
+    if task_keys is None:
+        pattern = glob_escape(task_prefix) + "*"
+        task_keys = [k for k in scan_keys(client, pattern) if is_uuid(k[len(task_prefix) :])]
+    agent_keys = scan_keys(client, glob_escape(agent_key_prefix(town)) + "*")
+    replies = hgetall_many(client, [*task_keys, *agent_keys])
+    for key, reply in zip(task_keys, replies[: len(task_keys)], strict=True):
+        if isinstance(reply, Exception):
+            snapshot.unreadable[key] = f"cannot be read as a hash ({reply})"
+        elif reply:
+            try:
+                snapshot.tasks.append(decode_task(key, reply))
+            except BadHash as error:
+                snapshot.unreadable[key] = str(error)
+    for reply in replies[len(task_keys) :]:
+        if isinstance(reply, dict) and reply.get("id") and reply.get("name"):
+            snapshot.agent_names[reply["id"]] = reply["name"]
+    return snapshot
+
+
+def guarded_write_args(write: TaskWrite) -> list[str]:
+    args = [str(len(write.expected))]
+    for name, value in write.expected.items():
+        args += [name, value]
+    if write.write is None:
+        return [*args, "del"]
+    args += ["set", str(len(write.write.delete_fields)), *write.write.delete_fields]
+    for name, value in write.write.set_fields.items():
+        args += [name, value]
+    return args
+
+
+def apply_writes(client: redis.Redis, town: str, writes: Sequence[TaskWrite]) -> list[TaskWrite]:
+    """Apply every write whose hash still holds what was read; return the ones that changed.
+
+    Backlog order keeps a claimable id from ever naming a missing task: LREM before a delete,
+    RPUSH after a create.
+    """
+    if not writes:
+        return []
+    script = client.register_script(GUARDED_WRITE)
+    backlog = backlog_key(town)
+    pipe = client.pipeline(transaction=False)
+    leaving = [w for w in writes if w.backlog_remove]
+    for write in leaving:
+        pipe.lrem(backlog, 0, write.task_uuid)
+    for write in writes:
+        script(keys=[write.key], args=guarded_write_args(write), client=pipe)
+    replies = pipe.execute()
+    removed_from_backlog = {w.task_uuid for w, n in zip(leaving, replies, strict=False) if n}
+    written = replies[len(leaving) :]
+    changed = [w for w, ok in zip(writes, written, strict=True) if not ok]
+    follow_up = client.pipeline(transaction=False)
+    for write, ok in zip(writes, written, strict=True):
+        if ok and write.backlog_add:
+            follow_up.lrem(backlog, 0, write.task_uuid)
+            follow_up.rpush(backlog, write.task_uuid)
+        elif not ok and write.task_uuid in removed_from_backlog:
+            follow_up.rpush(backlog, write.task_uuid)  # not deleted after all: claimable again
+    if len(follow_up):
+        follow_up.execute()
+    return changed
