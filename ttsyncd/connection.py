@@ -1,0 +1,36 @@
+"""Connecting to the town's Redis, with one clear line when that fails."""
+
+from __future__ import annotations
+
+import redis
+
+from ttsyncd.config import Settings
+from ttsyncd.embedded import ensure_embedded
+from ttsyncd.errors import RedisUnavailable
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client that answered PING; starts the embedded server when the town uses it."""
+    endpoint = settings.endpoint
+    if endpoint.managed and endpoint.unix_socket is not None:
+        ensure_embedded(endpoint.unix_socket)
+    client = endpoint.client()
+    where = endpoint.redacted()
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise RedisUnavailable(
+            f"Redis at {where} refused the credentials: check the password "
+            "(REDIS_URL, --redis-url, the config, or TINYTOWN_REDIS_PASSWORD)"
+        ) from None
+    except redis.ResponseError as error:
+        if "NOAUTH" in str(error) or "WRONGPASS" in str(error):
+            raise RedisUnavailable(
+                f"Redis at {where} needs a password: set it in REDIS_URL"
+            ) from None
+        raise RedisUnavailable(f"Redis at {where} refused PING: {error}") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        raise RedisUnavailable(
+            f"cannot reach Redis at {where} ({type(error).__name__}): is it running?"
+        ) from None
+    return client

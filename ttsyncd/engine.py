@@ -1,0 +1,352 @@
+"""One sync of a town: read both sides, merge, write what changed, remember the new base.
+
+The imperative shell around the pure merge. push, pull and the daemon's two-way sync all run
+`sync` with different directions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import redis
+import structlog
+
+from ttsyncd import planfile
+from ttsyncd.codec import encode_task, is_uuid, task_key
+from ttsyncd.config import Settings
+from ttsyncd.errors import SyncRefused
+from ttsyncd.identity import Identified, identify, task_uuid_for
+from ttsyncd.merge import Conflict, Delete, MergeResult, Op, Options, Upsert, merge
+from ttsyncd.model import Record
+from ttsyncd.planfile import AddEntry, FileEdit, Plan, RemoveEntry, UpdateEntry
+from ttsyncd.state import SyncState, append_conflicts, load_state, save_state, state_file
+from ttsyncd.store import Snapshot, TaskWrite, apply_writes, read_snapshot
+from ttsyncd.views import agent_uuids, file_view, redis_view
+
+log = structlog.get_logger("ttsyncd.engine")
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 5  # re-merges after a concurrent change on either side, before giving up
+
+
+@dataclass
+class Counts:
+    created: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"created {self.created}, updated {self.updated}, "
+            f"deleted {self.deleted}, unchanged {self.unchanged}"
+        )
+
+
+@dataclass
+class SyncReport:
+    plan_tasks: int = 0  # entries in tasks.toml
+    redis_tasks: int = 0  # the town's tasks in Redis
+    to_redis: Counts = field(default_factory=Counts)
+    to_file: Counts = field(default_factory=Counts)
+    settled: list[Conflict] = field(default_factory=list)
+    pending: list[Conflict] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # plan id -> extra uuids
+    unresolved_agents: dict[str, str] = field(default_factory=dict)
+    changes: list[str] = field(default_factory=list)  # one line per change, for --dry-run
+    redis_writes: int = 0
+    file_written: bool = False
+    new_redis: bool = False  # Redis held none of the town's tasks: repopulated from the file
+    attempts: int = 0
+    duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything one attempt decided to do."""
+
+    merged: MergeResult
+    writes: list[TaskWrite]
+    edits: list[FileEdit]
+    unresolved_agents: dict[str, str]
+
+
+def sync(
+    settings: Settings,
+    client: redis.Redis,
+    *,
+    push: bool,
+    pull: bool,
+    force: bool = False,
+    dry_run: bool = False,
+    only: frozenset[str] | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> SyncReport:
+    """Run one sync; retries the whole read-merge-write when either side changed under it.
+
+    `only` limits it to those plan ids (`resolve`): every other task keeps its base as it is.
+    """
+    started = time.perf_counter()
+    options = Options(
+        policy=settings.sync.policy, deletions=settings.sync.deletions,
+        push=push, pull=pull, force=force,
+    )  # fmt: skip
+    path = state_file(settings.state_dir, settings.town_name, settings.endpoint.identity())
+    settled: list[Conflict] = []
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        report = SyncReport(attempts=attempt)
+        plan = planfile.read_plan(settings.tasks_file)
+        snapshot = read_snapshot(client, settings.town_name)
+        state = load_state(path)
+        decided = decide(settings, plan, snapshot, state, options, report, only)
+        check_deletions(settings, plan, state, decided.merged, force)
+        settled.extend(c for c in decided.merged.settled if c not in settled)
+        if dry_run:
+            report.settled = settled
+            break
+        changed = apply_writes(client, settings.town_name, decided.writes)
+        report.redis_writes = len(decided.writes) - len(changed)
+        if changed:
+            log.info("redis changed during sync, merging again", keys=len(changed))
+            continue
+        if decided.edits:
+            new_text = planfile.render_plan(plan, decided.edits)
+            if not planfile.write_atomic(settings.tasks_file, new_text, plan.text):
+                log.info("tasks file changed during sync, merging again")
+                continue
+            report.file_written = True
+        now = clock()
+        state.base = {**outside(state.base, only), **decided.merged.base}
+        state.unresolved_agents = {
+            **outside(state.unresolved_agents, only),
+            **decided.unresolved_agents,
+        }
+        state.pending = {**outside(state.pending, only), **decided.merged.pending}
+        save_state(path, state, town=settings.town_name, endpoint=settings.endpoint.redacted())
+        report.settled = settled
+        append_conflicts(
+            settings.state_dir, [*settled, *decided.merged.new_pending],
+            policy=settings.sync.policy, now=now,
+        )  # fmt: skip
+        break
+    else:
+        raise SyncRefused(f"both sides kept changing during {MAX_ATTEMPTS} attempts; try again")
+    report.duration_ms = round((time.perf_counter() - started) * 1000, 1)
+    return report
+
+
+def decide(
+    settings: Settings,
+    plan: Plan,
+    snapshot: Snapshot,
+    state: SyncState,
+    options: Options,
+    report: SyncReport,
+    only: frozenset[str] | None = None,
+) -> Decision:
+    town = settings.town_name
+    identified = identify(snapshot.tasks)
+    view = file_view(plan)
+    report.plan_tasks = len(plan.entries)
+    report.redis_tasks = len(identified.by_plan_id)
+    report.unreadable = dict(snapshot.unreadable)
+    report.duplicates = {k: [t.uuid for t in v] for k, v in identified.duplicates.items()}
+    if not identified.by_plan_id and not snapshot.unreadable and live_tasks(state):
+        # A fresh or reset Redis: repopulate it from the file, never "everything was deleted".
+        log.warning("redis holds none of the town's tasks: repopulating it from the file")
+        state = SyncState()
+        report.new_redis = True
+    redis_records = redis_view(identified, snapshot.agent_names, state.unresolved_agents)
+    base = dict(state.base)
+    file_records = dict(view.records)
+    # A task whose hash cannot be read is left alone on both sides until it can be.
+    for plan_id in set(base) | set(file_records):
+        if task_key(town, task_uuid_for(town, plan_id)) in snapshot.unreadable:
+            base.pop(plan_id, None)
+            file_records.pop(plan_id, None)
+    if only is not None:
+        base = within(base, only)
+        file_records = within(file_records, only)
+        redis_records = within(redis_records, only)
+    merged = merge(base, file_records, redis_records, options, state.pending)
+    report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
+    writes, unresolved = redis_writes(
+        town, merged, identified, redis_records, snapshot.agent_names, state.unresolved_agents
+    )
+    edits: list[FileEdit] = [*view.new_ids, *file_edits(merged.file_ops)]
+    report.unresolved_agents = unresolved
+    count_changes(report, merged)
+    report.changes = describe(merged)
+    return Decision(merged, writes, edits, unresolved)
+
+
+def outside(values: dict[str, T], only: frozenset[str] | None) -> dict[str, T]:
+    """The entries a sync limited to `only` leaves as they were (none for a full sync)."""
+    return {} if only is None else {k: v for k, v in values.items() if k not in only}
+
+
+def within(values: dict[str, T], only: frozenset[str]) -> dict[str, T]:
+    return {k: v for k, v in values.items() if k in only}
+
+
+def live_tasks(state: SyncState) -> int:
+    return sum(1 for task in state.base.values() if not task.tombstone)
+
+
+def redis_writes(
+    town: str,
+    merged: MergeResult,
+    identified: Identified,
+    redis_records: dict[str, Record],
+    agent_names: dict[str, str],
+    previously_unresolved: dict[str, str],
+) -> tuple[list[TaskWrite], dict[str, str]]:
+    """The task writes for the merge's Redis ops plus identity repairs, and the agent names
+    Redis cannot hold (no agent hash carries them) by plan id."""
+    now = datetime.now(UTC)
+    by_name = agent_uuids(agent_names)
+    current = identified.by_plan_id
+    unresolved: dict[str, str] = {}
+
+    def uuid_of(plan_id: str) -> str:
+        task = current.get(plan_id)
+        return task.uuid if task else task_uuid_for(town, plan_id)
+
+    def write_for(plan_id: str, record: Record, **flags: bool) -> TaskWrite:
+        task = current.get(plan_id)
+        agent_uuid = resolve_agent(record.agent, by_name)
+        if record.agent is not None and agent_uuid is None:
+            unresolved[plan_id] = record.agent
+        write = encode_task(
+            record,
+            task_uuid=uuid_of(plan_id),
+            plan_id=plan_id,
+            current=task,
+            assigned_to=agent_uuid,
+            parent_id=uuid_of(record.parent) if record.parent else None,
+            now=now,
+        )
+        # A new pending task nobody is assigned to is one agents may claim.
+        claimable = task is None and record.status == "pending" and record.agent is None
+        return TaskWrite(
+            key=task_key(town, uuid_of(plan_id)),
+            expected=dict(task.raw) if task else {},
+            write=write,
+            task_uuid=uuid_of(plan_id),
+            backlog_add=claimable,
+            **flags,
+        )
+
+    writes: list[TaskWrite] = []
+    for op in merged.redis_ops:
+        if isinstance(op, Upsert):
+            writes.append(write_for(op.plan_id, op.record))
+        elif op.mode == "delete":
+            task = current[op.plan_id]
+            writes.append(TaskWrite(task.key, dict(task.raw), None, task.uuid, backlog_remove=True))
+        elif op.mode == "cancel" and redis_records[op.plan_id].status != "cancelled":
+            cancelled = redis_records[op.plan_id].with_fields({"status": "cancelled"})
+            writes.append(write_for(op.plan_id, cancelled, backlog_remove=True))
+    # Repairs of tasks both sides agree on, which change no synced field: tag a task pulled in
+    # under a derived id with its plan id (so identity is uniform from then on), and assign an
+    # agent whose name an agent hash now carries.
+    touched = {op.plan_id for op in merged.redis_ops}
+    for plan_id, base_task in merged.base.items():
+        if plan_id in touched or base_task.tombstone or plan_id not in current:
+            continue
+        record = redis_records[plan_id]
+        unresolved_name = previously_unresolved.get(plan_id)
+        now_resolvable = unresolved_name is not None and unresolved_name in by_name
+        if plan_id in identified.untagged or now_resolvable:
+            writes.append(write_for(plan_id, record))
+        elif unresolved_name is not None and record.agent == unresolved_name:
+            unresolved[plan_id] = unresolved_name
+    return writes, unresolved
+
+
+def resolve_agent(name: str | None, by_name: dict[str, str]) -> str | None:
+    """The uuid of the agent called `name`; a uuid written in the file is taken as it is."""
+    if name is None:
+        return None
+    return by_name.get(name) or (name if is_uuid(name) else None)
+
+
+def file_edits(ops: list[Op]) -> list[FileEdit]:
+    edits: list[FileEdit] = []
+    for op in ops:
+        if isinstance(op, Delete):
+            edits.append(RemoveEntry(op.plan_id))
+        elif op.created:
+            edits.append(AddEntry(op.plan_id, op.record))
+        else:
+            edits.append(UpdateEntry(op.plan_id, op.record))
+    return edits
+
+
+def count_changes(report: SyncReport, merged: MergeResult) -> None:
+    """Per target side: created, updated, deleted, and the source's tasks left unchanged."""
+    for ops, counts, source_size in (
+        (merged.redis_ops, report.to_redis, report.plan_tasks),
+        (merged.file_ops, report.to_file, report.redis_tasks),
+    ):
+        for op in ops:
+            if isinstance(op, Delete):
+                counts.deleted += op.mode == "delete"
+                counts.updated += op.mode == "cancel"
+            elif op.created:
+                counts.created += 1
+            else:
+                counts.updated += 1
+        counts.unchanged = max(0, source_size - counts.created - counts.updated)
+
+
+def describe(merged: MergeResult) -> list[str]:
+    """One line per change, for --dry-run and the log."""
+    lines: list[str] = []
+    for side, ops in (("redis", merged.redis_ops), ("file", merged.file_ops)):
+        for op in ops:
+            if isinstance(op, Delete):
+                verb = {"delete": "delete", "cancel": "cancel", "keep": "stop syncing"}[op.mode]
+                lines.append(f"{side}: {verb} {op.plan_id}")
+            else:
+                lines.append(f"{side}: {'create' if op.created else 'update'} {op.plan_id}")
+    lines.extend(
+        f"conflict {c.plan_id}.{c.field}: file={c.file!r} redis={c.redis!r} -> {c.winner}"
+        for c in merged.settled
+    )
+    lines.extend(
+        f"conflict {c.plan_id}.{c.field}: file={c.file!r} redis={c.redis!r} -> left for you"
+        for conflicts in merged.pending.values()
+        for c in conflicts
+    )
+    return lines
+
+
+def check_deletions(
+    settings: Settings, plan: Plan, state: SyncState, merged: MergeResult, force: bool
+) -> None:
+    """Refuse a sync that would delete a large share of the synced tasks, unless forced."""
+    if force:
+        return
+    synced = live_tasks(state)
+    for side, ops in (("Redis", merged.redis_ops), ("tasks.toml", merged.file_ops)):
+        deleting = sum(1 for op in ops if isinstance(op, Delete) and op.mode == "delete")
+        if not deleting:
+            continue
+        if not plan.entries and side == "Redis":
+            raise SyncRefused(
+                f"{settings.tasks_file} has no tasks: refusing to delete {deleting} task(s) "
+                "from Redis; run with --force if that is what you want"
+            )
+        too_many = settings.sync.max_delete_fraction * synced
+        if deleting > settings.sync.max_delete_min and deleting > too_many:
+            raise SyncRefused(
+                f"refusing to delete {deleting} of {synced} synced tasks from {side} "
+                f"(more than max_delete_fraction={settings.sync.max_delete_fraction} and "
+                f"max_delete_min={settings.sync.max_delete_min}); run with --force to apply"
+            )

@@ -1,0 +1,81 @@
+"""Both sides in the merge's terms: one Record per plan id. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ttsyncd.codec import RedisTask
+from ttsyncd.identity import Identified
+from ttsyncd.model import Record
+from ttsyncd.planfile import AssignId, Plan, new_entry_id
+
+
+@dataclass(frozen=True)
+class FileView:
+    records: dict[str, Record]
+    new_ids: list[AssignId]  # entries that had no id: the ids to write back into the file
+
+
+def file_view(plan: Plan) -> FileView:
+    """The plan's entries by id; an entry with no `agent` takes `[meta] default_agent`."""
+    taken = {entry.plan_id for entry in plan.entries if entry.plan_id}
+    records: dict[str, Record] = {}
+    new_ids: list[AssignId] = []
+    for entry in plan.entries:
+        plan_id = entry.plan_id
+        if plan_id is None:
+            plan_id = new_entry_id(entry.record.description, taken)
+            taken.add(plan_id)
+            new_ids.append(AssignId(entry.index, plan_id))
+        record = entry.record
+        if record.agent is None and plan.default_agent:
+            record = record.with_fields({"agent": plan.default_agent})
+        records[plan_id] = record
+    return FileView(records, new_ids)
+
+
+def redis_record(
+    task: RedisTask,
+    agent_names: Mapping[str, str],
+    plan_id_of_uuid: Mapping[str, str],
+    unresolved_agent: str | None,
+) -> Record:
+    """One task hash in plan terms.
+
+    No `assigned_to` where the last sync pushed an agent name that no agent hash carries reads
+    as that name: Redis could not hold it, so it did not change it.
+    """
+    if task.assigned_to is not None:
+        agent: str | None = agent_names.get(task.assigned_to, task.assigned_to)
+    else:
+        agent = unresolved_agent
+    parent = plan_id_of_uuid.get(task.parent_id) if task.parent_id else None
+    return Record(
+        description=task.description,
+        status=task.state,
+        agent=agent,
+        tags=task.tags,
+        parent=parent,
+        result=task.result,
+    )
+
+
+def redis_view(
+    identified: Identified,
+    agent_names: Mapping[str, str],
+    unresolved_agents: Mapping[str, str],
+) -> dict[str, Record]:
+    plan_id_of_uuid = {task.uuid: plan_id for plan_id, task in identified.by_plan_id.items()}
+    return {
+        plan_id: redis_record(task, agent_names, plan_id_of_uuid, unresolved_agents.get(plan_id))
+        for plan_id, task in identified.by_plan_id.items()
+    }
+
+
+def agent_uuids(agent_names: Mapping[str, str]) -> dict[str, str]:
+    """Agent name -> uuid; where two agents share a name the first uuid in order wins, stably."""
+    by_name: dict[str, str] = {}
+    for agent_uuid, name in sorted(agent_names.items()):
+        by_name.setdefault(name, agent_uuid)
+    return by_name
