@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import redis
+
+# Redis data exactly as tinytown 0.10 writes it (a copy of shared/fixtures, so a clone is enough).
+TINYTOWN_FIXTURE = json.loads(
+    (Path(__file__).parent / "fixtures" / "tinytown-0.10-redis.json").read_text(encoding="utf-8")
+)
 
 WRITE_COMMANDS = frozenset(
     {"hset", "hdel", "del", "unlink", "eval", "evalsha", "rpush", "lpush", "lrem", "set", "multi"}

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import tomllib
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers import TINYTOWN_FIXTURE
 from ttsyncd.codec import (
     OPTIONAL_FIELDS,
     REQUIRED_FIELDS,
@@ -31,10 +31,7 @@ from ttsyncd.codec import (
 )
 from ttsyncd.model import STATES, TERMINAL_STATES, Record
 
-FIXTURE_PATH = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tinytown-0.10-redis.json"
-)
-FIXTURE: dict[str, Any] = json.loads(FIXTURE_PATH.read_text(encoding="utf-8"))
+FIXTURE = TINYTOWN_FIXTURE
 HASHES: dict[str, dict[str, str]] = FIXTURE["hashes"]
 TASK_HASHES = {k: v for k, v in HASHES.items() if k.startswith("tt:demo:task:")}
 

@@ -3,24 +3,19 @@ tasks (longer on collision), and duplicates left by repeated `tt sync push`."""
 
 from __future__ import annotations
 
-import json
 import random
 import tomllib
 import uuid
-from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import TINYTOWN_FIXTURE
 from ttsyncd.codec import RedisTask, decode_task, encode_tags, is_uuid, task_key
 from ttsyncd.identity import Identified, derived_ids, identify, task_uuid_for
 
-FIXTURE_PATH = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tinytown-0.10-redis.json"
-)
-FIXTURE: dict[str, Any] = json.loads(FIXTURE_PATH.read_text(encoding="utf-8"))
+FIXTURE = TINYTOWN_FIXTURE
 
 UNTAGGED = "c3e8b1f0-5a6d-4b2c-9f7e-1a0d3c5b7e92"
 

@@ -3,14 +3,13 @@ and guarded writes that never overwrite a concurrent change."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from tests.helpers import TINYTOWN_FIXTURE
 from ttsyncd import tinytown
 from ttsyncd.codec import (
     OPTIONAL_FIELDS,
@@ -24,10 +23,7 @@ from ttsyncd.codec import (
 from ttsyncd.model import Record
 from ttsyncd.store import Snapshot, TaskWrite, apply_writes, read_snapshot
 
-FIXTURE_PATH = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "tinytown-0.10-redis.json"
-)
-FIXTURE: dict[str, Any] = json.loads(FIXTURE_PATH.read_text(encoding="utf-8"))
+FIXTURE = TINYTOWN_FIXTURE
 HASHES: dict[str, dict[str, str]] = FIXTURE["hashes"]
 
 TOWN = "demo"
