@@ -21,7 +21,7 @@ from ttsyncd.codec import (
     task_key,
 )
 from ttsyncd.model import Record
-from ttsyncd.store import Snapshot, TaskWrite, apply_writes, read_snapshot
+from ttsyncd.store import Snapshot, TaskWrite, apply_writes, read_hashes, read_snapshot
 
 FIXTURE = TINYTOWN_FIXTURE
 HASHES: dict[str, dict[str, str]] = FIXTURE["hashes"]
@@ -235,10 +235,11 @@ def test_town_names_with_glob_characters_read_exactly_their_own_keys(
     assert snapshot.agent_names == {AGENT_UUID: "backend"}
 
 
-def test_read_snapshot_of_given_keys_only(rdb: redis.Redis) -> None:
+def test_read_hashes_of_given_keys_only(rdb: redis.Redis) -> None:
     load_fixture(rdb)
     gone = task_key(TOWN, "0badbad0-0000-4000-8000-000000000009")  # deleted since the event
-    snapshot = read_snapshot(rdb, TOWN, [task_key(TOWN, AUTH_API), gone])
+    agent = f"tt:{TOWN}:agent:{AGENT_UUID}"
+    snapshot = read_hashes(rdb, [task_key(TOWN, AUTH_API), gone], [agent])
     assert [t.uuid for t in snapshot.tasks] == [AUTH_API]
     assert snapshot.unreadable == {}  # a key that vanished is not "unreadable"
     assert snapshot.agent_names == {AGENT_UUID: "backend"}

@@ -22,9 +22,9 @@ from ttsyncd.errors import SyncRefused
 from ttsyncd.identity import Identified, identify, task_uuid_for
 from ttsyncd.merge import Conflict, Delete, MergeResult, Op, Options, Upsert, merge
 from ttsyncd.model import Record
-from ttsyncd.planfile import AddEntry, FileEdit, Plan, RemoveEntry, UpdateEntry
+from ttsyncd.planfile import AddEntry, FileEdit, Plan, PlanReader, RemoveEntry, UpdateEntry
 from ttsyncd.state import SyncState, append_conflicts, load_state, save_state, state_file
-from ttsyncd.store import Snapshot, TaskWrite, apply_writes, read_snapshot
+from ttsyncd.store import LiveRead, RedisSource, Snapshot, TaskWrite, apply_writes
 from ttsyncd.views import agent_uuids, file_view, redis_view
 
 log = structlog.get_logger("ttsyncd.engine")
@@ -85,12 +85,17 @@ def sync(
     force: bool = False,
     dry_run: bool = False,
     only: frozenset[str] | None = None,
+    plan_reader: PlanReader | None = None,
+    redis_source: RedisSource | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> SyncReport:
     """Run one sync; retries the whole read-merge-write when either side changed under it.
 
     `only` limits it to those plan ids (`resolve`): every other task keeps its base as it is.
+    The daemon passes its cached plan reader and Redis mirror; one-shot commands read both.
     """
+    plan_reader = plan_reader or PlanReader(settings.tasks_file)
+    redis_source = redis_source or LiveRead(client, settings.town_name)
     started = time.perf_counter()
     options = Options(
         policy=settings.sync.policy, deletions=settings.sync.deletions,
@@ -100,8 +105,8 @@ def sync(
     settled: list[Conflict] = []
     for attempt in range(1, MAX_ATTEMPTS + 1):
         report = SyncReport(attempts=attempt)
-        plan = planfile.read_plan(settings.tasks_file)
-        snapshot = read_snapshot(client, settings.town_name)
+        plan = plan_reader.read()
+        snapshot = redis_source.snapshot()
         state = load_state(path)
         decided = decide(settings, plan, snapshot, state, options, report, only)
         check_deletions(settings, plan, state, decided.merged, force)
@@ -110,9 +115,11 @@ def sync(
             report.settled = settled
             break
         changed = apply_writes(client, settings.town_name, decided.writes)
+        redis_source.wrote(w for w in decided.writes if w not in changed)
         report.redis_writes = len(decided.writes) - len(changed)
         if changed:
             log.info("redis changed during sync, merging again", keys=len(changed))
+            redis_source.changed_under_us(w.key for w in changed)
             continue
         if decided.edits:
             new_text = planfile.render_plan(plan, decided.edits)
@@ -127,7 +134,8 @@ def sync(
             **decided.unresolved_agents,
         }
         state.pending = {**outside(state.pending, only), **decided.merged.pending}
-        save_state(path, state, town=settings.town_name, endpoint=settings.endpoint.redacted())
+        if state != load_state(path):
+            save_state(path, state, town=settings.town_name, endpoint=settings.endpoint.redacted())
         report.settled = settled
         append_conflicts(
             settings.state_dir, [*settled, *decided.merged.new_pending],

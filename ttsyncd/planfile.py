@@ -93,18 +93,37 @@ _TOML_TYPES = {bool: "a boolean", int: "an integer", float: "a float", list: "an
 
 
 def read_plan(path: Path) -> Plan:
+    return parse_plan(path, read_text(path))
+
+
+def read_text(path: Path) -> str:
+    """The file's exact text; "" for a missing file."""
     try:
         # Bytes, not read_text: universal newlines would turn CRLF into LF and break byte
         # equality with what write_atomic compares against.
         raw = path.read_bytes()
     except FileNotFoundError:
-        return Plan(path, "", None, ())
+        return ""
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise PlanError([f"{path}:{line}: not UTF-8 text"]) from None
-    return parse_plan(path, text)
+
+
+class PlanReader:
+    """Reads the plan, parsing it again only when its text changed (a daemon reads it on every
+    sync, and most syncs come from Redis)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last: Plan | None = None
+
+    def read(self) -> Plan:
+        text = read_text(self.path)
+        if self.last is None or self.last.text != text:
+            self.last = parse_plan(self.path, text)
+        return self.last
 
 
 def parse_plan(path: Path, text: str) -> Plan:

@@ -9,9 +9,9 @@ trip per key. It touches one key, so it also works on Redis Cluster.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import redis
 
@@ -98,16 +98,23 @@ def hgetall_many(client: redis.Redis, keys: Sequence[str]) -> list[Any]:
     return replies
 
 
-def read_snapshot(
-    client: redis.Redis, town: str, task_keys: Sequence[str] | None = None
-) -> Snapshot:
-    """Every task hash of the town (or just `task_keys`) and every agent's name."""
-    snapshot = Snapshot()
+def read_snapshot(client: redis.Redis, town: str) -> Snapshot:
+    """Every task hash of the town and every agent's name: SCAN, then pipelined HGETALLs."""
     task_prefix = f"tt:{town}:task:"
-    if task_keys is None:
-        pattern = glob_escape(task_prefix) + "*"
-        task_keys = [k for k in scan_keys(client, pattern) if is_uuid(k[len(task_prefix) :])]
+    task_keys = [
+        key
+        for key in scan_keys(client, glob_escape(task_prefix) + "*")
+        if is_uuid(key[len(task_prefix) :])
+    ]
     agent_keys = scan_keys(client, glob_escape(agent_key_prefix(town)) + "*")
+    return read_hashes(client, task_keys, agent_keys)
+
+
+def read_hashes(
+    client: redis.Redis, task_keys: Sequence[str], agent_keys: Sequence[str]
+) -> Snapshot:
+    """These task and agent hashes, in pipelined round trips; a missing key is left out."""
+    snapshot = Snapshot()
     replies = hgetall_many(client, [*task_keys, *agent_keys])
     for key, reply in zip(task_keys, replies[: len(task_keys)], strict=True):
         if isinstance(reply, Exception):
@@ -165,3 +172,39 @@ def apply_writes(client: redis.Redis, town: str, writes: Sequence[TaskWrite]) ->
     if len(follow_up):
         follow_up.execute()
     return changed
+
+
+def hash_after(write: TaskWrite) -> dict[str, str] | None:
+    """What the hash holds once `write` applied (None: deleted)."""
+    if write.write is None:
+        return None
+    kept = {k: v for k, v in write.expected.items() if k not in write.write.delete_fields}
+    return {**kept, **write.write.set_fields}
+
+
+class RedisSource(Protocol):
+    """Where a sync gets the town's Redis side from."""
+
+    def snapshot(self) -> Snapshot: ...
+
+    def changed_under_us(self, keys: Iterable[str]) -> None:
+        """These keys no longer hold what the last snapshot said: read them anew."""
+
+    def wrote(self, writes: Iterable[TaskWrite]) -> None:
+        """These writes were applied."""
+
+
+class LiveRead:
+    """The one-shot commands' source: every snapshot reads the whole town."""
+
+    def __init__(self, client: redis.Redis, town: str) -> None:
+        self.client, self.town = client, town
+
+    def snapshot(self) -> Snapshot:
+        return read_snapshot(self.client, self.town)
+
+    def changed_under_us(self, keys: Iterable[str]) -> None:
+        pass
+
+    def wrote(self, writes: Iterable[TaskWrite]) -> None:
+        pass
