@@ -1,4 +1,9 @@
-"""The `ttsyncd` command: argument parsing, output and exit codes. No sync logic lives here."""
+"""The `ttsyncd` command: argument parsing, output and exit codes. No sync logic lives here.
+
+push, pull, check, conflicts and resolve go through the control socket when a daemon serves
+the town (so the daemon's caches and the file stay consistent), and run in this process
+otherwise; either way they print the same.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +12,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from ttsyncd import __version__, log
+from ttsyncd import __version__, background, commands, control, log
+from ttsyncd.commands import Output, Town
 from ttsyncd.config import Settings, load_settings
 from ttsyncd.connection import connect
-from ttsyncd.engine import SyncReport, sync
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
-from ttsyncd.merge import Side
-from ttsyncd.state import append_conflicts, load_state, read_conflicts, state_file
-
-PUSH_LINE = "⬆️  Pushed {n} tasks from {file} to Redis"
-PULL_LINE = "⬇️  Pulled {n} tasks from Redis to {file}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,12 +41,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log progress, not only problems"
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("run", help="run the daemon in the foreground (as systemd does)")
+    sub.add_parser("start", help="run the daemon in the background")
+    sub.add_parser("stop", help="stop the background daemon")
+    status = sub.add_parser("status", help="what the daemon is doing")
+    status.add_argument("--json", action="store_true", help="one JSON object")
     for name, help_text in (
         ("push", "apply the file's changes to Redis"),
         ("pull", "apply Redis's changes to the file"),
     ):
-        command = commands.add_parser(name, help=help_text)
+        command = sub.add_parser(name, help=help_text)
         command.add_argument(
             "--force", action="store_true",
             help="make the target equal the source for every task, deletions included",
@@ -58,15 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--dry-run", action="store_true", help="show what would change, write nothing"
         )
-    commands.add_parser("check", help="validate the plan and the town's Redis tasks, write nothing")
-    conflicts = commands.add_parser("conflicts", help="list recorded and unresolved conflicts")
-    conflicts.add_argument("--json", action="store_true", help="one JSON array")
-    resolve = commands.add_parser("resolve", help="settle a conflict left for you (manual policy)")
+    sub.add_parser("check", help="validate the plan and the town's Redis tasks, write nothing")
+    conflicts = sub.add_parser("conflicts", help="list recorded and unresolved conflicts")
+    conflicts.add_argument("--json", action="store_true", help="one JSON object")
+    resolve = sub.add_parser("resolve", help="settle a conflict left for you (manual policy)")
     resolve.add_argument("plan_id", metavar="ID", help="the task's plan id")
     resolve.add_argument(
         "--take", choices=("file", "redis"), required=True, help="whose values win"
     )
-    demo = commands.add_parser("demo", help="make a demo town and sync it both ways")
+    demo = sub.add_parser("demo", help="make a demo town and run the daemon on it")
     demo.add_argument(
         "dir", nargs="?", default="ttsyncd-demo", help="where (default: ./ttsyncd-demo)"
     )
@@ -79,24 +80,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from ttsyncd.demo import run_demo
 
-            return run_demo(Path(args.dir))
-        settings = load_settings(
-            town_arg=args.town,
-            config_arg=args.config,
-            redis_url_arg=args.redis_url,
-            env=os.environ,
-            cwd=Path.cwd(),
-        )
-        level = "info" if args.verbose else "warning"
-        log.configure(level, args.log_format or settings.log.format)
-        if args.command == "conflicts":
-            return show_conflicts(settings, as_json=args.json)
-        client = connect(settings)
-        if args.command == "check":
-            return check(settings, client)
-        if args.command == "resolve":
-            return resolve(settings, client, args.plan_id, args.take)
-        return push_or_pull(settings, client, args.command, force=args.force, dry_run=args.dry_run)
+            return run_demo(Path(args.dir), args.log_format)
+
+        def reload_settings() -> Settings:
+            return load_settings(
+                town_arg=args.town,
+                config_arg=args.config,
+                redis_url_arg=args.redis_url,
+                env=os.environ,
+                cwd=Path.cwd(),
+            )
+
+        settings = reload_settings()
+        if args.command in ("run", "start"):
+            return run_daemon(args.command, settings, reload_settings, args.log_format)
+        log.configure("info" if args.verbose else "warning", args.log_format or settings.log.format)
+        if args.command == "stop":
+            return background.stop(settings)
+        if args.command == "status":
+            return show_status(settings, as_json=args.json)
+        return one_shot(args, settings).show()
     except TtsyncdError as error:
         print(f"ttsyncd: {error}", file=sys.stderr)
         return error.exit_code
@@ -104,104 +107,75 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def push_or_pull(
-    settings: Settings, client: redis.Redis, command: str, *, force: bool, dry_run: bool
-) -> int:
-    pushing = command == "push"
-    report = sync(settings, client, push=pushing, pull=not pushing, force=force, dry_run=dry_run)
-    name = settings.tasks_file.name
-    if dry_run:
-        print("(dry run: nothing written)")
-        for line in report.changes or ["no changes"]:
-            print(f"  would {line}")
-    if pushing:
-        print(PUSH_LINE.format(n=report.plan_tasks, file=name))
-        print(report.to_redis.summary())
-    else:
-        print(PULL_LINE.format(n=report.redis_tasks, file=name))
-        print(report.to_file.summary())
-    print_warnings(report)
-    return EXIT_PLAN if report.pending else EXIT_OK
+def run_daemon(command: str, settings: Settings, reload_settings: Any, fmt: str | None) -> int:
+    if command == "start":
+        return background.start(settings, reload_settings)
+    from ttsyncd.daemon import run_foreground
+
+    log.configure(settings.log.level, fmt or settings.log.format)
+    mode = "systemd" if os.environ.get("NOTIFY_SOCKET") else "foreground"
+    return run_foreground(settings, reload_settings, mode)
 
 
-def print_warnings(report: SyncReport) -> None:
-    def warn(text: str) -> None:
-        print(f"warning: {text}", file=sys.stderr)
+def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
+    """push/pull/check/conflicts/resolve: through the daemon if one serves the town."""
+    request: dict[str, Any] = {"cmd": args.command}
+    for name in ("force", "dry_run", "json", "plan_id", "take"):
+        if hasattr(args, name):
+            request[name] = getattr(args, name)
+    answer = control.request(control.socket_path(settings.town_dir), request)
+    if answer is not None:
+        if not answer.get("ok"):
+            raise TtsyncdError(str(answer.get("error")))
+        return Output.from_json(answer["result"])
+    if args.command == "conflicts":
+        return commands.conflicts(settings, as_json=args.json)
+    town = Town(settings, connect(settings))
+    if args.command == "check":
+        return commands.check(town)
+    if args.command == "resolve":
+        return commands.resolve(town, args.plan_id, args.take)
+    return commands.push_or_pull(town, args.command, force=args.force, dry_run=args.dry_run)
 
-    if report.new_redis:
-        warn("Redis held none of this town's tasks: treated as a new Redis, nothing deleted")
-    for key, why in sorted(report.unreadable.items()):
-        warn(f"skipped {key}: {why} (left untouched)")
-    for plan_id, extras in sorted(report.duplicates.items()):
-        warn(f"{len(extras) + 1} Redis tasks carry plan:{plan_id}; syncing the newest, "
-             f"not touching {', '.join(extras)}")  # fmt: skip
-    for plan_id, agent in sorted(report.unresolved_agents.items()):
-        warn(f"task {plan_id}: no agent is named {agent!r}; Redis gets no assigned_to")
-    if report.settled:
-        warn(f"{len(report.settled)} conflict(s) settled by policy; see `ttsyncd conflicts`")
-    for conflict in report.pending:
-        warn(
-            f"conflict on {conflict.plan_id}.{conflict.field} left for you: "
-            f"file={conflict.file!r} redis={conflict.redis!r}; see `ttsyncd conflicts`"
+
+def show_status(settings: Settings, *, as_json: bool) -> int:
+    answer = control.request(control.socket_path(settings.town_dir), {"cmd": "status"}, 10.0)
+    if answer is None:
+        print(f"ttsyncd is not running for {settings.town_dir}", file=sys.stderr)
+        return EXIT_PLAN
+    if not answer.get("ok"):
+        raise TtsyncdError(str(answer.get("error")))
+    status: dict[str, Any] = answer["result"]
+    if as_json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    for line in status_lines(status):
+        print(line)
+    return EXIT_OK
+
+
+def status_lines(status: dict[str, Any]) -> list[str]:
+    def stamp(entry: dict[str, Any] | None) -> str:
+        if not entry:
+            return "never"
+        return (
+            f"{entry['time']} ({entry['duration_ms']} ms): created {entry['created']}, "
+            f"updated {entry['updated']}, deleted {entry['deleted']}, "
+            f"unchanged {entry['unchanged']}"
         )
 
-
-def check(settings: Settings, client: redis.Redis) -> int:
-    """Everything a sync would do or complain about, writing nothing."""
-    report = sync(settings, client, push=True, pull=True, dry_run=True)
-    print(f"{settings.tasks_file}: {report.plan_tasks} tasks, valid")
-    print(
-        f"Redis {settings.endpoint.redacted()}: "
-        f"{report.redis_tasks} tasks of town {settings.town_name!r}"
-    )
-    for line in report.changes:
-        print(f"  out of sync: {line}")
-    if not report.changes:
-        print("in sync")
-    print_warnings(report)
-    problems = bool(report.unreadable or report.duplicates or report.pending)
-    return EXIT_PLAN if problems else EXIT_OK
-
-
-def resolve(settings: Settings, client: redis.Redis, plan_id: str, take: str) -> int:
-    """Make the task equal on both sides to the side taken, and record the choice."""
-    path = state_file(settings.state_dir, settings.town_name, settings.endpoint.identity())
-    waiting = load_state(path).pending.get(plan_id, [])
-    report = sync(
-        settings, client, push=take == "file", pull=take == "redis", force=True,
-        only=frozenset({plan_id}),
-    )  # fmt: skip
-    chosen: Side = "file" if take == "file" else "redis"
-    append_conflicts(
-        settings.state_dir, [replace(c, winner=chosen) for c in waiting],
-        policy="manual", now=datetime.now(UTC),
-    )  # fmt: skip
-    changed = report.to_redis if take == "file" else report.to_file
-    print(f"{plan_id}: took the {take}'s values ({changed.summary()})")
-    return EXIT_OK
-
-
-def show_conflicts(settings: Settings, *, as_json: bool) -> int:
-    recorded = read_conflicts(settings.state_dir)
-    state = load_state(
-        state_file(settings.state_dir, settings.town_name, settings.endpoint.identity())
-    )
-    pending = [asdict(c) for conflicts in state.pending.values() for c in conflicts]
-    if as_json:
-        print(json.dumps({"recorded": recorded, "pending": pending}, ensure_ascii=False, indent=2))
-        return EXIT_OK
-    if not recorded and not pending:
-        print("no conflicts")
-    for entry in recorded:
-        print(format_conflict(entry))
-    for entry in pending:
-        print(format_conflict({**entry, "time": "pending"}))
-    return EXIT_OK
-
-
-def format_conflict(entry: dict[str, Any]) -> str:
-    winner = entry.get("winner") or "left for you: ttsyncd resolve ID --take file|redis"
-    return (
-        f"{entry.get('time', '')}  {entry['plan_id']}.{entry['field']}: "
-        f"file={entry['file']!r} redis={entry['redis']!r} base={entry['base']!r} -> {winner}"
-    )
+    connected = "connected" if status["redis_connected"] else "NOT CONNECTED"
+    pending = status["pending_events"]
+    return [
+        f"ttsyncd {status['mode']} (pid {status['pid']}) for town {status['town']!r}",
+        f"  tasks file:    {status['tasks_file']}",
+        f"  redis:         {status['redis']} ({connected})",
+        f"  notifications: {status['notifications']}",
+        f"  last push:     {stamp(status['last_push'])}",
+        f"  last pull:     {stamp(status['last_pull'])}",
+        f"  pending:       file {'changed' if pending['file'] else 'unchanged'}, "
+        f"{pending['redis']} Redis key(s)",
+        f"  conflicts:     {status['conflicts']} recorded, {status['conflicts_pending']} "
+        "left for you",
+        f"  last error:    {status['last_error'] or 'none'}",
+    ]

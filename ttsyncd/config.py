@@ -15,7 +15,9 @@ from typing import Any, Final
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis
-from redis.backoff import ExponentialBackoff
+import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from ttsyncd.errors import ConfigError
@@ -68,7 +70,26 @@ class Endpoint:
         return f"tcp:{_url_host(self.host)}:{self.port}/{self.db}"
 
     def client(self, *, decode_responses: bool = True, timeout_s: float = 5.0) -> redis.Redis:
-        timeouts: dict[str, Any] = {
+        url, options = self.connection_options(decode_responses, timeout_s)
+        if url is not None:
+            return redis.Redis.from_url(url, **options)
+        return redis.Redis(**options)
+
+    def async_client(self, *, timeout_s: float = 5.0) -> redis.asyncio.Redis:
+        """The same connection for asyncio (keyspace notifications)."""
+        url, options = self.connection_options(True, timeout_s)
+        options["socket_timeout"] = None  # a subscriber waits for messages as long as it takes
+        # No retries: the daemon reconnects, resubscribes and resyncs itself.
+        options["retry"] = redis.asyncio.retry.Retry(NoBackoff(), retries=0)
+        if url is not None:
+            return redis.asyncio.Redis.from_url(url, **options)
+        return redis.asyncio.Redis(**options)
+
+    def connection_options(
+        self, decode_responses: bool, timeout_s: float
+    ) -> tuple[str | None, dict[str, Any]]:
+        """(the URL or None, keyword arguments) for redis-py's Redis or redis.asyncio.Redis."""
+        options: dict[str, Any] = {
             "decode_responses": decode_responses,
             "socket_timeout": timeout_s,
             "socket_connect_timeout": timeout_s,
@@ -78,22 +99,17 @@ class Endpoint:
         }
         if self.url is not None:
             # from_url keeps the URL's extra query options (ssl_cert_reqs=..., etc.).
-            return redis.Redis.from_url(self.url, **timeouts)
-        credentials: dict[str, Any] = {
-            "db": self.db,
-            "username": self.username,
-            "password": self.password,
-        }
+            return self.url, options
+        options.update(db=self.db, username=self.username, password=self.password)
         if self.unix_socket is not None:
-            return redis.Redis(unix_socket_path=str(self.unix_socket), **credentials, **timeouts)
-        return redis.Redis(
-            host=self.host,
-            port=self.port,
-            ssl=self.tls,
-            ssl_ca_certs=str(self.tls_ca_cert) if self.tls_ca_cert else None,
-            **credentials,
-            **timeouts,
-        )
+            return None, {**options, "unix_socket_path": str(self.unix_socket)}
+        return None, {
+            **options,
+            "host": self.host,
+            "port": self.port,
+            "ssl": self.tls,
+            "ssl_ca_certs": str(self.tls_ca_cert) if self.tls_ca_cert else None,
+        }
 
 
 @dataclass(frozen=True)

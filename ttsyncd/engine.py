@@ -126,6 +126,7 @@ def sync(
             if not planfile.write_atomic(settings.tasks_file, new_text, plan.text):
                 log.info("tasks file changed during sync, merging again")
                 continue
+            plan_reader.wrote(new_text)
             report.file_written = True
         now = clock()
         state.base = {**outside(state.base, only), **decided.merged.base}

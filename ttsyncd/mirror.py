@@ -25,12 +25,14 @@ class TownMirror:
         self.unreadable: dict[str, str] = {}
         self.agent_names: dict[str, str] = {}  # agent uuid -> name
 
-    def reload(self) -> None:
-        """Read the whole town (at start, and after a reconnect: notifications were missed)."""
+    def reload(self) -> bool:
+        """Read the whole town (at start, after a reconnect, when polling); True if it changed."""
         snapshot = read_snapshot(self.client, self.town)
+        before = (self.tasks, self.unreadable, self.agent_names)
         self.tasks = {task.key: task for task in snapshot.tasks}
         self.unreadable = dict(snapshot.unreadable)
         self.agent_names = dict(snapshot.agent_names)
+        return before != (self.tasks, self.unreadable, self.agent_names)
 
     def refresh(self, keys: Iterable[str]) -> bool:
         """Fetch these keys; True when a task or an agent's name really changed (an agent's

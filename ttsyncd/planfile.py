@@ -118,12 +118,21 @@ class PlanReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.last: Plan | None = None
+        self.written: str | None = None  # the text the daemon itself wrote last
 
     def read(self) -> Plan:
         text = read_text(self.path)
         if self.last is None or self.last.text != text:
             self.last = parse_plan(self.path, text)
         return self.last
+
+    def wrote(self, text: str) -> None:
+        self.written = text
+
+    def is_known(self, text: str) -> bool:
+        """True when `text` is what was last read or written: a file event with this content
+        is the echo of our own write (or no change at all)."""
+        return text == self.written or (self.last is not None and text == self.last.text)
 
 
 def parse_plan(path: Path, text: str) -> Plan:

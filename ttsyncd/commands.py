@@ -1,0 +1,162 @@
+"""What push, pull, check, conflicts and resolve do and print, whoever runs them: the CLI in
+its own process, or a running daemon on behalf of the CLI (so the output is the same)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from ttsyncd.config import Settings
+from ttsyncd.engine import SyncReport, sync
+from ttsyncd.errors import EXIT_OK, EXIT_PLAN
+from ttsyncd.merge import Side
+from ttsyncd.planfile import PlanReader
+from ttsyncd.state import append_conflicts, load_state, read_conflicts, state_file
+from ttsyncd.store import RedisSource
+
+PUSH_LINE = "⬆️  Pushed {n} tasks from {file} to Redis"
+PULL_LINE = "⬇️  Pulled {n} tasks from Redis to {file}"
+
+
+@dataclass
+class Output:
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+    code: int = EXIT_OK
+
+    def show(self) -> int:
+        for line in self.stdout:
+            print(line)
+        for line in self.stderr:
+            print(line, file=sys.stderr)
+        return self.code
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Output:
+        return Output(list(data["stdout"]), list(data["stderr"]), int(data["code"]))
+
+
+@dataclass
+class Town:
+    """A town to run a command against; a daemon passes its cached plan and Redis mirror."""
+
+    settings: Settings
+    client: redis.Redis
+    plan_reader: PlanReader | None = None
+    redis_source: RedisSource | None = None
+
+    def sync(self, **kwargs: Any) -> SyncReport:
+        return sync(
+            self.settings, self.client,
+            plan_reader=self.plan_reader, redis_source=self.redis_source, **kwargs,
+        )  # fmt: skip
+
+
+def push_or_pull(town: Town, command: str, *, force: bool, dry_run: bool) -> Output:
+    pushing = command == "push"
+    report = town.sync(push=pushing, pull=not pushing, force=force, dry_run=dry_run)
+    out = Output()
+    name = town.settings.tasks_file.name
+    if dry_run:
+        out.stdout.append("(dry run: nothing written)")
+        out.stdout += [f"  would {line}" for line in report.changes or ["no changes"]]
+    if pushing:
+        out.stdout.append(PUSH_LINE.format(n=report.plan_tasks, file=name))
+        out.stdout.append(report.to_redis.summary())
+    else:
+        out.stdout.append(PULL_LINE.format(n=report.redis_tasks, file=name))
+        out.stdout.append(report.to_file.summary())
+    out.stderr = warnings(report)
+    out.code = EXIT_PLAN if report.pending else EXIT_OK
+    return out
+
+
+def warnings(report: SyncReport) -> list[str]:
+    lines: list[str] = []
+    if report.new_redis:
+        lines.append("Redis held none of this town's tasks: a new Redis, repopulated from the file")
+    for key, why in sorted(report.unreadable.items()):
+        lines.append(f"skipped {key}: {why} (left untouched)")
+    for plan_id, extras in sorted(report.duplicates.items()):
+        lines.append(
+            f"{len(extras) + 1} Redis tasks carry plan:{plan_id}; syncing the newest, "
+            f"not touching {', '.join(extras)}"
+        )
+    for plan_id, agent in sorted(report.unresolved_agents.items()):
+        lines.append(f"task {plan_id}: no agent is named {agent!r}; Redis gets no assigned_to")
+    if report.settled:
+        lines.append(
+            f"{len(report.settled)} conflict(s) settled by policy; see `ttsyncd conflicts`"
+        )
+    lines.extend(
+        f"conflict on {c.plan_id}.{c.field} left for you: file={c.file!r} redis={c.redis!r}; "
+        f"see `ttsyncd conflicts`"
+        for c in report.pending
+    )
+    return [f"warning: {line}" for line in lines]
+
+
+def check(town: Town) -> Output:
+    """Everything a sync would do or complain about, writing nothing."""
+    settings = town.settings
+    report = town.sync(push=True, pull=True, dry_run=True)
+    out = Output()
+    out.stdout.append(f"{settings.tasks_file}: {report.plan_tasks} tasks, valid")
+    out.stdout.append(
+        f"Redis {settings.endpoint.redacted()}: "
+        f"{report.redis_tasks} tasks of town {settings.town_name!r}"
+    )
+    out.stdout += [f"  out of sync: {line}" for line in report.changes] or ["in sync"]
+    out.stderr = warnings(report)
+    problems = report.unreadable or report.duplicates or report.pending
+    out.code = EXIT_PLAN if problems else EXIT_OK
+    return out
+
+
+def resolve(town: Town, plan_id: str, take: str) -> Output:
+    """Make the task equal on both sides to the side taken, and record the choice."""
+    settings = town.settings
+    path = state_file(settings.state_dir, settings.town_name, settings.endpoint.identity())
+    waiting = load_state(path).pending.get(plan_id, [])
+    report = town.sync(
+        push=take == "file", pull=take == "redis", force=True, only=frozenset({plan_id})
+    )
+    chosen: Side = "file" if take == "file" else "redis"
+    append_conflicts(
+        settings.state_dir, [replace(c, winner=chosen) for c in waiting],
+        policy="manual", now=datetime.now(UTC),
+    )  # fmt: skip
+    changed = report.to_redis if take == "file" else report.to_file
+    return Output([f"{plan_id}: took the {take}'s values ({changed.summary()})"])
+
+
+def conflict_lists(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+    recorded = read_conflicts(settings.state_dir)
+    path = state_file(settings.state_dir, settings.town_name, settings.endpoint.identity())
+    pending = [asdict(c) for conflicts in load_state(path).pending.values() for c in conflicts]
+    return {"recorded": recorded, "pending": pending}
+
+
+def conflicts(settings: Settings, *, as_json: bool) -> Output:
+    lists = conflict_lists(settings)
+    if as_json:
+        return Output([json.dumps(lists, ensure_ascii=False, indent=2)])
+    lines = [format_conflict(entry) for entry in lists["recorded"]]
+    lines += [format_conflict({**entry, "time": "pending"}) for entry in lists["pending"]]
+    return Output(lines or ["no conflicts"])
+
+
+def format_conflict(entry: dict[str, Any]) -> str:
+    winner = entry.get("winner") or "left for you: ttsyncd resolve ID --take file|redis"
+    return (
+        f"{entry.get('time', '')}  {entry['plan_id']}.{entry['field']}: "
+        f"file={entry['file']!r} redis={entry['redis']!r} base={entry['base']!r} -> {winner}"
+    )

@@ -1,0 +1,471 @@
+"""`ttsyncd run`: live two-way sync of one town on one asyncio loop.
+
+Four tasks share the loop: the Redis session (connect, turn keyspace notifications on,
+subscribe, mirror the town, then listen or poll; reconnect with backoff when Redis goes), the
+file watcher (watchfiles on the plan's directory), the syncer (debounces both sides and runs
+the engine in a worker thread, one sync at a time) and the control socket. Echoes of the
+daemon's own writes are recognised by content: a file event whose text is what the daemon
+wrote, a notification whose hash is what the mirror already holds, starts no sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio
+import structlog
+import watchfiles
+from redis.asyncio.keyspace_notifications import AsyncKeyspaceNotifications
+from redis.keyspace_notifications import KeyspaceChannel
+
+from ttsyncd import commands, control, log, planfile, systemd
+from ttsyncd.codec import agent_key_prefix
+from ttsyncd.commands import Town
+from ttsyncd.config import Settings
+from ttsyncd.connection import connect
+from ttsyncd.debounce import Quiescence
+from ttsyncd.engine import SyncReport
+from ttsyncd.errors import RedisUnavailable, TtsyncdError
+from ttsyncd.mirror import TownMirror
+from ttsyncd.planfile import PlanReader
+from ttsyncd.store import glob_escape
+
+logger = structlog.get_logger("ttsyncd.daemon")
+
+# Keyspace events ttsyncd needs: K (keyspace channel), h (hash commands), g (DEL, RENAME, ...),
+# x (expiry). `A` stands for all classes but K and E, m and n.
+NEEDED_FLAGS = "Khgx"
+ALL_CLASSES = set("g$lshzxetd")
+RECONNECT_BACKOFF = (0.1, 5.0)  # first and longest wait between reconnect attempts, seconds
+SHUTDOWN_FLUSH_S = 4.0  # SIGTERM: flush pending work, and exit within 5 s
+
+
+def merged_notify_flags(current: str, needed: str = NEEDED_FLAGS) -> str:
+    """`notify-keyspace-events` with the flags ttsyncd needs added and none removed."""
+    present = set(current) | (ALL_CLASSES if "A" in current else set())
+    return current + "".join(flag for flag in needed if flag not in present)
+
+
+@dataclass
+class SyncStamp:
+    """One sync, as `status` reports it."""
+
+    time: str
+    duration_ms: float
+    created: int
+    updated: int
+    deleted: int
+    unchanged: int
+
+
+@dataclass
+class Pending:
+    """Work waiting for the syncer."""
+
+    keys: set[str] = field(default_factory=set)  # notified Redis keys, to fetch
+    file: bool = False  # the plan file changed
+    reload: bool = False  # read the whole town again (reconnect, polling)
+    must_sync: bool = False  # sync even if nothing looks changed (start, reconnect)
+
+
+class Daemon:
+    def __init__(self, settings: Settings, reload_settings: Callable[[], Settings], mode: str):
+        self.settings = settings
+        self.reload_settings = reload_settings
+        self.mode = mode  # foreground | background | systemd
+        self.plan_reader = PlanReader(settings.tasks_file)
+        self.client: redis.Redis | None = None
+        self.mirror: TownMirror | None = None
+        self.connected = False
+        self.notifications = "keyspace"
+        self.pending = Pending(reload=True, must_sync=True)
+        self.redis_wait = self.new_quiescence()
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+        self.first_sync_done = asyncio.Event()
+        self.sync_lock = asyncio.Lock()
+        self.retry_at = 0.0
+        self.started_at = datetime.now(UTC).isoformat()
+        self.syncs = 0
+        self.last_sync: SyncStamp | None = None
+        self.last_push: SyncStamp | None = None
+        self.last_pull: SyncStamp | None = None
+        self.last_error: str | None = None
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def new_quiescence(self) -> Quiescence:
+        sync = self.settings.sync
+        return Quiescence(sync.redis_debounce_ms / 1000, sync.redis_max_wait_ms / 1000)
+
+    # ------------------------------------------------------------------------ lifecycle
+
+    async def run(self, on_ready: Callable[[], None] | None = None) -> int:
+        """Serve until SIGTERM/SIGINT or a `stop` request; flush pending work; return 0."""
+        sock = control.socket_path(self.settings.town_dir)
+        server = await control.serve(sock, self.handle)
+        try:
+            return await self.serve(on_ready)
+        finally:
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                sock.unlink()
+
+    async def serve(self, on_ready: Callable[[], None] | None) -> int:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn("reload", self.reload()))
+        # Fail fast (and say why) when Redis is wrong from the start; later outages are waited out.
+        self.client = await asyncio.to_thread(connect, self.settings)
+        self.spawn("redis", self.redis_session())
+        self.spawn("file", self.watch_file())
+        self.spawn("syncer", self.syncer())
+        self.spawn("watchdog", self.watchdog())
+        logger.info(
+            "ttsyncd started", town=self.settings.town_name, pid=os.getpid(),
+            tasks_file=str(self.settings.tasks_file), redis=self.settings.endpoint.redacted(),
+        )  # fmt: skip
+        ready = asyncio.ensure_future(self.first_sync_done.wait())
+        await asyncio.wait([ready, asyncio.ensure_future(self.stopping.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        if ready.done():
+            systemd.notify("READY=1", f"STATUS={self.status_line()}")
+            if on_ready:
+                on_ready()
+        await self.stopping.wait()
+        systemd.notify("STOPPING=1")
+        logger.info("stopping: flushing pending work")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), SHUTDOWN_FLUSH_S)
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        logger.info("ttsyncd stopped")
+        return 0
+
+    def spawn(self, name: str, work: Any) -> None:
+        old = self.tasks.get(name)
+        if old and not old.done():
+            old.cancel()
+        self.tasks[name] = asyncio.ensure_future(work)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def flush(self) -> None:
+        """Sync once more if anything is waiting (SIGTERM must not drop a debounced edit)."""
+        async with self.sync_lock:
+            pass  # let a sync under way finish
+        if self.connected and (self.pending.file or self.pending.keys):
+            await self.sync_pending()
+
+    async def reload(self) -> None:
+        """SIGHUP: read the configuration again; reconnect if it names another Redis."""
+        systemd.notify("RELOADING=1")
+        try:
+            settings = await asyncio.to_thread(self.reload_settings)
+        except TtsyncdError as error:
+            self.last_error = f"reload failed: {error}"
+            logger.error("reload failed, keeping the old configuration", error=str(error))
+            systemd.notify("READY=1")
+            return
+        async with self.sync_lock:
+            old, self.settings = self.settings, settings
+            log.configure(settings.log.level, settings.log.format)
+            self.redis_wait = self.new_quiescence()
+            if settings.tasks_file != old.tasks_file:
+                self.plan_reader = PlanReader(settings.tasks_file)
+                self.spawn("file", self.watch_file())
+            redis_changed = (settings.endpoint, settings.town_name) != (
+                old.endpoint, old.town_name,
+            )  # fmt: skip
+            self.pending.file = True  # the policy or the file may differ: sync once
+        if redis_changed:
+            self.connected = False
+            self.spawn("redis", self.redis_session())
+        self.wake.set()
+        logger.info("configuration reloaded", redis=settings.endpoint.redacted())
+        systemd.notify("READY=1", f"STATUS={self.status_line()}")
+
+    async def watchdog(self) -> None:
+        interval = systemd.watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    # ------------------------------------------------------------------------ Redis side
+
+    async def redis_session(self) -> None:
+        """Stay connected: notifications on, subscribed, mirror loaded; after any loss, back
+        off, reconnect and sync in full, so edits made during the outage arrive."""
+        backoff = RECONNECT_BACKOFF[0]
+        while True:
+            aclient = self.settings.endpoint.async_client()
+            try:
+                await self.connect_and_listen(aclient)
+            except (redis.ConnectionError, redis.TimeoutError, OSError, RedisUnavailable) as e:
+                if self.connected:
+                    logger.warning("lost Redis, reconnecting", error=type(e).__name__)
+                self.connected = False
+                self.last_error = f"Redis unreachable at {self.settings.endpoint.redacted()}"
+            finally:
+                await aclient.aclose()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RECONNECT_BACKOFF[1])
+
+    async def connect_and_listen(self, aclient: redis.asyncio.Redis) -> None:
+        client = await asyncio.to_thread(connect, self.settings)
+        keyspace = await asyncio.to_thread(enable_notifications, client)
+        town = self.settings.town_name
+        async with self.sync_lock:
+            self.client = client
+            self.mirror = TownMirror(client, town)
+        if keyspace:
+            self.notifications = "keyspace"
+            notifications = AsyncKeyspaceNotifications(aclient)
+            # Subscribe first, load the mirror second: nothing falls between the two.
+            await notifications.subscribe(
+                KeyspaceChannel(glob_escape(f"tt:{town}:task:") + "*"),
+                KeyspaceChannel(glob_escape(agent_key_prefix(town)) + "*"),
+            )
+        elif self.notifications != "polling":
+            self.notifications = "polling"
+            logger.warning(
+                "Redis refused CONFIG: polling for changes instead of keyspace notifications",
+                poll_interval_ms=self.settings.sync.poll_interval_ms,
+            )
+        self.request(reload=True, must_sync=True)
+        self.connected = True
+        if self.last_error and self.last_error.startswith("Redis unreachable"):
+            self.last_error = None
+        logger.info("connected to Redis", notifications=self.notifications)
+        if not keyspace:
+            await self.poll(client)
+            return
+        while True:
+            # get_message raises ConnectionError when the connection goes.
+            message = await notifications.get_message(timeout=1.0)
+            if message is None:
+                await aclient.ping()  # notice a silent loss within a second or so
+                continue
+            key = message.key if isinstance(message.key, str) else message.key.decode()
+            self.request(keys={key})
+
+    async def poll(self, client: redis.Redis) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sync.poll_interval_ms / 1000)
+            await asyncio.to_thread(client.ping)  # raise here, in the session, when Redis goes
+            self.request(reload=True)
+
+    def request(
+        self, *, keys: set[str] | None = None, file: bool = False, reload: bool = False,
+        must_sync: bool = False,
+    ) -> None:  # fmt: skip
+        if keys:
+            self.pending.keys |= keys
+            self.redis_wait.touch(time.monotonic())
+        self.pending.file |= file
+        self.pending.reload |= reload
+        self.pending.must_sync |= must_sync
+        self.wake.set()
+
+    # ------------------------------------------------------------------------ file side
+
+    async def watch_file(self) -> None:
+        """watchfiles on the plan's directory, so every way of saving is seen (rewrite in
+        place, write-temp-and-rename, delete-and-recreate). Its `step`/`debounce` are the
+        quiet period and the longest wait of the file side."""
+        path = self.settings.tasks_file
+        sync = self.settings.sync
+
+        def is_plan(_change: watchfiles.Change, changed: str) -> bool:
+            return Path(changed).name == path.name
+
+        async for _changes in watchfiles.awatch(
+            path.parent, watch_filter=is_plan, recursive=False, stop_event=self.stopping,
+            step=sync.file_debounce_ms, debounce=sync.file_max_wait_ms,
+        ):  # fmt: skip
+            try:
+                text = await asyncio.to_thread(planfile.read_text, path)
+            except TtsyncdError:
+                text = None  # not UTF-8: the sync reports it
+            if text is None or not self.plan_reader.is_known(text):
+                self.request(file=True)
+
+    # ------------------------------------------------------------------------ syncing
+
+    async def syncer(self) -> None:
+        while True:
+            timeout = self.seconds_until_due()
+            if timeout is None or timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+                self.wake.clear()
+                continue
+            await self.sync_pending()
+
+    def seconds_until_due(self) -> float | None:
+        if not self.connected:
+            return None  # the Redis session wakes us once it is back
+        now = time.monotonic()
+        pending = self.pending
+        if pending.file or pending.reload or pending.must_sync:
+            return max(0.0, self.retry_at - now)
+        deadline = self.redis_wait.deadline()
+        return None if deadline is None else max(deadline, self.retry_at) - now
+
+    async def sync_pending(self) -> None:
+        async with self.sync_lock:
+            work, self.pending = self.pending, Pending()
+            self.redis_wait.reset()
+            mirror, client = self.mirror, self.client
+            assert mirror is not None and client is not None
+            town = Town(self.settings, client, self.plan_reader, mirror)
+
+            def run() -> SyncReport | None:
+                redis_changed = mirror.reload() if work.reload else mirror.refresh(work.keys)
+                if not (redis_changed or work.file or work.must_sync):
+                    return None  # an echo of our own write, or an agent's heartbeat
+                return town.sync(push=True, pull=True)
+
+            try:
+                report = await asyncio.to_thread(run)
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+                self.retry_later(work, f"Redis unreachable during sync ({type(error).__name__})")
+                return
+            except TtsyncdError as error:
+                # A broken save, a refused deletion: nothing was written; report and wait.
+                self.last_error = str(error)
+                logger.error("sync failed", error=str(error))
+                systemd.notify(f"STATUS=error: {str(error).splitlines()[0]}")
+                self.first_sync_done.set()
+                return
+            if report is not None:
+                self.record(report, both=True)
+            self.first_sync_done.set()
+
+    def retry_later(self, work: Pending, why: str) -> None:
+        self.last_error = why
+        logger.warning("sync deferred", error=why)
+        self.pending.keys |= work.keys
+        self.pending.file |= work.file
+        self.pending.reload = self.pending.must_sync = True
+        self.retry_at = time.monotonic() + 1.0
+
+    def record(self, report: SyncReport, *, both: bool = False, pushed: bool = False) -> None:
+        self.syncs += 1
+        self.last_error = None
+        now = datetime.now(UTC).isoformat(timespec="milliseconds")
+
+        def stamp(counts: Any) -> SyncStamp:
+            return SyncStamp(now, report.duration_ms, counts.created, counts.updated,
+                             counts.deleted, counts.unchanged)  # fmt: skip
+
+        if both or pushed:
+            self.last_push = stamp(report.to_redis)
+        if both or not pushed:
+            self.last_pull = stamp(report.to_file)
+        self.last_sync = self.last_push if pushed else self.last_pull
+        logger.info(
+            "sync", direction="both" if both else ("push" if pushed else "pull"),
+            to_redis=report.to_redis.summary(), to_file=report.to_file.summary(),
+            redis_writes=report.redis_writes, file_written=report.file_written,
+            conflicts=len(report.settled), duration_ms=report.duration_ms,
+        )  # fmt: skip
+        systemd.notify(f"STATUS={self.status_line()}")
+
+    # ------------------------------------------------------------------------ control
+
+    async def handle(self, message: dict[str, Any]) -> Any:
+        command = message["cmd"]
+        if command == "status":
+            return self.status()
+        if command == "stop":
+            self.stop()
+            return {"stopping": True, "pid": os.getpid()}
+        if command == "reload":
+            await self.reload()
+            return self.status()
+        if command == "conflicts":
+            return commands.conflicts(self.settings, as_json=bool(message.get("json"))).to_json()
+        if command in ("push", "pull", "check", "resolve"):
+            return (await self.run_command(command, message)).to_json()
+        raise ValueError(f"unknown command {command!r}")
+
+    async def run_command(self, command: str, message: dict[str, Any]) -> commands.Output:
+        """push/pull/check/resolve for the CLI, through the daemon's own caches, between
+        its syncs."""
+        if not self.connected or self.mirror is None or self.client is None:
+            raise RedisUnavailable(f"Redis unreachable at {self.settings.endpoint.redacted()}")
+        async with self.sync_lock:
+            town = Town(self.settings, self.client, self.plan_reader, self.mirror)
+            force, dry_run = bool(message.get("force")), bool(message.get("dry_run"))
+
+            def run() -> commands.Output:
+                assert self.mirror is not None
+                self.mirror.reload()  # an explicit command reads Redis afresh
+                if command == "check":
+                    return commands.check(town)
+                if command == "resolve":
+                    return commands.resolve(town, str(message["plan_id"]), str(message["take"]))
+                return commands.push_or_pull(town, command, force=force, dry_run=dry_run)
+
+            return await asyncio.to_thread(run)
+
+    def status(self) -> dict[str, Any]:
+        settings = self.settings
+        lists = commands.conflict_lists(settings)
+        return {
+            "pid": os.getpid(),
+            "town": settings.town_name,
+            "town_dir": str(settings.town_dir),
+            "tasks_file": str(settings.tasks_file),
+            "redis": settings.endpoint.redacted(),
+            "mode": self.mode,
+            "notifications": self.notifications,
+            "redis_connected": self.connected,
+            "started_at": self.started_at,
+            "syncs": self.syncs,
+            "last_push": vars(self.last_push) if self.last_push else None,
+            "last_pull": vars(self.last_pull) if self.last_pull else None,
+            "pending_events": {"file": self.pending.file, "redis": len(self.pending.keys)},
+            "conflicts": len(lists["recorded"]),
+            "conflicts_pending": len(lists["pending"]),
+            "last_error": self.last_error,
+        }
+
+    def status_line(self) -> str:
+        if self.last_error:
+            return f"error: {self.last_error.splitlines()[0]}"
+        last = self.last_sync.time if self.last_sync else "never"
+        return f"{self.syncs} syncs, last {last}; notifications: {self.notifications}"
+
+
+def enable_notifications(client: redis.Redis) -> bool:
+    """Add the flags ttsyncd needs to notify-keyspace-events; False where CONFIG is refused
+    (managed Redis, `rename-command CONFIG ""`, an ACL without it)."""
+    try:
+        current = str(client.config_get("notify-keyspace-events").get("notify-keyspace-events", ""))
+        wanted = merged_notify_flags(current)
+        if wanted != current:
+            client.config_set("notify-keyspace-events", wanted)
+    except redis.ResponseError:
+        return False
+    return True
+
+
+def run_foreground(settings: Settings, reload_settings: Callable[[], Settings], mode: str,
+                   on_ready: Callable[[], None] | None = None) -> int:  # fmt: skip
+    return asyncio.run(Daemon(settings, reload_settings, mode).run(on_ready))
