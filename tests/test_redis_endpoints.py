@@ -116,7 +116,7 @@ def test_embedded_default_starts_once_and_is_reused(tmp_path: Path) -> None:
                 os.kill(redis_pid(town), signal.SIGTERM)
 
 
-def test_demo_runs_on_the_embedded_redis(tmp_path: Path) -> None:
+def test_demo_runs_the_daemon_on_the_embedded_redis() -> None:
     with tempfile.TemporaryDirectory(prefix="ttsd-") as tmp:
         town = Path(tmp) / "demo"
         env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
@@ -126,9 +126,10 @@ def test_demo_runs_on_the_embedded_redis(tmp_path: Path) -> None:
                 capture_output=True, text=True, env=env, timeout=60, check=False,
             )  # fmt: skip
             assert done.returncode == 0, done.stderr
-            assert "Pushed 3 tasks" in done.stdout and "updated 1" in done.stdout
-            assert '+status = "running"' in done.stdout
-            assert '+agent = "backend"' in done.stdout
+            assert "tasks.toml followed in" in done.stdout
+            assert '+status = "running"' in done.stdout and '+agent = "backend"' in done.stdout
+            assert "Redis followed in" in done.stdout and "logout flows" in done.stdout
+            assert "no change seen in time" not in done.stdout
         finally:
             if (town / ".tt" / "redis.pid").exists():
                 os.kill(redis_pid(town), signal.SIGTERM)

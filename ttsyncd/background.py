@@ -12,6 +12,7 @@ import contextlib
 import os
 import select
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -58,12 +59,15 @@ def start(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
     answer = control.request(sock, {"cmd": "status"}, timeout=5.0)
     if answer is not None:
         pid = answer.get("result", {}).get("pid")
-        print(f"ttsyncd: already running for {settings.town_dir} (pid {pid}); not starting another")
+        print(
+            f"ttsyncd: already running for {settings.town_dir} (pid {pid}); not starting another",
+            file=sys.stderr,
+        )
         return EXIT_PLAN
     pid = running_pid(settings)
     if pid is not None:
         print(f"ttsyncd: pid {pid} holds {pid_path(settings)} but does not answer on {sock}; "
-              "stop it, or remove the pidfile if it is not ttsyncd")  # fmt: skip
+              "stop it, or remove the pidfile if it is not ttsyncd", file=sys.stderr)  # fmt: skip
         return EXIT_PLAN
     pid_path(settings).parent.mkdir(parents=True, exist_ok=True)
     read_end, write_end = os.pipe()
@@ -79,7 +83,7 @@ def start(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
               f"log: {log_path(settings)}")  # fmt: skip
         return EXIT_OK
     print(f"ttsyncd: the daemon did not come up: {report or 'no answer'}; "
-          f"see {log_path(settings)}")  # fmt: skip
+          f"see {log_path(settings)}", file=sys.stderr)  # fmt: skip
     return EXIT_PLAN
 
 
@@ -155,5 +159,5 @@ def stop(settings: Settings) -> int:
             print(f"ttsyncd stopped (pid {pid})")
             return EXIT_OK
         time.sleep(0.05)
-    print(f"ttsyncd: pid {pid} did not exit within {STOP_TIMEOUT_S:.0f} s")
+    print(f"ttsyncd: pid {pid} did not exit within {STOP_TIMEOUT_S:.0f} s", file=sys.stderr)
     return EXIT_PLAN

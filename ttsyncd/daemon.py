@@ -46,6 +46,7 @@ logger = structlog.get_logger("ttsyncd.daemon")
 # x (expiry). `A` stands for all classes but K and E, m and n.
 NEEDED_FLAGS = "Khgx"
 ALL_CLASSES = set("g$lshzxetd")
+WATCHFILES_STEP_MS = 5  # how long watchfiles waits for more changes before handing them over
 RECONNECT_BACKOFF = (0.1, 5.0)  # first and longest wait between reconnect attempts, seconds
 SHUTDOWN_FLUSH_S = 4.0  # SIGTERM: flush pending work, and exit within 5 s
 
@@ -89,7 +90,7 @@ class Daemon:
         self.connected = False
         self.notifications = "keyspace"
         self.pending = Pending(reload=True, must_sync=True)
-        self.redis_wait = self.new_quiescence()
+        self.file_wait, self.redis_wait = self.new_quiescences()
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.first_sync_done = asyncio.Event()
@@ -103,9 +104,13 @@ class Daemon:
         self.last_error: str | None = None
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
-    def new_quiescence(self) -> Quiescence:
+    def new_quiescences(self) -> tuple[Quiescence, Quiescence]:
+        """The debounce of each side: (file, Redis)."""
         sync = self.settings.sync
-        return Quiescence(sync.redis_debounce_ms / 1000, sync.redis_max_wait_ms / 1000)
+        return (
+            Quiescence(sync.file_debounce_ms / 1000, sync.file_max_wait_ms / 1000),
+            Quiescence(sync.redis_debounce_ms / 1000, sync.redis_max_wait_ms / 1000),
+        )
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -166,8 +171,17 @@ class Daemon:
         """Sync once more if anything is waiting (SIGTERM must not drop a debounced edit)."""
         async with self.sync_lock:
             pass  # let a sync under way finish
+        if await self.file_differs():  # a save the watcher has not even reported yet
+            self.pending.file = True
         if self.connected and (self.pending.file or self.pending.keys):
-            await self.sync_pending()
+            await self.sync_pending(everything=True)
+
+    async def file_differs(self) -> bool:
+        try:
+            text = await asyncio.to_thread(planfile.read_text, self.settings.tasks_file)
+        except TtsyncdError:
+            return True  # not UTF-8: let the sync report it
+        return not self.plan_reader.is_known(text)
 
     async def reload(self) -> None:
         """SIGHUP: read the configuration again; reconnect if it names another Redis."""
@@ -182,7 +196,7 @@ class Daemon:
         async with self.sync_lock:
             old, self.settings = self.settings, settings
             log.configure(settings.log.level, settings.log.format)
-            self.redis_wait = self.new_quiescence()
+            self.file_wait, self.redis_wait = self.new_quiescences()
             if settings.tasks_file != old.tasks_file:
                 self.plan_reader = PlanReader(settings.tasks_file)
                 self.spawn("file", self.watch_file())
@@ -276,6 +290,8 @@ class Daemon:
         if keys:
             self.pending.keys |= keys
             self.redis_wait.touch(time.monotonic())
+        if file:
+            self.file_wait.touch(time.monotonic())
         self.pending.file |= file
         self.pending.reload |= reload
         self.pending.must_sync |= must_sync
@@ -285,23 +301,19 @@ class Daemon:
 
     async def watch_file(self) -> None:
         """watchfiles on the plan's directory, so every way of saving is seen (rewrite in
-        place, write-temp-and-rename, delete-and-recreate). Its `step`/`debounce` are the
-        quiet period and the longest wait of the file side."""
+        place, write-temp-and-rename, delete-and-recreate). watchfiles hands changes over
+        within a few ms; the file side's debounce is ours, so `status` can show it as pending
+        and SIGTERM can flush it."""
         path = self.settings.tasks_file
-        sync = self.settings.sync
 
         def is_plan(_change: watchfiles.Change, changed: str) -> bool:
             return Path(changed).name == path.name
 
         async for _changes in watchfiles.awatch(
             path.parent, watch_filter=is_plan, recursive=False, stop_event=self.stopping,
-            step=sync.file_debounce_ms, debounce=sync.file_max_wait_ms,
+            step=WATCHFILES_STEP_MS, debounce=self.settings.sync.file_max_wait_ms,
         ):  # fmt: skip
-            try:
-                text = await asyncio.to_thread(planfile.read_text, path)
-            except TtsyncdError:
-                text = None  # not UTF-8: the sync reports it
-            if text is None or not self.plan_reader.is_known(text):
+            if await self.file_differs():  # else: the echo of our own write
                 self.request(file=True)
 
     # ------------------------------------------------------------------------ syncing
@@ -320,28 +332,33 @@ class Daemon:
         if not self.connected:
             return None  # the Redis session wakes us once it is back
         now = time.monotonic()
-        pending = self.pending
-        if pending.file or pending.reload or pending.must_sync:
+        if self.pending.reload or self.pending.must_sync:
             return max(0.0, self.retry_at - now)
-        deadline = self.redis_wait.deadline()
-        return None if deadline is None else max(deadline, self.retry_at) - now
+        deadlines = [d for d in (self.file_wait.deadline(), self.redis_wait.deadline()) if d]
+        return max(min(deadlines), self.retry_at) - now if deadlines else None
 
-    async def sync_pending(self) -> None:
+    async def sync_pending(self, everything: bool = False) -> None:
+        """Sync the sides whose debounce is over: a file change pushes, a Redis change pulls.
+        A side still settling waits, so a Redis update never pushes a half-saved file."""
         async with self.sync_lock:
-            work, self.pending = self.pending, Pending()
-            self.redis_wait.reset()
+            work = self.take_due_work(everything)
+            full = work.must_sync or everything
             mirror, client = self.mirror, self.client
             assert mirror is not None and client is not None
             town = Town(self.settings, client, self.plan_reader, mirror)
 
-            def run() -> SyncReport | None:
-                redis_changed = mirror.reload() if work.reload else mirror.refresh(work.keys)
-                if not (redis_changed or work.file or work.must_sync):
+            def run() -> tuple[SyncReport, bool, bool] | None:
+                if work.reload:
+                    redis_changed = mirror.reload()
+                else:
+                    redis_changed = bool(work.keys) and mirror.refresh(work.keys)
+                if not (redis_changed or work.file or full):
                     return None  # an echo of our own write, or an agent's heartbeat
-                return town.sync(push=True, pull=True)
+                push, pull = work.file or full, redis_changed or full
+                return town.sync(push=push, pull=pull), push, pull
 
             try:
-                report = await asyncio.to_thread(run)
+                done = await asyncio.to_thread(run)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 self.retry_later(work, f"Redis unreachable during sync ({type(error).__name__})")
                 return
@@ -352,19 +369,39 @@ class Daemon:
                 systemd.notify(f"STATUS=error: {str(error).splitlines()[0]}")
                 self.first_sync_done.set()
                 return
-            if report is not None:
-                self.record(report, both=True)
+            if done is not None:
+                report, push, pull = done
+                self.record(report, push=push, pull=pull)
             self.first_sync_done.set()
+
+    def take_due_work(self, everything: bool) -> Pending:
+        now = time.monotonic()
+        pending = self.pending
+        full = pending.must_sync or everything
+        take_file = pending.file and (full or self.file_wait.due(now))
+        take_keys = full or self.redis_wait.due(now)
+        work = Pending(
+            keys=pending.keys if take_keys else set(),
+            file=take_file,
+            reload=pending.reload,
+            must_sync=pending.must_sync,
+        )
+        if take_keys:
+            pending.keys = set()
+            self.redis_wait.reset()
+        if take_file:
+            pending.file = False
+            self.file_wait.reset()
+        pending.reload = pending.must_sync = False
+        return work
 
     def retry_later(self, work: Pending, why: str) -> None:
         self.last_error = why
         logger.warning("sync deferred", error=why)
-        self.pending.keys |= work.keys
-        self.pending.file |= work.file
-        self.pending.reload = self.pending.must_sync = True
+        self.request(keys=work.keys, file=work.file, reload=True, must_sync=True)
         self.retry_at = time.monotonic() + 1.0
 
-    def record(self, report: SyncReport, *, both: bool = False, pushed: bool = False) -> None:
+    def record(self, report: SyncReport, *, push: bool, pull: bool) -> None:
         self.syncs += 1
         self.last_error = None
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
@@ -373,13 +410,13 @@ class Daemon:
             return SyncStamp(now, report.duration_ms, counts.created, counts.updated,
                              counts.deleted, counts.unchanged)  # fmt: skip
 
-        if both or pushed:
-            self.last_push = stamp(report.to_redis)
-        if both or not pushed:
-            self.last_pull = stamp(report.to_file)
-        self.last_sync = self.last_push if pushed else self.last_pull
+        if push:
+            self.last_push = self.last_sync = stamp(report.to_redis)
+        if pull:
+            self.last_pull = self.last_sync = stamp(report.to_file)
+        direction = "both" if push and pull else ("push" if push else "pull")
         logger.info(
-            "sync", direction="both" if both else ("push" if pushed else "pull"),
+            "sync", direction=direction,
             to_redis=report.to_redis.summary(), to_file=report.to_file.summary(),
             redis_writes=report.redis_writes, file_written=report.file_written,
             conflicts=len(report.settled), duration_ms=report.duration_ms,

@@ -94,7 +94,11 @@ def ensure_embedded(socket_path: Path, env: Mapping[str, str] = os.environ) -> b
     workdir.mkdir(parents=True, exist_ok=True)
     binary = find_redis_server(env)
     args = [*server_args(binary, socket_path, workdir), "--daemonize", "yes"]
-    completed = subprocess.run(args, capture_output=True, text=True, check=False)
+    # stdin from /dev/null: inherited from a python-daemon process, redis-server 6.2 crashes at
+    # start ("Error registering the readable event for the module blocked clients subsystem").
+    completed = subprocess.run(
+        args, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False
+    )
     if completed.returncode != 0:
         raise RedisUnavailable(
             f"could not start {binary} on {socket_path}: "
@@ -111,6 +115,7 @@ def spawn_foreground(
     workdir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         [*server_args(binary, socket_path, workdir), *extra],
+        stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
