@@ -234,6 +234,10 @@ class Daemon:
                     logger.warning("lost Redis, reconnecting", error=type(e).__name__)
                 self.connected = False
                 self.last_error = f"Redis unreachable at {self.settings.endpoint.redacted()}"
+            except redis.RedisError as error:  # e.g. a refused SUBSCRIBE: keep trying, say why
+                self.connected = False
+                self.last_error = f"Redis session failed: {error}"
+                logger.error("Redis session failed, retrying", error=str(error))
             finally:
                 await aclient.aclose()
             await asyncio.sleep(backoff)
@@ -244,6 +248,8 @@ class Daemon:
         keyspace = await asyncio.to_thread(enable_notifications, client)
         town = self.settings.town_name
         async with self.sync_lock:
+            if self.client is not None and self.client is not client:
+                self.client.close()
             self.client = client
             self.mirror = TownMirror(client, town)
         if keyspace:
@@ -309,12 +315,19 @@ class Daemon:
         def is_plan(_change: watchfiles.Change, changed: str) -> bool:
             return Path(changed).name == path.name
 
-        async for _changes in watchfiles.awatch(
-            path.parent, watch_filter=is_plan, recursive=False, stop_event=self.stopping,
-            step=WATCHFILES_STEP_MS, debounce=self.settings.sync.file_max_wait_ms,
-        ):  # fmt: skip
-            if await self.file_differs():  # else: the echo of our own write
-                self.request(file=True)
+        while not self.stopping.is_set():
+            try:
+                async for _changes in watchfiles.awatch(
+                    path.parent, watch_filter=is_plan, recursive=False,
+                    stop_event=self.stopping, step=WATCHFILES_STEP_MS,
+                    debounce=self.settings.sync.file_max_wait_ms,
+                ):  # fmt: skip
+                    if await self.file_differs():  # else: the echo of our own write
+                        self.request(file=True)
+            except OSError as error:  # the directory went away: wait for it to come back
+                self.last_error = f"cannot watch {path.parent}: {error}"
+                logger.error("file watcher failed, retrying", error=str(error))
+                await asyncio.sleep(1.0)
 
     # ------------------------------------------------------------------------ syncing
 
@@ -364,10 +377,11 @@ class Daemon:
                 return
             except TtsyncdError as error:
                 # A broken save, a refused deletion: nothing was written; report and wait.
-                self.last_error = str(error)
-                logger.error("sync failed", error=str(error))
-                systemd.notify(f"STATUS=error: {str(error).splitlines()[0]}")
-                self.first_sync_done.set()
+                self.fail(str(error))
+                return
+            except Exception as error:  # a bug must not stop the daemon: report it, go on
+                logger.exception("sync crashed")
+                self.fail(f"internal error: {type(error).__name__}: {error}")
                 return
             if done is not None:
                 report, push, pull = done
@@ -394,6 +408,12 @@ class Daemon:
             self.file_wait.reset()
         pending.reload = pending.must_sync = False
         return work
+
+    def fail(self, error: str) -> None:
+        self.last_error = error
+        logger.error("sync failed", error=error)
+        systemd.notify(f"STATUS=error: {error.splitlines()[0]}")
+        self.first_sync_done.set()
 
     def retry_later(self, work: Pending, why: str) -> None:
         self.last_error = why
