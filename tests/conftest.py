@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,3 +38,17 @@ def rdb(redis_socket: Path) -> Iterator[redis.Redis]:
     client.flushall()
     yield client
     client.close()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="run the stress, fault and fuzz suites at their full counts (also: TTSYNCD_LONG=1)",
+    )
+
+
+@pytest.fixture(scope="session")
+def long_run(request: pytest.FixtureRequest) -> bool:
+    """True for the full counts; CI runs the short form."""
+    return bool(request.config.getoption("--long") or os.environ.get("TTSYNCD_LONG"))

@@ -748,16 +748,20 @@ def _trailing_trivia(container: Container) -> list[tuple[Any, Item]]:
 # ---------------------------------------------------------------------------- writing
 
 
+def current_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 def write_atomic(path: Path, text: str, expected_current: str | None) -> bool:
     # Follow a symlink: replace its target, not the link.
     target = Path(os.path.realpath(path))
     try:
-        current: bytes | None = target.read_bytes()
         status: os.stat_result | None = target.stat()
     except FileNotFoundError:
-        current, status = None, None
-    if expected_current is not None and (current or b"") != expected_current.encode("utf-8"):
-        return False  # changed since it was read: the caller re-merges
+        status = None
     descriptor, temp_name = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
     )
@@ -771,6 +775,11 @@ def write_atomic(path: Path, text: str, expected_current: str | None) -> bool:
                 with contextlib.suppress(PermissionError):
                     os.fchown(temp.fileno(), status.st_uid, status.st_gid)
             os.fsync(temp.fileno())
+        # Compare as late as possible, with the new text already on disk: the window in
+        # which someone's save could land between the check and the rename is a read long.
+        if expected_current is not None and current_bytes(target) != expected_current.encode():
+            Path(temp_name).unlink(missing_ok=True)
+            return False  # changed since it was read: the caller re-merges
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
