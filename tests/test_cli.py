@@ -301,3 +301,26 @@ def test_manual_policy_leaves_the_task_until_resolved(
     recorded = json.loads(cli(town, redis_url, "conflicts", "--json")[1])
     assert recorded["pending"] == []
     assert [c["winner"] for c in recorded["recorded"]] == [None, "redis"]
+
+
+def test_repair_keeps_the_newest_duplicate_and_cleans_the_backlog(
+    town: Path, redis_url: str, rdb: redis.Redis
+) -> None:
+    copies = []
+    for n in range(3):  # what `tt sync push` three times leaves behind
+        fields = new_task("Document the login flow", ["plan:docs"])
+        fields["updated_at"] = f"2026-11-26T10:0{n}:00+00:00"
+        set_task(rdb, TOWN, fields)
+        rdb.rpush(f"tt:{TOWN}:backlog", fields["id"])
+        copies.append(fields["id"])
+    code, out, _ = cli(town, redis_url, "repair", "--dry-run")
+    assert code == 0 and f"keeping {copies[2]}" in out and "would delete" in out
+    assert len(rdb.keys(f"tt:{TOWN}:task:*")) == 3
+    code, out, _ = cli(town, redis_url, "repair")
+    assert code == 0 and "deleted 2 duplicate task(s)" in out
+    assert rdb.keys(f"tt:{TOWN}:task:*") == [task_key(TOWN, copies[2])]
+    assert rdb.lrange(f"tt:{TOWN}:backlog", 0, -1) == [copies[2]]
+    code, _, err = cli(town, redis_url, "check")
+    assert "carry plan:docs" not in err
+    code, out, _ = cli(town, redis_url, "repair")
+    assert code == 0 and "0 duplicate task(s)" in out

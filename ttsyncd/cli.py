@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--dry-run", action="store_true", help="show what would change, write nothing"
         )
     sub.add_parser("check", help="validate the plan and the town's Redis tasks, write nothing")
+    repair = sub.add_parser("repair", help="delete duplicate tasks left by `tt sync push`")
+    repair.add_argument("--dry-run", action="store_true", help="show what would be deleted")
     conflicts = sub.add_parser("conflicts", help="list recorded and unresolved conflicts")
     conflicts.add_argument("--json", action="store_true", help="one JSON object")
     resolve = sub.add_parser("resolve", help="settle a conflict left for you (manual policy)")
@@ -118,7 +120,7 @@ def run_daemon(command: str, settings: Settings, reload_settings: Any, fmt: str 
 
 
 def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
-    """push/pull/check/conflicts/resolve: through the daemon if one serves the town."""
+    """push/pull/check/conflicts/resolve/repair: through the daemon if one serves the town."""
     request: dict[str, Any] = {"cmd": args.command}
     for name in ("force", "dry_run", "json", "plan_id", "take"):
         if hasattr(args, name):
@@ -135,6 +137,8 @@ def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
         return commands.check(town)
     if args.command == "resolve":
         return commands.resolve(town, args.plan_id, args.take)
+    if args.command == "repair":
+        return commands.repair(town, dry_run=args.dry_run)
     return commands.push_or_pull(town, args.command, force=args.force, dry_run=args.dry_run)
 
 
@@ -178,4 +182,13 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         f"  conflicts:     {status['conflicts']} recorded, {status['conflicts_pending']} "
         "left for you",
         f"  last error:    {status['last_error'] or 'none'}",
+        *(
+            f"  duplicates:    plan:{plan_id} is carried by {len(extra) + 1} tasks "
+            "(`ttsyncd repair` keeps the newest)"
+            for plan_id, extra in sorted(status.get("duplicates", {}).items())
+        ),
+        *(
+            f"  unreadable:    {key}: {why}"
+            for key, why in sorted(status.get("unreadable", {}).items())
+        ),
     ]

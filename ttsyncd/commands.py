@@ -14,10 +14,11 @@ import redis
 from ttsyncd.config import Settings
 from ttsyncd.engine import SyncReport, sync
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN
+from ttsyncd.identity import identify
 from ttsyncd.merge import Side
 from ttsyncd.planfile import PlanReader
 from ttsyncd.state import append_conflicts, load_state, read_conflicts, state_file
-from ttsyncd.store import RedisSource
+from ttsyncd.store import RedisSource, TaskWrite, apply_writes, read_snapshot
 
 PUSH_LINE = "⬆️  Pushed {n} tasks from {file} to Redis"
 PULL_LINE = "⬇️  Pulled {n} tasks from Redis to {file}"
@@ -136,6 +137,36 @@ def resolve(town: Town, plan_id: str, take: str) -> Output:
     )  # fmt: skip
     changed = report.to_redis if take == "file" else report.to_file
     return Output([f"{plan_id}: took the {take}'s values ({changed.summary()})"])
+
+
+def repair(town: Town, *, dry_run: bool) -> Output:
+    """Remove the duplicates `tt sync push` leaves (several tasks with one plan tag): keep the
+    most recently updated one of each plan id, delete the others and drop them from the
+    backlog. Each delete is guarded: a duplicate that changed meanwhile is left for next time."""
+    client, name = town.client, town.settings.town_name
+    identified = identify(read_snapshot(client, name).tasks)
+    out = Output()
+    extras = []
+    for plan_id, duplicates in sorted(identified.duplicates.items()):
+        kept = identified.by_plan_id[plan_id]
+        out.stdout.append(
+            f"plan:{plan_id}: keeping {kept.uuid} (updated {kept.updated_at}), "
+            f"{'would delete' if dry_run else 'deleting'} {', '.join(t.uuid for t in duplicates)}"
+        )
+        extras.extend(duplicates)
+    if dry_run or not extras:
+        out.stdout.append(f"{len(extras)} duplicate task(s){' (dry run)' if dry_run else ''}")
+        return out
+    writes = [TaskWrite(t.key, dict(t.raw), None, t.uuid, backlog_remove=True) for t in extras]
+    changed = apply_writes(client, name, writes)
+    out.stdout.append(f"deleted {len(writes) - len(changed)} duplicate task(s)")
+    if changed:
+        out.stderr.append(
+            f"warning: {len(changed)} duplicate(s) changed while repairing and were kept: "
+            "run `ttsyncd repair` again"
+        )
+        out.code = EXIT_PLAN
+    return out
 
 
 def conflict_lists(settings: Settings) -> dict[str, list[dict[str, Any]]]:

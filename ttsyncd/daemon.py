@@ -102,6 +102,7 @@ class Daemon:
         self.last_push: SyncStamp | None = None
         self.last_pull: SyncStamp | None = None
         self.last_error: str | None = None
+        self.last_report: SyncReport | None = None  # duplicates, unreadable hashes, agents
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     def new_quiescences(self) -> tuple[Quiescence, Quiescence]:
@@ -424,6 +425,7 @@ class Daemon:
     def record(self, report: SyncReport, *, push: bool, pull: bool) -> None:
         self.syncs += 1
         self.last_error = None
+        self.last_report = report
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
 
         def stamp(counts: Any) -> SyncStamp:
@@ -457,7 +459,7 @@ class Daemon:
             return self.status()
         if command == "conflicts":
             return commands.conflicts(self.settings, as_json=bool(message.get("json"))).to_json()
-        if command in ("push", "pull", "check", "resolve"):
+        if command in ("push", "pull", "check", "resolve", "repair"):
             return (await self.run_command(command, message)).to_json()
         raise ValueError(f"unknown command {command!r}")
 
@@ -477,6 +479,8 @@ class Daemon:
                     return commands.check(town)
                 if command == "resolve":
                     return commands.resolve(town, str(message["plan_id"]), str(message["take"]))
+                if command == "repair":
+                    return commands.repair(town, dry_run=dry_run)
                 return commands.push_or_pull(town, command, force=force, dry_run=dry_run)
 
             return await asyncio.to_thread(run)
@@ -498,6 +502,9 @@ class Daemon:
             "last_push": vars(self.last_push) if self.last_push else None,
             "last_pull": vars(self.last_pull) if self.last_pull else None,
             "pending_events": {"file": self.pending.file, "redis": len(self.pending.keys)},
+            "duplicates": self.last_report.duplicates if self.last_report else {},
+            "unreadable": self.last_report.unreadable if self.last_report else {},
+            "unknown_agents": self.last_report.unresolved_agents if self.last_report else {},
             "conflicts": len(lists["recorded"]),
             "conflicts_pending": len(lists["pending"]),
             "last_error": self.last_error,
