@@ -129,14 +129,18 @@ def sync(
             plan_reader.wrote(new_text)
             report.file_written = True
         now = clock()
-        state.base = {**outside(state.base, only), **decided.merged.base}
-        state.unresolved_agents = {
-            **outside(state.unresolved_agents, only),
-            **decided.unresolved_agents,
-        }
-        state.pending = {**outside(state.pending, only), **decided.merged.pending}
-        if state != load_state(path):
-            save_state(path, state, town=settings.town_name, endpoint=settings.endpoint.redacted())
+        new_state = SyncState(
+            base={**outside(state.base, only), **decided.merged.base},
+            unresolved_agents={
+                **outside(state.unresolved_agents, only),
+                **decided.unresolved_agents,
+            },
+            pending={**outside(state.pending, only), **decided.merged.pending},
+        )
+        if new_state != state:
+            save_state(
+                path, new_state, town=settings.town_name, endpoint=settings.endpoint.redacted()
+            )
         report.settled = settled
         append_conflicts(
             settings.state_dir, [*settled, *decided.merged.new_pending],
