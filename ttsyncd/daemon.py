@@ -356,7 +356,7 @@ class Daemon:
         A side still settling waits, so a Redis update never pushes a half-saved file."""
         async with self.sync_lock:
             work = self.take_due_work(everything)
-            full = work.must_sync or everything
+            full = work.must_sync
             mirror, client = self.mirror, self.client
             assert mirror is not None and client is not None
             town = Town(self.settings, client, self.plan_reader, mirror)
@@ -392,9 +392,9 @@ class Daemon:
     def take_due_work(self, everything: bool) -> Pending:
         now = time.monotonic()
         pending = self.pending
-        full = pending.must_sync or everything
-        take_file = pending.file and (full or self.file_wait.due(now))
-        take_keys = full or self.redis_wait.due(now)
+        take_all = pending.must_sync or everything  # `everything`: flushing, deadlines or not
+        take_file = pending.file and (take_all or self.file_wait.due(now))
+        take_keys = take_all or self.redis_wait.due(now)
         work = Pending(
             keys=pending.keys if take_keys else set(),
             file=take_file,
