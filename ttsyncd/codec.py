@@ -23,7 +23,7 @@ UUID_TEXT: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}
 LEGACY_STATES: Final = {"in_flight": "running"}
 # RFC 3339 as chrono writes it, and any other RFC 3339 a hand or a tool may have written.
 RFC3339: Final = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})\Z", re.ASCII
 )
 
 
@@ -83,8 +83,10 @@ def decode_task(key: str, raw: Mapping[str, str]) -> RedisTask:
         if name in raw and not is_uuid(raw[name]):
             raise BadHash(f"{name} {raw[name]!r} is not a uuid")
     all_tags = decode_tags(raw["tags"])
-    # The first plan tag is the identity; any further one stays an ordinary tag, so no tag is lost.
-    plan_tag = next((t for t in all_tags if t.startswith(PLAN_TAG_PREFIX) and len(t) > 5), None)
+    plan_tags = sorted({t for t in all_tags if t.startswith(PLAN_TAG_PREFIX) and len(t) > 5})
+    if len(plan_tags) > 1:  # which entry is it? Guessing could take another entry's identity.
+        raise BadHash(f"tags carry several plan tags ({', '.join(plan_tags)})")
+    plan_tag = plan_tags[0] if plan_tags else None
     return RedisTask(
         key=key,
         uuid=task_uuid,
@@ -101,12 +103,20 @@ def decode_task(key: str, raw: Mapping[str, str]) -> RedisTask:
 
 
 def decode_tags(text: str) -> list[str]:
+    """The tags as serde_json would read them; anything it refuses is a BadHash."""
     try:
         tags = json.loads(text)
     except json.JSONDecodeError as error:
         raise BadHash(f"tags is not JSON ({error.msg})") from None
+    except RecursionError:
+        raise BadHash("tags is nested too deeply") from None
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise BadHash("tags is not a JSON array of strings")
+    for tag in tags:
+        try:
+            tag.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+            raise BadHash("tags holds a string that is not valid unicode") from None
     return tags
 
 

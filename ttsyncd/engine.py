@@ -7,7 +7,8 @@ The imperative shell around the pure merge. push, pull and the daemon's two-way 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
@@ -18,7 +19,7 @@ import structlog
 from ttsyncd import planfile
 from ttsyncd.codec import encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
-from ttsyncd.errors import SyncRefused
+from ttsyncd.errors import PlanError, SyncRefused
 from ttsyncd.identity import Identified, identify, task_uuid_for
 from ttsyncd.merge import Conflict, Delete, MergeResult, Op, Options, Upsert, merge
 from ttsyncd.model import Record
@@ -74,6 +75,8 @@ class Decision:
     writes: list[TaskWrite]
     edits: list[FileEdit]
     unresolved_agents: dict[str, str]
+    uuids: dict[str, str]  # plan id -> task uuid of every task in the new base
+    kept: frozenset[str]  # plan ids this sync left alone: their state carries over as it was
 
 
 def sync(
@@ -110,6 +113,7 @@ def sync(
         state = load_state(path)
         decided = decide(settings, plan, snapshot, state, options, report, only)
         check_deletions(settings, plan, state, decided.merged, force)
+        new_plan = render_checked(plan, decided.edits)
         settled.extend(c for c in decided.merged.settled if c not in settled)
         if dry_run:
             report.settled = settled
@@ -121,21 +125,22 @@ def sync(
             log.info("redis changed during sync, merging again", keys=len(changed))
             redis_source.changed_under_us(w.key for w in changed)
             continue
-        if decided.edits:
-            new_text = planfile.render_plan(plan, decided.edits)
-            if not planfile.write_atomic(settings.tasks_file, new_text, plan.text):
+        if new_plan is not None:
+            if not planfile.write_atomic(settings.tasks_file, new_plan.text, plan.text):
                 log.info("tasks file changed during sync, merging again")
                 continue
-            plan_reader.wrote(new_text)
+            plan_reader.wrote(new_plan)
             report.file_written = True
         now = clock()
+        kept = decided.kept
         new_state = SyncState(
-            base={**outside(state.base, only), **decided.merged.base},
+            base={**within(state.base, kept), **decided.merged.base},
             unresolved_agents={
-                **outside(state.unresolved_agents, only),
+                **within(state.unresolved_agents, kept),
                 **decided.unresolved_agents,
             },
-            pending={**outside(state.pending, only), **decided.merged.pending},
+            pending={**within(state.pending, kept), **decided.merged.pending},
+            uuids={**within(state.uuids, kept), **decided.uuids},
         )
         if new_state != state:
             save_state(
@@ -174,18 +179,27 @@ def decide(
         log.warning("redis holds none of the town's tasks: repopulating it from the file")
         state = SyncState()
         report.new_redis = True
-    redis_records = redis_view(identified, snapshot.agent_names, state.unresolved_agents)
-    base = dict(state.base)
-    file_records = dict(view.records)
-    # A task whose hash cannot be read is left alone on both sides until it can be.
-    for plan_id in set(base) | set(file_records):
-        if task_key(town, task_uuid_for(town, plan_id)) in snapshot.unreadable:
-            base.pop(plan_id, None)
-            file_records.pop(plan_id, None)
-    if only is not None:
-        base = within(base, only)
-        file_records = within(file_records, only)
-        redis_records = within(redis_records, only)
+
+    # A task whose hash cannot be read is left alone on both sides until it can be: found by
+    # the uuid the base remembers (an agent-made task has a random one), else the entry's own.
+    def known_uuid(plan_id: str) -> str:
+        return state.uuids.get(plan_id) or task_uuid_for(town, plan_id)
+
+    unreadable = {
+        plan_id
+        for plan_id in set(state.base) | set(view.records)
+        if task_key(town, known_uuid(plan_id)) in snapshot.unreadable
+    }
+    # A child of such a task keeps its parent link.
+    hidden_parents = {known_uuid(plan_id): plan_id for plan_id in unreadable}
+    redis_records = redis_view(
+        identified, snapshot.agent_names, state.unresolved_agents, hidden_parents
+    )
+    everything = set(state.base) | set(view.records) | set(redis_records)
+    touched = frozenset(everything if only is None else only) - unreadable
+    base = within(state.base, touched)
+    file_records = within(view.records, touched)
+    redis_records = within(redis_records, touched)
     merged = merge(base, file_records, redis_records, options, state.pending)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
     writes, unresolved = redis_writes(
@@ -195,15 +209,31 @@ def decide(
     report.unresolved_agents = unresolved
     count_changes(report, merged)
     report.changes = describe(merged)
-    return Decision(merged, writes, edits, unresolved)
+    uuids = {
+        plan_id: identified.by_plan_id[plan_id].uuid
+        if plan_id in identified.by_plan_id
+        else known_uuid(plan_id)
+        for plan_id in merged.base
+    }
+    kept = frozenset(set(state.base) | set(state.pending) | set(state.uuids)) - touched
+    return Decision(merged, writes, edits, unresolved, uuids, kept)
 
 
-def outside(values: dict[str, T], only: frozenset[str] | None) -> dict[str, T]:
-    """The entries a sync limited to `only` leaves as they were (none for a full sync)."""
-    return {} if only is None else {k: v for k, v in values.items() if k not in only}
+def render_checked(plan: Plan, edits: list[FileEdit]) -> Plan | None:
+    """The plan after `edits`, parsed back: ttsyncd never writes a file it could not read
+    (say, a Redis `parent_id` naming a task the file does not hold). None: no edits."""
+    if not edits:
+        return None
+    text = planfile.render_plan(plan, edits)
+    try:
+        return planfile.parse_plan(plan.path, text)
+    except PlanError as error:
+        raise SyncRefused(
+            f"not writing {plan.path}: the merged plan would not be valid:\n{error}"
+        ) from None
 
 
-def within(values: dict[str, T], only: frozenset[str]) -> dict[str, T]:
+def within(values: Mapping[str, T], only: AbstractSet[str]) -> dict[str, T]:
     return {k: v for k, v in values.items() if k in only}
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import re
 import tempfile
@@ -25,6 +26,7 @@ import tomlkit
 from tomlkit.container import Container
 from tomlkit.items import AoT, Array, Comment, InlineTable, Item, Table, Whitespace
 
+from ttsyncd.codec import PLAN_TAG_PREFIX
 from ttsyncd.errors import PlanError
 from ttsyncd.model import FIELDS, STATES, Record
 
@@ -126,8 +128,10 @@ class PlanReader:
             self.last = parse_plan(self.path, text)
         return self.last
 
-    def wrote(self, text: str) -> None:
-        self.written = text
+    def wrote(self, plan: Plan) -> None:
+        """The daemon wrote this plan: its echo is no change, and it needs no parse."""
+        self.written = plan.text
+        self.last = plan
 
     def is_known(self, text: str) -> bool:
         """True when `text` is what was last read or written: a file event with this content
@@ -141,6 +145,9 @@ def parse_plan(path: Path, text: str) -> Plan:
         data = _load_toml(text)
     except tomllib.TOMLDecodeError as error:
         raise PlanError([_syntax_problem(where, text, error)]) from None
+    except RecursionError:
+        line = next((n for n, row in enumerate(text.split("\n"), 1) if "[[[[[[" in row), 1)
+        raise PlanError([f"{where}:{line}: invalid TOML: values nested too deeply"]) from None
     locate = _Locator(text.split("\n"))
     problems: list[str] = []
 
@@ -208,6 +215,12 @@ def _syntax_problem(where: str, text: str, error: tomllib.TOMLDecodeError) -> st
     return f"{where}:{line}: invalid TOML: {message}"
 
 
+def quoted(value: str, limit: int = 80) -> str:
+    """A value for a one-line message: quoted, control characters escaped, long ones cut."""
+    shown = value if len(value) <= limit else value[:limit] + "…"
+    return json.dumps(shown, ensure_ascii=False)
+
+
 def _toml_type(value: object) -> str:
     if isinstance(value, str):
         return "a string"
@@ -268,8 +281,6 @@ def _field_problems(raw: TomlData, index: int, locate: _Locator) -> list[tuple[i
         problems.append((locate.entry_line(index), "task has no description"))
     elif not isinstance(description, str):
         wrong("description", f"description must be a string (got {_toml_type(description)})")
-    elif not description.strip():
-        wrong("description", "description is empty")
     for key in ("id", "agent", "parent", "result"):
         if key in raw and not isinstance(raw[key], str):
             wrong(key, f"{key} must be a string (got {_toml_type(raw[key])})")
@@ -279,10 +290,13 @@ def _field_problems(raw: TomlData, index: int, locate: _Locator) -> list[tuple[i
     if not isinstance(status, str):
         wrong("status", f"status must be a string (got {_toml_type(status)})")
     elif status not in STATES:
-        wrong("status", f'invalid status "{status}" (expected one of: {", ".join(STATES)})')
+        wrong("status", f"invalid status {quoted(status)} (expected one of: {', '.join(STATES)})")
     tags = raw.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
         wrong("tags", "tags must be an array of strings")
+    elif plan_tags := [tag for tag in tags if tag.startswith(PLAN_TAG_PREFIX)]:
+        # The plan tag is the entry's identity in Redis; ttsyncd writes it from `id`.
+        wrong("tags", f"tag {quoted(plan_tags[0])} is reserved: ttsyncd tags tasks with plan:<id>")
     return problems
 
 
@@ -299,7 +313,7 @@ def _graph_problems(tables: list[tuple[int, TomlData]], locate: _Locator) -> lis
             problems.append(
                 (
                     locate.key_line(index, "id"),
-                    f'duplicate id "{plan_id}" (first defined at line {first_line})',
+                    f"duplicate id {quoted(plan_id)} (first defined at line {first_line})",
                 )
             )
         else:
@@ -312,7 +326,10 @@ def _graph_problems(tables: list[tuple[int, TomlData]], locate: _Locator) -> lis
             continue
         if parent not in first_index:
             problems.append(
-                (locate.key_line(index, "parent"), f'parent "{parent}" is not the id of any task')
+                (
+                    locate.key_line(index, "parent"),
+                    f"parent {quoted(parent)} is not the id of any task",
+                )
             )
         elif isinstance(raw.get("id"), str) and first_index[raw["id"]] == index:
             parent_of[raw["id"]] = parent
@@ -328,9 +345,10 @@ def _graph_problems(tables: list[tuple[int, TomlData]], locate: _Locator) -> lis
                 cycle = cycle[first:] + cycle[:first]  # start at its first entry in the file
                 line = locate.key_line(first_index[cycle[0]], "parent")
                 if len(cycle) == 1:
-                    problems.append((line, f'task "{node}" is its own parent'))
+                    problems.append((line, f"task {quoted(node)} is its own parent"))
                 else:
-                    problems.append((line, f"parent cycle: {' -> '.join([*cycle, cycle[0]])}"))
+                    chain = " -> ".join(quoted(n) for n in [*cycle, cycle[0]])
+                    problems.append((line, f"parent cycle: {chain}"))
                 break
             path.append(node)
             node = parent_of.get(node)

@@ -27,6 +27,8 @@ class SyncState:
     # `assigned_to` for it, which must not read as "Redis removed the agent".
     unresolved_agents: dict[str, str] = field(default_factory=dict)
     pending: dict[str, list[Conflict]] = field(default_factory=dict)  # left for the user
+    # plan id -> task uuid: which hash a synced entry is, even when that hash cannot be read.
+    uuids: dict[str, str] = field(default_factory=dict)
 
 
 def state_file(state_dir: Path, town: str, endpoint_identity: str) -> Path:
@@ -62,7 +64,12 @@ def load_state(path: Path) -> SyncState:
         ]
         for plan_id, items in data.get("pending", {}).items()
     }
-    return SyncState(base, dict(data.get("unresolved_agents", {})), pending)
+    uuids = {
+        plan_id: entry["uuid"]
+        for plan_id, entry in data.get("tasks", {}).items()
+        if isinstance(entry.get("uuid"), str)
+    }
+    return SyncState(base, dict(data.get("unresolved_agents", {})), pending, uuids)
 
 
 def save_state(path: Path, state: SyncState, *, town: str, endpoint: str) -> None:
@@ -73,6 +80,7 @@ def save_state(path: Path, state: SyncState, *, town: str, endpoint: str) -> Non
         "tasks": {
             plan_id: {
                 "fields": dict(task.fields),
+                **({"uuid": state.uuids[plan_id]} if plan_id in state.uuids else {}),
                 **({"tombstone": True} if task.tombstone else {}),
             }
             for plan_id, task in sorted(state.base.items())

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import redis
+from redis.client import NEVER_DECODE
 
 from ttsyncd.codec import (
     BadHash,
@@ -73,8 +74,25 @@ class TaskWrite:
     backlog_remove: bool = False  # LREM it before the task goes
 
 
-def scan_keys(client: redis.Redis, pattern: str) -> list[str]:
-    return [str(k) for k in client.scan_iter(match=pattern, count=SCAN_COUNT)]
+def scan_keys(client: redis.Redis, pattern: str) -> tuple[list[str], list[str]]:
+    """(the keys matching `pattern`, and those whose name is not UTF-8, shown escaped).
+
+    Read as bytes (NEVER_DECODE) and decoded here: one undecodable key name must not stop
+    a sync of the whole town."""
+    keys: list[str] = []
+    undecodable: list[str] = []
+    cursor: int | bytes = 0
+    while True:
+        cursor, batch = client.execute_command(  # type: ignore[no-untyped-call]
+            "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT, **{NEVER_DECODE: []}
+        )
+        for raw in batch:
+            try:
+                keys.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                undecodable.append(raw.decode("utf-8", "backslashreplace"))
+        if int(cursor) == 0:
+            return keys, undecodable
 
 
 def glob_escape(text: str) -> str:
@@ -87,27 +105,41 @@ def chunks(items: Sequence[str], size: int = PIPELINE_CHUNK) -> Iterator[Sequenc
         yield items[start : start + size]
 
 
-def hgetall_many(client: redis.Redis, keys: Sequence[str]) -> list[Any]:
-    """HGETALL of every key, pipelined; a failed read (wrong type) comes back as its error."""
-    replies: list[Any] = []
+def hgetall_many(client: redis.Redis, keys: Sequence[str]) -> list[dict[str, str] | str]:
+    """HGETALL of every key, pipelined: each hash decoded, or why it cannot be read (a wrong
+    type, bytes that are not UTF-8)."""
+    replies: list[dict[str, str] | str] = []
     for batch in chunks(keys):
         pipe = client.pipeline(transaction=False)
         for key in batch:
-            pipe.hgetall(key)
-        replies.extend(pipe.execute(raise_on_error=False))
+            pipe.execute_command("HGETALL", key, **{NEVER_DECODE: []})  # type: ignore[no-untyped-call]
+        replies.extend(decoded_hash(reply) for reply in pipe.execute(raise_on_error=False))
     return replies
+
+
+def decoded_hash(reply: Any) -> dict[str, str] | str:
+    if isinstance(reply, Exception):
+        return f"cannot be read as a hash ({reply})"
+    decoded: dict[str, str] = {}
+    for name, value in reply.items():
+        try:
+            decoded[name.decode("utf-8")] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            shown = name.decode("utf-8", "backslashreplace")
+            return f"field {shown!r} is not UTF-8 text"
+    return decoded
 
 
 def read_snapshot(client: redis.Redis, town: str) -> Snapshot:
     """Every task hash of the town and every agent's name: SCAN, then pipelined HGETALLs."""
     task_prefix = f"tt:{town}:task:"
-    task_keys = [
-        key
-        for key in scan_keys(client, glob_escape(task_prefix) + "*")
-        if is_uuid(key[len(task_prefix) :])
-    ]
-    agent_keys = scan_keys(client, glob_escape(agent_key_prefix(town)) + "*")
-    return read_hashes(client, task_keys, agent_keys)
+    found, undecodable = scan_keys(client, glob_escape(task_prefix) + "*")
+    task_keys = [key for key in found if is_uuid(key[len(task_prefix) :])]
+    agent_keys, _ = scan_keys(client, glob_escape(agent_key_prefix(town)) + "*")
+    snapshot = read_hashes(client, task_keys, agent_keys)
+    for key in undecodable:
+        snapshot.unreadable[key] = "the key name is not UTF-8 text"
+    return snapshot
 
 
 def read_hashes(
@@ -117,16 +149,20 @@ def read_hashes(
     snapshot = Snapshot()
     replies = hgetall_many(client, [*task_keys, *agent_keys])
     for key, reply in zip(task_keys, replies[: len(task_keys)], strict=True):
-        if isinstance(reply, Exception):
-            snapshot.unreadable[key] = f"cannot be read as a hash ({reply})"
+        if isinstance(reply, str):
+            snapshot.unreadable[key] = reply
         elif reply:
             try:
                 snapshot.tasks.append(decode_task(key, reply))
             except BadHash as error:
                 snapshot.unreadable[key] = str(error)
-    for reply in replies[len(task_keys) :]:
-        if isinstance(reply, dict) and reply.get("id") and reply.get("name"):
-            snapshot.agent_names[reply["id"]] = reply["name"]
+    for key, reply in zip(agent_keys, replies[len(task_keys) :], strict=True):
+        # Only a well-formed agent may lend its uuid to `assigned_to`.
+        agent_uuid = key.rsplit(":", 1)[-1]
+        if not (isinstance(reply, dict) and is_uuid(agent_uuid)):
+            continue
+        if reply.get("id") == agent_uuid and reply.get("name"):
+            snapshot.agent_names[agent_uuid] = reply["name"]
     return snapshot
 
 

@@ -65,12 +65,37 @@ def redis_view(
     identified: Identified,
     agent_names: Mapping[str, str],
     unresolved_agents: Mapping[str, str],
+    hidden_parents: Mapping[str, str] | None = None,
 ) -> dict[str, Record]:
-    plan_id_of_uuid = {task.uuid: plan_id for plan_id, task in identified.by_plan_id.items()}
-    return {
+    """Every task in plan terms. `hidden_parents` (uuid -> plan id) names tasks whose hash
+    cannot be read right now, so that their children keep their parent."""
+    plan_id_of_uuid = {
+        **(hidden_parents or {}),
+        **{task.uuid: plan_id for plan_id, task in identified.by_plan_id.items()},
+    }
+    records = {
         plan_id: redis_record(task, agent_names, plan_id_of_uuid, unresolved_agents.get(plan_id))
         for plan_id, task in identified.by_plan_id.items()
     }
+    return without_parent_cycles(records)
+
+
+def without_parent_cycles(records: dict[str, Record]) -> dict[str, Record]:
+    """Redis does not stop `parent_id` links from going round in a circle; the file may not
+    hold one. Each cycle is cut at its smallest plan id, the same way on every run."""
+    done: set[str] = set()
+    for start in sorted(records):
+        path: list[str] = []
+        node: str | None = start
+        while node is not None and node in records and node not in done:
+            if node in path:
+                cut = min(path[path.index(node) :])
+                records[cut] = records[cut].with_fields({"parent": None})
+                break
+            path.append(node)
+            node = records[node].parent
+        done.update(path)
+    return records
 
 
 def agent_uuids(agent_names: Mapping[str, str]) -> dict[str, str]:
