@@ -76,6 +76,7 @@ class Pending:
     keys: set[str] = field(default_factory=set)  # notified Redis keys, to fetch
     file: bool = False  # the plan file changed
     reload: bool = False  # read the whole town again (reconnect, polling)
+    pull: bool = False  # a pull is owed now (a push saw Redis-side changes it left alone)
     must_sync: bool = False  # sync even if nothing looks changed (start, reconnect)
 
 
@@ -90,6 +91,7 @@ class Daemon:
         self.connected = False
         self.notifications = "keyspace"
         self.pending = Pending(reload=True, must_sync=True)
+        self.owed_push = self.owed_pull = False
         self.file_wait, self.redis_wait = self.new_quiescences()
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -292,7 +294,7 @@ class Daemon:
 
     def request(
         self, *, keys: set[str] | None = None, file: bool = False, reload: bool = False,
-        must_sync: bool = False,
+        pull: bool = False, must_sync: bool = False,
     ) -> None:  # fmt: skip
         if keys:
             self.pending.keys |= keys
@@ -301,6 +303,7 @@ class Daemon:
             self.file_wait.touch(time.monotonic())
         self.pending.file |= file
         self.pending.reload |= reload
+        self.pending.pull |= pull
         self.pending.must_sync |= must_sync
         self.wake.set()
 
@@ -346,33 +349,37 @@ class Daemon:
         if not self.connected:
             return None  # the Redis session wakes us once it is back
         now = time.monotonic()
-        if self.pending.reload or self.pending.must_sync:
+        if self.pending.reload or self.pending.pull or self.pending.must_sync:
             return max(0.0, self.retry_at - now)
         deadlines = [d for d in (self.file_wait.deadline(), self.redis_wait.deadline()) if d]
         return max(min(deadlines), self.retry_at) - now if deadlines else None
 
     async def sync_pending(self, everything: bool = False) -> None:
         """Sync the sides whose debounce is over: a file change pushes, a Redis change pulls.
-        A side still settling waits, so a Redis update never pushes a half-saved file."""
+        A side still settling waits, so a Redis update never pushes a half-saved file.
+
+        A direction stays owed until a sync completes it: a sync that fails (a broken save)
+        or that sees a change for the other direction (a pull reading a save the watcher has
+        not reported yet) never makes the daemon forget that change."""
         async with self.sync_lock:
             work = self.take_due_work(everything)
-            full = work.must_sync
             mirror, client = self.mirror, self.client
             assert mirror is not None and client is not None
             town = Town(self.settings, client, self.plan_reader, mirror)
 
-            def run() -> tuple[SyncReport, bool, bool] | None:
+            def refresh() -> bool:
                 if work.reload:
-                    redis_changed = mirror.reload()
-                else:
-                    redis_changed = bool(work.keys) and mirror.refresh(work.keys)
-                if not (redis_changed or work.file or full):
-                    return None  # an echo of our own write, or an agent's heartbeat
-                push, pull = work.file or full, redis_changed or full
-                return town.sync(push=push, pull=pull), push, pull
+                    return mirror.reload()
+                return bool(work.keys) and mirror.refresh(work.keys)
 
             try:
-                done = await asyncio.to_thread(run)
+                redis_changed = await asyncio.to_thread(refresh)
+                self.owed_push |= work.file or work.must_sync
+                self.owed_pull |= redis_changed or work.pull or work.must_sync
+                push, pull = self.owed_push, self.owed_pull
+                if not (push or pull):
+                    return  # an echo of our own write, or an agent's heartbeat
+                report = await asyncio.to_thread(town.sync, push=push, pull=pull)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 self.retry_later(work, f"Redis unreachable during sync ({type(error).__name__})")
                 return
@@ -384,10 +391,14 @@ class Daemon:
                 logger.exception("sync crashed")
                 self.fail(f"internal error: {type(error).__name__}: {error}")
                 return
-            if done is not None:
-                report, push, pull = done
-                self.record(report, push=push, pull=pull)
-            self.first_sync_done.set()
+            finally:
+                self.first_sync_done.set()
+            self.owed_push = self.owed_pull = False
+            if report.waiting_push:
+                self.request(file=True)
+            if report.waiting_pull:
+                self.request(pull=True)
+            self.record(report, push=push, pull=pull)
 
     def take_due_work(self, everything: bool) -> Pending:
         now = time.monotonic()
@@ -399,6 +410,7 @@ class Daemon:
             keys=pending.keys if take_keys else set(),
             file=take_file,
             reload=pending.reload,
+            pull=pending.pull,
             must_sync=pending.must_sync,
         )
         if take_keys:
@@ -407,7 +419,7 @@ class Daemon:
         if take_file:
             pending.file = False
             self.file_wait.reset()
-        pending.reload = pending.must_sync = False
+        pending.reload = pending.pull = pending.must_sync = False
         return work
 
     def fail(self, error: str) -> None:

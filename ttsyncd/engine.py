@@ -63,6 +63,9 @@ class SyncReport:
     redis_writes: int = 0
     file_written: bool = False
     new_redis: bool = False  # Redis held none of the town's tasks: repopulated from the file
+    # Changes a one-way sync saw and left for the other direction (push: file-side changes).
+    waiting_push: bool = False
+    waiting_pull: bool = False
     attempts: int = 0
     duration_ms: float = 0.0
 
@@ -202,6 +205,8 @@ def decide(
     redis_records = within(redis_records, touched)
     merged = merge(base, file_records, redis_records, options, state.pending)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
+    report.waiting_push = bool(merged.waiting_push) or bool(view.new_ids and not options.push)
+    report.waiting_pull = bool(merged.waiting_pull)
     writes, unresolved = redis_writes(
         town, merged, identified, redis_records, snapshot.agent_names, state.unresolved_agents
     )

@@ -74,6 +74,14 @@ class MergeResult:
     settled: list[Conflict] = field(default_factory=list)  # conflicts the policy settled now
     pending: dict[str, list[Conflict]] = field(default_factory=dict)  # left for the user
     new_pending: list[Conflict] = field(default_factory=list)  # pending ones not known before
+    # Tasks with changes this sync's direction left for the other one: a one-way sync that
+    # saw them tells its caller, so the other direction is not forgotten.
+    waiting_push: set[str] = field(default_factory=set)
+    waiting_pull: set[str] = field(default_factory=set)
+
+    def wait_for(self, direction: Side, plan_id: str) -> None:
+        """`direction` names the side whose change waits: "file" waits for a push."""
+        (self.waiting_push if direction == "file" else self.waiting_pull).add(plan_id)
 
 
 def winner_for(policy: str, field_name: str) -> Side | None:
@@ -140,9 +148,14 @@ def copy_new(
         if options.push:
             result.redis_ops.append(Upsert(plan_id, file, created=True))
             result.base[plan_id] = BaseTask(file.as_fields())
-    elif redis is not None and options.pull:
-        result.file_ops.append(Upsert(plan_id, redis, created=True))
-        result.base[plan_id] = BaseTask(redis.as_fields())
+        else:
+            result.wait_for("file", plan_id)
+    elif redis is not None:
+        if options.pull:
+            result.file_ops.append(Upsert(plan_id, redis, created=True))
+            result.base[plan_id] = BaseTask(redis.as_fields())
+        else:
+            result.wait_for("redis", plan_id)
 
 
 def merge_deletion(
@@ -150,28 +163,34 @@ def merge_deletion(
     result: MergeResult,
 ) -> None:  # fmt: skip
     """Deleted on one side: delete on the other, unless the other side modified it."""
+    result.base[plan_id] = base  # unless settled below, it waits for the other direction
     if file is None:
         assert redis is not None
-        if unchanged(base, redis):
-            if options.push:
-                result.redis_ops.append(Delete(plan_id, options.deletions))
-                if options.deletions != "delete":
-                    result.base[plan_id] = BaseTask(base.fields, tombstone=True)
+        if not unchanged(base, redis):  # modified in Redis: back into the file
+            if not options.pull:
+                result.wait_for("redis", plan_id)
                 return
-        elif options.pull:
             result.file_ops.append(Upsert(plan_id, redis, created=True))
             result.base[plan_id] = BaseTask(redis.as_fields())
+        elif not options.push:
+            result.wait_for("file", plan_id)
+        else:
+            result.redis_ops.append(Delete(plan_id, options.deletions))
+            if options.deletions == "delete":
+                del result.base[plan_id]
+            else:
+                result.base[plan_id] = BaseTask(base.fields, tombstone=True)
+    elif not unchanged(base, file):  # modified in the file: back into Redis
+        if not options.push:
+            result.wait_for("file", plan_id)
             return
+        result.redis_ops.append(Upsert(plan_id, file, created=True))
+        result.base[plan_id] = BaseTask(file.as_fields())
+    elif not options.pull:
+        result.wait_for("redis", plan_id)
     else:
-        if unchanged(base, file):
-            if options.pull:
-                result.file_ops.append(Delete(plan_id))
-                return
-        elif options.push:
-            result.redis_ops.append(Upsert(plan_id, file, created=True))
-            result.base[plan_id] = BaseTask(file.as_fields())
-            return
-    result.base[plan_id] = base  # waits for the other direction
+        result.file_ops.append(Delete(plan_id))
+        del result.base[plan_id]
 
 
 def unchanged(base: BaseTask, record: Record) -> bool:
@@ -199,11 +218,13 @@ def merge_fields(
                 to_file[name] = agreed[name] = redis_value
             else:
                 agreed[name] = base_value
+                result.wait_for("redis", plan_id)
         elif known and redis_value == base_value:
             if options.push:
                 to_redis[name] = agreed[name] = file_value
             else:
                 agreed[name] = base_value
+                result.wait_for("file", plan_id)
         else:
             winner = winner_for(options.policy, name)
             conflict = Conflict(plan_id, name, base_value, file_value, redis_value, winner)
@@ -215,8 +236,10 @@ def merge_fields(
             elif winner == "redis" and options.pull:
                 to_file[name] = agreed[name] = redis_value
                 settled.append(conflict)
-            elif known:
-                agreed[name] = base_value  # settled by the other direction, later
+            else:
+                result.wait_for(winner, plan_id)  # settled by the other direction, later
+                if known:
+                    agreed[name] = base_value
     if open_conflicts:
         # `manual`: the whole task stays unsynced until the user resolves it.
         result.pending[plan_id] = open_conflicts
