@@ -46,7 +46,9 @@ logger = structlog.get_logger("ttsyncd.daemon")
 # x (expiry). `A` stands for all classes but K and E, m and n.
 NEEDED_FLAGS = "Khgx"
 ALL_CLASSES = set("g$lshzxetd")
-WATCHFILES_STEP_MS = 5  # how long watchfiles waits for more changes before handing them over
+# How long watchfiles waits for more changes before handing them over; it also wakes this
+# often when idle, so not less.
+WATCHFILES_STEP_MS = 10
 RECONNECT_BACKOFF = (0.1, 5.0)  # first and longest wait between reconnect attempts, seconds
 SHUTDOWN_FLUSH_S = 4.0  # SIGTERM: flush pending work, and exit within 5 s
 

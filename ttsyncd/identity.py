@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
@@ -15,6 +16,7 @@ TTSYNCD_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/tinytown/
 DERIVED_PREFIX = "task-"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # asked for several times per task in one sync
 def task_uuid_for(town: str, plan_id: str) -> str:
     return str(uuid.uuid5(TTSYNCD_NAMESPACE, f"{town}/{plan_id}"))
 
