@@ -315,6 +315,8 @@ def test_a_peer_of_another_uid_is_refused(server: RedisServer) -> None:
             os.chmod(sock.parent, 0o755)
             os.chmod(sock, 0o666)  # so that SO_PEERCRED, not the file mode, is what refuses
             answer = request_as_uid(65534, sock)
+            if not isinstance(answer, dict):  # a busy machine: the child's connect timed out
+                answer = request_as_uid(65534, sock)
         finally:
             assert running.terminate() == 0
     assert answer == {"ok": False, "error": "permission denied: not your daemon"}
@@ -328,7 +330,7 @@ def request_as_uid(uid: int, sock: Path) -> object:
         try:
             os.setgid(uid)
             os.setuid(uid)
-            answer: object = control.request(sock, {"cmd": "status"}, 5.0)
+            answer: object = control.request(sock, {"cmd": "status"}, 20.0)
         except Exception as error:
             answer = repr(error)
         os.write(write_end, json.dumps(answer).encode())

@@ -12,12 +12,12 @@ from typing import Any
 import redis
 
 from ttsyncd.config import Settings
-from ttsyncd.engine import SyncReport, sync
+from ttsyncd.engine import SyncReport, state_store_for, sync
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN
 from ttsyncd.identity import identify
 from ttsyncd.merge import Side
 from ttsyncd.planfile import PlanReader
-from ttsyncd.state import append_conflicts, load_state, read_conflicts, state_file
+from ttsyncd.state import StateStore, append_conflicts, read_conflicts
 from ttsyncd.store import RedisSource, TaskWrite, apply_writes, read_snapshot
 
 PUSH_LINE = "⬆️  Pushed {n} tasks from {file} to Redis"
@@ -53,12 +53,16 @@ class Town:
     client: redis.Redis
     plan_reader: PlanReader | None = None
     redis_source: RedisSource | None = None
+    state_store: StateStore | None = None
 
     def sync(self, **kwargs: Any) -> SyncReport:
         return sync(
-            self.settings, self.client,
-            plan_reader=self.plan_reader, redis_source=self.redis_source, **kwargs,
+            self.settings, self.client, plan_reader=self.plan_reader,
+            redis_source=self.redis_source, state_store=self.state_store, **kwargs,
         )  # fmt: skip
+
+    def state(self) -> StateStore:
+        return self.state_store or state_store_for(self.settings)
 
 
 def push_or_pull(town: Town, command: str, *, force: bool, dry_run: bool) -> Output:
@@ -125,8 +129,7 @@ def check(town: Town) -> Output:
 def resolve(town: Town, plan_id: str, take: str) -> Output:
     """Make the task equal on both sides to the side taken, and record the choice."""
     settings = town.settings
-    path = state_file(settings.state_dir, settings.town_name, settings.endpoint.identity())
-    waiting = load_state(path).pending.get(plan_id, [])
+    waiting = town.state().load().pending.get(plan_id, [])
     report = town.sync(
         push=take == "file", pull=take == "redis", force=True, only=frozenset({plan_id})
     )
@@ -169,15 +172,17 @@ def repair(town: Town, *, dry_run: bool) -> Output:
     return out
 
 
-def conflict_lists(settings: Settings) -> dict[str, list[dict[str, Any]]]:
+def conflict_lists(
+    settings: Settings, store: StateStore | None = None
+) -> dict[str, list[dict[str, Any]]]:
     recorded = read_conflicts(settings.state_dir)
-    path = state_file(settings.state_dir, settings.town_name, settings.endpoint.identity())
-    pending = [asdict(c) for conflicts in load_state(path).pending.values() for c in conflicts]
+    state = (store or state_store_for(settings)).load()
+    pending = [asdict(c) for conflicts in state.pending.values() for c in conflicts]
     return {"recorded": recorded, "pending": pending}
 
 
-def conflicts(settings: Settings, *, as_json: bool) -> Output:
-    lists = conflict_lists(settings)
+def conflicts(settings: Settings, *, as_json: bool, store: StateStore | None = None) -> Output:
+    lists = conflict_lists(settings, store)
     if as_json:
         return Output([json.dumps(lists, ensure_ascii=False, indent=2)])
     lines = [format_conflict(entry) for entry in lists["recorded"]]

@@ -34,7 +34,7 @@ from ttsyncd.commands import Town
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect
 from ttsyncd.debounce import Quiescence
-from ttsyncd.engine import SyncReport
+from ttsyncd.engine import SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
 from ttsyncd.planfile import PlanReader
@@ -88,6 +88,7 @@ class Daemon:
         self.reload_settings = reload_settings
         self.mode = mode  # foreground | background | systemd
         self.plan_reader = PlanReader(settings.tasks_file)
+        self.state_store = state_store_for(settings)
         self.client: redis.Redis | None = None
         self.mirror: TownMirror | None = None
         self.connected = False
@@ -202,6 +203,7 @@ class Daemon:
             old, self.settings = self.settings, settings
             log.configure(settings.log.level, settings.log.format)
             self.file_wait, self.redis_wait = self.new_quiescences()
+            self.state_store = state_store_for(settings)
             if settings.tasks_file != old.tasks_file:
                 self.plan_reader = PlanReader(settings.tasks_file)
                 self.spawn("file", self.watch_file())
@@ -237,6 +239,7 @@ class Daemon:
             except (redis.ConnectionError, redis.TimeoutError, OSError, RedisUnavailable) as e:
                 if self.connected:
                     logger.warning("lost Redis, reconnecting", error=type(e).__name__)
+                    backoff = RECONNECT_BACKOFF[0]  # it was up: a blip, not a long outage
                 self.connected = False
                 self.last_error = f"Redis unreachable at {self.settings.endpoint.redacted()}"
             except redis.RedisError as error:  # e.g. a refused SUBSCRIBE: keep trying, say why
@@ -367,7 +370,7 @@ class Daemon:
             work = self.take_due_work(everything)
             mirror, client = self.mirror, self.client
             assert mirror is not None and client is not None
-            town = Town(self.settings, client, self.plan_reader, mirror)
+            town = Town(self.settings, client, self.plan_reader, mirror, self.state_store)
 
             def refresh() -> bool:
                 if work.reload:
@@ -472,7 +475,10 @@ class Daemon:
             await self.reload()
             return self.status()
         if command == "conflicts":
-            return commands.conflicts(self.settings, as_json=bool(message.get("json"))).to_json()
+            as_json = bool(message.get("json"))
+            return commands.conflicts(
+                self.settings, as_json=as_json, store=self.state_store
+            ).to_json()
         if command in ("push", "pull", "check", "resolve", "repair"):
             return (await self.run_command(command, message)).to_json()
         raise ValueError(f"unknown command {command!r}")
@@ -483,7 +489,7 @@ class Daemon:
         if not self.connected or self.mirror is None or self.client is None:
             raise RedisUnavailable(f"Redis unreachable at {self.settings.endpoint.redacted()}")
         async with self.sync_lock:
-            town = Town(self.settings, self.client, self.plan_reader, self.mirror)
+            town = Town(self.settings, self.client, self.plan_reader, self.mirror, self.state_store)
             force, dry_run = bool(message.get("force")), bool(message.get("dry_run"))
 
             def run() -> commands.Output:
@@ -501,7 +507,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         settings = self.settings
-        lists = commands.conflict_lists(settings)
+        lists = commands.conflict_lists(settings, self.state_store)
         return {
             "pid": os.getpid(),
             "town": settings.town_name,

@@ -24,7 +24,7 @@ from ttsyncd.identity import Identified, identify, task_uuid_for
 from ttsyncd.merge import Conflict, Delete, MergeResult, Op, Options, Upsert, merge
 from ttsyncd.model import Record
 from ttsyncd.planfile import AddEntry, FileEdit, Plan, PlanReader, RemoveEntry, UpdateEntry
-from ttsyncd.state import SyncState, append_conflicts, load_state, save_state, state_file
+from ttsyncd.state import StateStore, SyncState, append_conflicts
 from ttsyncd.store import LiveRead, RedisSource, Snapshot, TaskWrite, apply_writes
 from ttsyncd.views import agent_uuids, file_view, redis_view
 
@@ -93,6 +93,7 @@ def sync(
     only: frozenset[str] | None = None,
     plan_reader: PlanReader | None = None,
     redis_source: RedisSource | None = None,
+    state_store: StateStore | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> SyncReport:
     """Run one sync; retries the whole read-merge-write when either side changed under it.
@@ -102,25 +103,31 @@ def sync(
     """
     plan_reader = plan_reader or PlanReader(settings.tasks_file)
     redis_source = redis_source or LiveRead(client, settings.town_name)
+    state_store = state_store or state_store_for(settings)
     started = time.perf_counter()
     options = Options(
         policy=settings.sync.policy, deletions=settings.sync.deletions,
         push=push, pull=pull, force=force,
     )  # fmt: skip
-    path = state_file(settings.state_dir, settings.town_name, settings.endpoint.identity())
-    settled: list[Conflict] = []
+    recorded: list[Conflict] = []
     for attempt in range(1, MAX_ATTEMPTS + 1):
         report = SyncReport(attempts=attempt)
         plan = plan_reader.read()
         snapshot = redis_source.snapshot()
-        state = load_state(path)
+        state = state_store.load()
         decided = decide(settings, plan, snapshot, state, options, report, only)
         check_deletions(settings, plan, state, decided.merged, force)
         new_plan = render_checked(plan, decided.edits)
-        settled.extend(c for c in decided.merged.settled if c not in settled)
         if dry_run:
-            report.settled = settled
+            report.settled = decided.merged.settled
             break
+        # Record conflicts before writing their winners: a crash in between must not lose
+        # the losing value. (A retry that settles them again does not record them twice.)
+        found = [*decided.merged.settled, *decided.merged.new_pending]
+        fresh = [c for c in found if c not in recorded]
+        append_conflicts(settings.state_dir, fresh, policy=settings.sync.policy, now=clock())
+        recorded.extend(fresh)
+        epoch = snapshot.epoch or redis_source.ensure_epoch()
         changed = apply_writes(client, settings.town_name, decided.writes)
         redis_source.wrote(w for w in decided.writes if w not in changed)
         report.redis_writes = len(decided.writes) - len(changed)
@@ -134,7 +141,6 @@ def sync(
                 continue
             plan_reader.wrote(new_plan)
             report.file_written = True
-        now = clock()
         kept = decided.kept
         new_state = SyncState(
             base={**within(state.base, kept), **decided.merged.base},
@@ -144,16 +150,11 @@ def sync(
             },
             pending={**within(state.pending, kept), **decided.merged.pending},
             uuids={**within(state.uuids, kept), **decided.uuids},
+            redis_epoch=epoch,
         )
         if new_state != state:
-            save_state(
-                path, new_state, town=settings.town_name, endpoint=settings.endpoint.redacted()
-            )
-        report.settled = settled
-        append_conflicts(
-            settings.state_dir, [*settled, *decided.merged.new_pending],
-            policy=settings.sync.policy, now=now,
-        )  # fmt: skip
+            state_store.save(new_state)
+        report.settled = [c for c in recorded if c.winner is not None]
         break
     else:
         raise SyncRefused(f"both sides kept changing during {MAX_ATTEMPTS} attempts; try again")
@@ -177,9 +178,11 @@ def decide(
     report.redis_tasks = len(identified.by_plan_id)
     report.unreadable = dict(snapshot.unreadable)
     report.duplicates = {k: [t.uuid for t in v] for k, v in identified.duplicates.items()}
-    if not identified.by_plan_id and not snapshot.unreadable and live_tasks(state):
+    another_redis = state.redis_epoch is not None and snapshot.epoch != state.redis_epoch
+    emptied = not identified.by_plan_id and not snapshot.unreadable and live_tasks(state)
+    if another_redis or emptied:
         # A fresh or reset Redis: repopulate it from the file, never "everything was deleted".
-        log.warning("redis holds none of the town's tasks: repopulating it from the file")
+        log.warning("not the Redis the base agreed with: repopulating it from the file")
         state = SyncState()
         report.new_redis = True
 
@@ -222,6 +225,13 @@ def decide(
     }
     kept = frozenset(set(state.base) | set(state.pending) | set(state.uuids)) - touched
     return Decision(merged, writes, edits, unresolved, uuids, kept)
+
+
+def state_store_for(settings: Settings) -> StateStore:
+    endpoint = settings.endpoint
+    return StateStore(
+        settings.state_dir, settings.town_name, endpoint.identity(), endpoint.redacted()
+    )
 
 
 def render_checked(plan: Plan, edits: list[FileEdit]) -> Plan | None:

@@ -12,7 +12,14 @@ from collections.abc import Iterable
 import redis
 
 from ttsyncd.codec import RedisTask, agent_key_prefix, decode_task
-from ttsyncd.store import Snapshot, TaskWrite, hash_after, read_hashes, read_snapshot
+from ttsyncd.store import (
+    Snapshot,
+    TaskWrite,
+    ensure_epoch,
+    hash_after,
+    read_hashes,
+    read_snapshot,
+)
 
 
 class TownMirror:
@@ -24,15 +31,17 @@ class TownMirror:
         self.tasks: dict[str, RedisTask] = {}
         self.unreadable: dict[str, str] = {}
         self.agent_names: dict[str, str] = {}  # agent uuid -> name
+        self.epoch: str | None = None
 
     def reload(self) -> bool:
         """Read the whole town (at start, after a reconnect, when polling); True if it changed."""
         snapshot = read_snapshot(self.client, self.town)
-        before = (self.tasks, self.unreadable, self.agent_names)
+        before = (self.tasks, self.unreadable, self.agent_names, self.epoch)
         self.tasks = {task.key: task for task in snapshot.tasks}
         self.unreadable = dict(snapshot.unreadable)
         self.agent_names = dict(snapshot.agent_names)
-        return before != (self.tasks, self.unreadable, self.agent_names)
+        self.epoch = snapshot.epoch
+        return before != (self.tasks, self.unreadable, self.agent_names, self.epoch)
 
     def refresh(self, keys: Iterable[str]) -> bool:
         """Fetch these keys; True when a task or an agent's name really changed (an agent's
@@ -66,7 +75,13 @@ class TownMirror:
     # RedisSource, for the engine:
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(list(self.tasks.values()), dict(self.unreadable), dict(self.agent_names))
+        return Snapshot(
+            list(self.tasks.values()), dict(self.unreadable), dict(self.agent_names), self.epoch
+        )
+
+    def ensure_epoch(self) -> str:
+        self.epoch = ensure_epoch(self.client, self.town)
+        return self.epoch
 
     def changed_under_us(self, keys: Iterable[str]) -> None:
         self.refresh(keys)

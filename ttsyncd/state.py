@@ -29,12 +29,32 @@ class SyncState:
     pending: dict[str, list[Conflict]] = field(default_factory=dict)  # left for the user
     # plan id -> task uuid: which hash a synced entry is, even when that hash cannot be read.
     uuids: dict[str, str] = field(default_factory=dict)
+    redis_epoch: str | None = None  # the marker of the Redis this base was agreed with
 
 
 def state_file(state_dir: Path, town: str, endpoint_identity: str) -> Path:
     """One base per town and Redis: another Redis starts from no base, never from "all deleted"."""
     digest = hashlib.sha256(f"{town}\0{endpoint_identity}".encode()).hexdigest()[:16]
     return state_dir / f"base-{digest}.json"
+
+
+class StateStore:
+    """The state of one town on one Redis, read from disk once and then kept: a daemon syncs
+    often, and the base of a big town is megabytes of JSON."""
+
+    def __init__(self, state_dir: Path, town: str, endpoint_identity: str, endpoint: str) -> None:
+        self.path = state_file(state_dir, town, endpoint_identity)
+        self.town, self.endpoint = town, endpoint  # saved alongside, for a person reading it
+        self.cached: SyncState | None = None
+
+    def load(self) -> SyncState:
+        if self.cached is None:
+            self.cached = load_state(self.path)
+        return self.cached
+
+    def save(self, state: SyncState) -> None:
+        save_state(self.path, state, town=self.town, endpoint=self.endpoint)
+        self.cached = state
 
 
 def ensure_private_dir(state_dir: Path) -> None:
@@ -69,7 +89,9 @@ def load_state(path: Path) -> SyncState:
         for plan_id, entry in data.get("tasks", {}).items()
         if isinstance(entry.get("uuid"), str)
     }
-    return SyncState(base, dict(data.get("unresolved_agents", {})), pending, uuids)
+    return SyncState(
+        base, dict(data.get("unresolved_agents", {})), pending, uuids, data.get("redis_epoch")
+    )
 
 
 def save_state(path: Path, state: SyncState, *, town: str, endpoint: str) -> None:
@@ -85,6 +107,7 @@ def save_state(path: Path, state: SyncState, *, town: str, endpoint: str) -> Non
             }
             for plan_id, task in sorted(state.base.items())
         },
+        "redis_epoch": state.redis_epoch,
         "unresolved_agents": state.unresolved_agents,
         "pending": {k: [asdict(c) for c in v] for k, v in state.pending.items()},
     }

@@ -9,6 +9,7 @@ trip per key. It touches one key, so it also works on Redis Cluster.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -62,6 +63,7 @@ class Snapshot:
     tasks: list[RedisTask] = field(default_factory=list)
     unreadable: dict[str, str] = field(default_factory=dict)  # key -> why it was skipped
     agent_names: dict[str, str] = field(default_factory=dict)  # agent uuid -> name
+    epoch: str | None = None  # this Redis's ttsyncd marker (see epoch_key); None: not set
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,19 @@ def decoded_hash(reply: Any) -> dict[str, str] | str:
     return decoded
 
 
+def epoch_key(town: str) -> str:
+    """A marker ttsyncd leaves in the town's Redis: a random token, kept in the base too. A
+    Redis whose token is missing or another one is not the Redis the base agreed with (it
+    restarted empty, or it is a new one), even when an agent has written a task to it since."""
+    return f"tt:{town}:ttsyncd:epoch"
+
+
+def ensure_epoch(client: redis.Redis, town: str) -> str:
+    """The marker's token, set first if missing (NX: every daemon of the town agrees on it)."""
+    client.set(epoch_key(town), uuid.uuid4().hex, nx=True)
+    return str(client.get(epoch_key(town)))
+
+
 def read_snapshot(client: redis.Redis, town: str) -> Snapshot:
     """Every task hash of the town and every agent's name: SCAN, then pipelined HGETALLs."""
     task_prefix = f"tt:{town}:task:"
@@ -137,6 +152,8 @@ def read_snapshot(client: redis.Redis, town: str) -> Snapshot:
     task_keys = [key for key in found if is_uuid(key[len(task_prefix) :])]
     agent_keys, _ = scan_keys(client, glob_escape(agent_key_prefix(town)) + "*")
     snapshot = read_hashes(client, task_keys, agent_keys)
+    epoch = client.get(epoch_key(town))
+    snapshot.epoch = str(epoch) if epoch is not None else None
     for key in undecodable:
         snapshot.unreadable[key] = "the key name is not UTF-8 text"
     return snapshot
@@ -229,6 +246,9 @@ class RedisSource(Protocol):
     def wrote(self, writes: Iterable[TaskWrite]) -> None:
         """These writes were applied."""
 
+    def ensure_epoch(self) -> str:
+        """The Redis's ttsyncd marker, set if missing."""
+
 
 class LiveRead:
     """The one-shot commands' source: every snapshot reads the whole town."""
@@ -244,3 +264,6 @@ class LiveRead:
 
     def wrote(self, writes: Iterable[TaskWrite]) -> None:
         pass
+
+    def ensure_epoch(self) -> str:
+        return ensure_epoch(self.client, self.town)
