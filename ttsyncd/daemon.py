@@ -108,7 +108,7 @@ class Daemon:
         self.last_pull: SyncStamp | None = None
         self.last_error: str | None = None
         self.last_report: SyncReport | None = None  # duplicates, unreadable hashes, agents
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.workers: dict[str, asyncio.Task[None]] = {}
 
     def new_quiescences(self) -> tuple[Quiescence, Quiescence]:
         """The debounce of each side: (file, Redis)."""
@@ -158,17 +158,17 @@ class Daemon:
         logger.info("stopping: flushing pending work")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.flush(), SHUTDOWN_FLUSH_S)
-        for task in self.tasks.values():
+        for task in self.workers.values():
             task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        await asyncio.gather(*self.workers.values(), return_exceptions=True)
         logger.info("ttsyncd stopped")
         return 0
 
     def spawn(self, name: str, work: Any) -> None:
-        old = self.tasks.get(name)
+        old = self.workers.get(name)
         if old and not old.done():
             old.cancel()
-        self.tasks[name] = asyncio.ensure_future(work)
+        self.workers[name] = asyncio.ensure_future(work)
 
     def stop(self) -> None:
         self.stopping.set()
