@@ -22,6 +22,7 @@ from ttsyncd.planfile import (
     Plan,
     RemoveEntry,
     UpdateEntry,
+    _load_by_segments,
     new_entry_id,
     parse_plan,
     read_plan,
@@ -722,3 +723,21 @@ def test_read_render_write_round_trip(tmp_path: Path) -> None:
     assert write_atomic(path, text, plan.text)
     assert read_plan(path).entries[2].plan_id == "no-id-yet"
     assert not write_atomic(path, text, plan.text)  # plan.text is stale now
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan_files(), st.sampled_from(["\n", "\r\n"]), st.booleans())
+def test_parsing_by_segments_gives_exactly_what_a_whole_parse_gives(
+    plan_file: tuple[str, list[str]], newline: str, trouble: bool
+) -> None:
+    text = plan_file[0].replace("\n", newline)
+    if trouble:  # what must send it back to a whole parse: a string spanning lines, a header
+        text += 'notes = """\n[[tasks]]\n"""\n' if "[[tasks]]" in text else "[other]\nx = 1\n"
+    try:
+        whole: Any = tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        whole = "error"
+    by_segments = _load_by_segments(text)
+    assert by_segments is None or by_segments == whole
+    parsed_again = _load_by_segments(text)  # from the segment cache this time
+    assert parsed_again == by_segments
