@@ -208,7 +208,7 @@ def decide(
     redis_records = within(redis_records, touched)
     merged = merge(base, file_records, redis_records, options, state.pending)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
-    report.waiting_push = bool(merged.waiting_push) or bool(view.new_ids and not options.push)
+    report.waiting_push = bool(merged.waiting_push)
     report.waiting_pull = bool(merged.waiting_pull)
     writes, unresolved = redis_writes(
         town, merged, identified, redis_records, snapshot.agent_names, state.unresolved_agents

@@ -179,7 +179,12 @@ def parse_plan(path: Path, text: str) -> Plan:
                 f" got {_toml_type(raw)}"
             )
     tables = [(index, raw) for index, raw in enumerate(raw_entries) if isinstance(raw, dict)]
+    records: dict[int, Record] = {}
     for index, raw in tables:
+        record = _valid_record(raw)
+        if record is not None:
+            records[index] = record
+            continue
         problems.extend(
             f"{where}:{line}: {message}" for line, message in _field_problems(raw, index, locate)
         )
@@ -190,10 +195,30 @@ def parse_plan(path: Path, text: str) -> Plan:
         raise PlanError(problems)
 
     entries = tuple(
-        PlanEntry(index, locate.entry_line(index), raw.get("id"), _record(raw))
+        PlanEntry(index, locate.entry_line(index), raw.get("id"), records[index])
         for index, raw in tables
     )
     return Plan(path, text, default_agent, entries)
+
+
+# An entry's Record once its fields checked out, by the identity of its parsed table: a table
+# from the segment cache is the same object in every parse of an unchanged entry, so a re-read
+# of a big plan checks only the entries that changed. The table is kept in the value, so its
+# id cannot be reused while the record is cached.
+_RECORDS: dict[int, tuple[TomlData, Record]] = {}
+
+
+def _valid_record(raw: TomlData) -> Record | None:
+    """The entry's Record, or None when a field is wrong (the caller says which)."""
+    cached = _RECORDS.get(id(raw))
+    if cached is not None and cached[0] is raw:
+        return cached[1]
+    if _field_problems(raw, 0, None):
+        return None
+    if len(_RECORDS) > _SEGMENT_CACHE_LIMIT:
+        _RECORDS.clear()
+    record = _RECORDS[id(raw)] = (raw, _record(raw))
+    return record[1]
 
 
 @functools.lru_cache(maxsize=2)
@@ -316,15 +341,16 @@ def _tasks_headers(lines: list[str]) -> list[int]:
     return [n for n, line in enumerate(lines) if "[[" in line and _TASKS_HEADER.match(line)]
 
 
-def _field_problems(raw: TomlData, index: int, locate: _Locator) -> list[tuple[int, str]]:
+def _field_problems(raw: TomlData, index: int, locate: _Locator | None) -> list[tuple[int, str]]:
+    """Wrong fields of entry `index`, with their lines (0 without a locator: only asking)."""
     problems: list[tuple[int, str]] = []
 
     def wrong(key: str, message: str) -> None:
-        problems.append((locate.key_line(index, key), message))
+        problems.append((locate.key_line(index, key) if locate else 0, message))
 
     description = raw.get("description")
     if description is None:
-        problems.append((locate.entry_line(index), "task has no description"))
+        problems.append((locate.entry_line(index) if locate else 0, "task has no description"))
     elif not isinstance(description, str):
         wrong("description", f"description must be a string (got {_toml_type(description)})")
     for key in ("id", "agent", "parent", "result"):
