@@ -235,6 +235,9 @@ def test_redis_outage_and_restart_converge(tmp_path: Path) -> None:
             wait_until(lambda: (s := running.status()) and not s["redis_connected"],
                        what="the daemon to notice the outage")  # fmt: skip
             write_temp_and_rename(town / "tasks.toml", PLAN.replace("Build the API", "API v2"))
+            through_daemon = run_cli(town, "push", redis_url=None)
+            assert through_daemon.returncode == 3, through_daemon.stderr  # as if run alone
+            assert "Redis unreachable" in through_daemon.stderr
             time.sleep(0.5)
             server.start()
             client = server.client()

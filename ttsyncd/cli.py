@@ -128,7 +128,7 @@ def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
     answer = control.request(control.socket_path(settings.town_dir), request)
     if answer is not None:
         if not answer.get("ok"):
-            raise TtsyncdError(str(answer.get("error")))
+            return Output(stderr=[f"ttsyncd: {answer.get('error')}"], code=answer.get("code", 1))
         return Output.from_json(answer["result"])
     if args.command == "conflicts":
         return commands.conflicts(settings, as_json=args.json)

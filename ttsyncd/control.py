@@ -77,7 +77,9 @@ async def answer(line: bytes, handle: Handler) -> dict[str, Any]:
         if not isinstance(message, dict) or not isinstance(message.get("cmd"), str):
             raise ValueError('a request is a JSON object with a "cmd" string')
         return {"ok": True, "result": await handle(message)}
-    except (ValueError, TtsyncdError) as error:
+    except TtsyncdError as error:  # the CLI exits with the code it would have had itself
+        return {"ok": False, "error": str(error), "code": error.exit_code}
+    except ValueError as error:
         return {"ok": False, "error": str(error)}
     except Exception as error:  # the daemon keeps serving; the caller learns what failed
         log.exception("control request failed")
