@@ -72,7 +72,7 @@ class TaskWrite:
     expected: dict[str, str]  # the hash as the merge read it; {} when it did not exist
     write: HashWrite | None  # None: delete the key
     task_uuid: str
-    backlog_add: bool = False  # a new claimable task: RPUSH it after it exists
+    backlog_add: bool = False  # a new claimable task: RPUSH it once created (creates only)
     backlog_remove: bool = False  # LREM it before the task goes
 
 
@@ -215,13 +215,14 @@ def apply_writes(client: redis.Redis, town: str, writes: Sequence[TaskWrite]) ->
     removed_from_backlog = {w.task_uuid for w, n in zip(leaving, replies, strict=False) if n}
     written = replies[len(leaving) :]
     changed = [w for w, ok in zip(writes, written, strict=True) if not ok]
+    # The guard let only the one writer that created the task through, so a plain RPUSH
+    # cannot double it (an LREM per task first would scan the list: quadratic on a cold push).
+    created = [w for w, ok in zip(writes, written, strict=True) if ok and not w.expected]
+    claimable = [w.task_uuid for w in created if w.backlog_add]
+    claimable += [w.task_uuid for w in changed if w.task_uuid in removed_from_backlog]
     follow_up = client.pipeline(transaction=False)
-    for write, ok in zip(writes, written, strict=True):
-        if ok and write.backlog_add:
-            follow_up.lrem(backlog, 0, write.task_uuid)
-            follow_up.rpush(backlog, write.task_uuid)
-        elif not ok and write.task_uuid in removed_from_backlog:
-            follow_up.rpush(backlog, write.task_uuid)  # not deleted after all: claimable again
+    for batch in chunks(claimable):
+        follow_up.rpush(backlog, *batch)
     if len(follow_up):
         follow_up.execute()
     return changed
