@@ -10,6 +10,12 @@ from pathlib import Path
 
 import redis
 
+from ttsyncd.identity import identify
+from ttsyncd.model import Record
+from ttsyncd.planfile import read_plan
+from ttsyncd.store import read_snapshot
+from ttsyncd.views import file_view, redis_view
+
 # Redis data exactly as tinytown 0.10 writes it (a copy of shared/fixtures, so a clone is enough).
 TINYTOWN_FIXTURE = json.loads(
     (Path(__file__).parent / "fixtures" / "tinytown-0.10-redis.json").read_text(encoding="utf-8")
@@ -54,3 +60,17 @@ def make_town(root: Path, name: str, tasks: str, tinytown: str | None = None) ->
     (root / "tinytown.toml").write_text(tinytown if tinytown is not None else f'name = "{name}"\n')
     (root / "tasks.toml").write_text(tasks)
     return root
+
+
+def plan_records(path: Path) -> dict[str, Record]:
+    """The plan file's tasks in the merge's terms, as the engine sees them."""
+    return dict(file_view(read_plan(path)).records)
+
+
+def town_records(client: redis.Redis, town: str) -> dict[str, Record]:
+    """The town's Redis tasks in the merge's terms; unreadable hashes and duplicates fail."""
+    snapshot = read_snapshot(client, town)
+    assert not snapshot.unreadable, snapshot.unreadable
+    identified = identify(snapshot.tasks)
+    assert not identified.duplicates, identified.duplicates
+    return redis_view(identified, snapshot.agent_names, {})

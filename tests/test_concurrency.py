@@ -33,14 +33,11 @@ import redis
 import tomlkit
 
 from tests.daemon_harness import QUIET_S, Daemon, FileWrites, redis_server, wait_until
-from tests.helpers import make_town, run_cli, write_counts
+from tests.helpers import make_town, plan_records, run_cli, town_records, write_counts
 from ttsyncd.codec import backlog_key, rfc3339, task_key
-from ttsyncd.identity import identify, task_uuid_for
+from ttsyncd.identity import task_uuid_for
 from ttsyncd.model import STATES, TERMINAL_STATES, Record, Value
-from ttsyncd.planfile import read_plan
-from ttsyncd.store import read_snapshot
 from ttsyncd.tinytown import new_task, set_task
-from ttsyncd.views import file_view, redis_view
 
 SETTLE_TIMEOUT_S = 30.0  # generous: a 2-core CI box running three daemons
 STUCK_S = 4.0  # the same disagreement, daemons idle all along: nothing will change it
@@ -117,18 +114,6 @@ def log_events(daemon: Daemon) -> Counter[str]:
 # ---------------------------------------------------------------------------- both sides, read
 
 
-def file_records(path: Path) -> dict[str, Record]:
-    return dict(file_view(read_plan(path)).records)
-
-
-def redis_records(client: redis.Redis, town: str) -> dict[str, Record]:
-    snapshot = read_snapshot(client, town)
-    assert not snapshot.unreadable, snapshot.unreadable
-    identified = identify(snapshot.tasks)
-    assert not identified.duplicates, identified.duplicates
-    return redis_view(identified, snapshot.agent_names, {})
-
-
 def differences(left: dict[str, Record], right: dict[str, Record]) -> list[str]:
     return [
         f"{plan_id}: {left.get(plan_id)} != {right.get(plan_id)}"
@@ -156,10 +141,10 @@ def settle(
         for daemon in daemons:
             daemon.wait_idle()
         problems: list[str] = []
-        in_redis = redis_records(client, town)
+        in_redis = town_records(client, town)
         for daemon in daemons:
             try:
-                diff = differences(file_records(daemon.town / "tasks.toml"), in_redis)
+                diff = differences(plan_records(daemon.town / "tasks.toml"), in_redis)
             except Exception as error:  # a plan that does not parse is a difference too
                 diff = [repr(error)]
             problems += [f"{daemon.town.name}/tasks.toml vs Redis: {line}" for line in diff]

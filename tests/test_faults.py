@@ -31,17 +31,16 @@ import pytest
 import redis
 
 from tests.daemon_harness import QUIET_S, Daemon, FileWrites, RedisServer, redis_server, wait_until
-from tests.helpers import make_town, write_counts
+from tests.helpers import make_town, plan_records, town_records, write_counts
 from ttsyncd import planfile
 from ttsyncd.codec import rfc3339, task_key
 from ttsyncd.errors import PlanError
-from ttsyncd.identity import identify, task_uuid_for
+from ttsyncd.identity import task_uuid_for
 from ttsyncd.model import STATES, Record, Value
 from ttsyncd.planfile import UpdateEntry, read_plan
 from ttsyncd.state import load_state, read_conflicts
-from ttsyncd.store import read_snapshot
 from ttsyncd.tinytown import new_task, set_task
-from ttsyncd.views import file_view, redis_view
+from ttsyncd.views import file_view
 
 TOWN = "faults"
 SEED = int(os.environ.get("TTSYNCD_FAULT_SEED", str(time.time_ns() % 2**31)))
@@ -86,15 +85,6 @@ def plan_text(count: int) -> str:
             'tags = ["fault"]\n'
         )
     return "".join(parts)
-
-
-def file_records(path: Path) -> dict[str, Record]:
-    return file_view(read_plan(path)).records
-
-
-def redis_records(client: redis.Redis) -> dict[str, Record]:
-    snapshot = read_snapshot(client, TOWN)
-    return redis_view(identify(snapshot.tasks), snapshot.agent_names, {})
 
 
 def key_of(plan_id: str) -> str:
@@ -163,7 +153,7 @@ def tinytown_update_many(client: redis.Redis, changes: dict[str, dict[str, str |
 
 
 def same_on_both_sides(path: Path, client: redis.Redis, plan_ids: list[str]) -> bool:
-    on_file, in_redis = file_records(path), redis_records(client)
+    on_file, in_redis = plan_records(path), town_records(client, TOWN)
     return all(on_file.get(i) == in_redis.get(i) for i in plan_ids)
 
 
@@ -180,8 +170,8 @@ def wait_converged(
     def probe() -> dict[str, Record] | None:
         assert daemon.process.poll() is None, f"the daemon died:\n{log_tail(daemon)}"
         try:
-            seen["file"] = file_records(path)
-            seen["redis"] = redis_records(client)
+            seen["file"] = plan_records(path)
+            seen["redis"] = town_records(client, TOWN)
         except (PlanError, redis.ConnectionError, OSError) as error:
             seen["error"] = repr(error)
             return None
@@ -659,7 +649,7 @@ def test_a_restart_after_a_kill_does_not_sync_again(
             assert write_counts(client) == {}, (write_counts(client), first)
             assert writes.count_since(0) == 1 and path.read_text() == text, "plan rewritten"
             assert first["redis_writes"] == 0 and not first["file_written"], first
-            assert file_records(path) == redis_records(client)
+            assert plan_records(path) == town_records(client, TOWN)
         finally:
             stop_daemon(daemon)
             client.close()
