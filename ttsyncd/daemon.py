@@ -157,7 +157,8 @@ class Daemon:
         systemd.notify("STOPPING=1")
         logger.info("stopping: flushing pending work")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flush(), SHUTDOWN_FLUSH_S)
+            async with asyncio.timeout(SHUTDOWN_FLUSH_S):
+                await self.flush()
         for task in self.workers.values():
             task.cancel()
         await asyncio.gather(*self.workers.values(), return_exceptions=True)
@@ -344,8 +345,11 @@ class Daemon:
         while True:
             timeout = self.seconds_until_due()
             if timeout is None or timeout > 0:
+                # asyncio.timeout, not wait_for: on 3.11 a cancel racing wait_for's timeout
+                # could leave this task stuck "cancelling", and SIGTERM never finishing.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self.wake.wait()
                 self.wake.clear()
                 continue
             await self.sync_pending()

@@ -20,7 +20,7 @@ from ttsyncd import planfile
 from ttsyncd.codec import encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
 from ttsyncd.errors import PlanError, SyncRefused
-from ttsyncd.identity import Identified, identify, task_uuid_for
+from ttsyncd.identity import Identified, task_uuid_for
 from ttsyncd.merge import Conflict, Delete, MergeResult, Op, Options, Upsert, merge
 from ttsyncd.model import Record
 from ttsyncd.planfile import AddEntry, FileEdit, Plan, PlanReader, RemoveEntry, UpdateEntry
@@ -79,7 +79,8 @@ class Decision:
     edits: list[FileEdit]
     unresolved_agents: dict[str, str]
     uuids: dict[str, str]  # plan id -> task uuid of every task in the new base
-    kept: frozenset[str]  # plan ids this sync left alone: their state carries over as it was
+    touched: frozenset[str]  # plan ids this sync merged; every other one's state carries over
+    state: SyncState  # the state it merged from (empty when Redis is not the one agreed with)
 
 
 def sync(
@@ -91,6 +92,7 @@ def sync(
     force: bool = False,
     dry_run: bool = False,
     only: frozenset[str] | None = None,
+    scope: frozenset[str] | None = None,
     plan_reader: PlanReader | None = None,
     redis_source: RedisSource | None = None,
     state_store: StateStore | None = None,
@@ -99,6 +101,8 @@ def sync(
     """Run one sync; retries the whole read-merge-write when either side changed under it.
 
     `only` limits it to those plan ids (`resolve`): every other task keeps its base as it is.
+    `scope` (the daemon) names the plan ids that may have changed since the last sync: only
+    they, and what they drag along, are merged.
     The daemon passes its cached plan reader and Redis mirror; one-shot commands read both.
     """
     plan_reader = plan_reader or PlanReader(settings.tasks_file)
@@ -115,7 +119,7 @@ def sync(
         plan = plan_reader.read()
         snapshot = redis_source.snapshot()
         state = state_store.load()
-        decided = decide(settings, plan, snapshot, state, options, report, only)
+        decided = decide(settings, plan, snapshot, state, options, report, only, scope)
         check_deletions(settings, plan, state, decided.merged, force)
         new_plan = render_checked(plan, decided.edits)
         if dry_run:
@@ -141,19 +145,15 @@ def sync(
                 continue
             plan_reader.wrote(new_plan)
             report.file_written = True
-        kept = decided.kept
+        touched, old = decided.touched, decided.state
         new_state = SyncState(
-            base={**within(state.base, kept), **decided.merged.base},
-            unresolved_agents={
-                **within(state.unresolved_agents, kept),
-                **decided.unresolved_agents,
-            },
-            pending={**within(state.pending, kept), **decided.merged.pending},
-            uuids={**within(state.uuids, kept), **decided.uuids},
+            base=replaced(old.base, touched, decided.merged.base),
+            unresolved_agents=replaced(old.unresolved_agents, touched, decided.unresolved_agents),
+            pending=replaced(old.pending, touched, decided.merged.pending),
+            uuids=replaced(old.uuids, touched, decided.uuids),
             redis_epoch=epoch,
         )
-        if new_state != state:
-            state_store.save(new_state)
+        state_store.save(new_state, touched if old is state else None)
         report.settled = [c for c in recorded if c.winner is not None]
         break
     else:
@@ -170,10 +170,10 @@ def decide(
     options: Options,
     report: SyncReport,
     only: frozenset[str] | None = None,
+    scope: frozenset[str] | None = None,
 ) -> Decision:
     town = settings.town_name
-    identified = identify(snapshot.tasks)
-    view = file_view(plan)
+    identified = snapshot.identify()
     report.plan_tasks = len(plan.entries)
     report.redis_tasks = len(identified.by_plan_id)
     report.unreadable = dict(snapshot.unreadable)
@@ -185,6 +185,7 @@ def decide(
         log.warning("not the Redis the base agreed with: repopulating it from the file")
         state = SyncState()
         report.new_redis = True
+        scope = None
 
     # A task whose hash cannot be read is left alone on both sides until it can be: found by
     # the uuid the base remembers (an agent-made task has a random one), else the entry's own.
@@ -193,16 +194,26 @@ def decide(
 
     unreadable = {
         plan_id
-        for plan_id in set(state.base) | set(view.records)
+        for plan_id in (set(state.base) | set(plan.by_id) if snapshot.unreadable else ())
         if task_key(town, known_uuid(plan_id)) in snapshot.unreadable
     }
     # A child of such a task keeps its parent link.
     hidden_parents = {known_uuid(plan_id): plan_id for plan_id in unreadable}
+    if scope is not None and only is None:
+        # The daemon names what may have changed since its last sync; a child of one of those
+        # goes with it (its parent may be leaving).
+        only = scope | {
+            e.plan_id for e in plan.entries if e.plan_id is not None and e.record.parent in scope
+        }
     redis_records = redis_view(
-        identified, snapshot.agent_names, state.unresolved_agents, hidden_parents
+        identified, snapshot.agent_names, state.unresolved_agents, hidden_parents, only
     )
-    everything = set(state.base) | set(view.records) | set(redis_records)
-    touched = frozenset(everything if only is None else only) - unreadable
+    view = file_view(plan, None if only is None else only | redis_records.keys())
+    if only is None:
+        touched = frozenset(set(state.base) | set(view.records) | set(redis_records))
+    else:
+        touched = frozenset(only | redis_records.keys() | view.records.keys())
+    touched -= unreadable
     base = within(state.base, touched)
     file_records = within(view.records, touched)
     redis_records = within(redis_records, touched)
@@ -223,8 +234,7 @@ def decide(
         else known_uuid(plan_id)
         for plan_id in merged.base
     }
-    kept = frozenset(set(state.base) | set(state.pending) | set(state.uuids)) - touched
-    return Decision(merged, writes, edits, unresolved, uuids, kept)
+    return Decision(merged, writes, edits, unresolved, uuids, touched, state)
 
 
 def state_store_for(settings: Settings) -> StateStore:
@@ -241,7 +251,7 @@ def render_checked(plan: Plan, edits: list[FileEdit]) -> Plan | None:
         return None
     text = planfile.render_plan(plan, edits)
     try:
-        return planfile.parse_plan(plan.path, text)
+        return planfile.parse_plan(plan.path, text, previous=plan)
     except PlanError as error:
         raise SyncRefused(
             f"not writing {plan.path}: the merged plan would not be valid:\n{error}"
@@ -249,7 +259,20 @@ def render_checked(plan: Plan, edits: list[FileEdit]) -> Plan | None:
 
 
 def within(values: Mapping[str, T], only: AbstractSet[str]) -> dict[str, T]:
+    if len(only) < len(values):  # a daemon's sync of a few tasks in a big town
+        return {k: values[k] for k in only if k in values}
     return {k: v for k, v in values.items() if k in only}
+
+
+def replaced(
+    values: Mapping[str, T], touched: AbstractSet[str], new: Mapping[str, T]
+) -> dict[str, T]:
+    """`values` with the entries of the touched ids replaced by `new`'s."""
+    result = dict(values)
+    for key in touched:
+        result.pop(key, None)
+    result.update(new)
+    return result
 
 
 def live_tasks(state: SyncState) -> int:
