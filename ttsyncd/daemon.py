@@ -34,10 +34,10 @@ from ttsyncd.commands import Town
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect
 from ttsyncd.debounce import Quiescence
-from ttsyncd.engine import SyncReport, state_store_for
+from ttsyncd.engine import Scope, SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
-from ttsyncd.planfile import PlanReader
+from ttsyncd.planfile import Plan, PlanReader
 from ttsyncd.store import glob_escape
 
 logger = structlog.get_logger("ttsyncd.daemon")
@@ -82,6 +82,32 @@ class Pending:
     must_sync: bool = False  # sync even if nothing looks changed (start, reconnect)
 
 
+class Unsynced:
+    """What may have changed since the daemon's last completed sync, so that a sync merges
+    only that: one edited task in a town of 10,000 is one task merged, not 10,000."""
+
+    def __init__(self) -> None:
+        self.plan_ids: set[str] = set()  # Redis-side changes, and what a sync left waiting
+        self.everything = True  # at start, after a reload: anything may have
+        self.plan: Plan | None = None  # the plan the last sync left
+
+    def note(self, plan_ids: frozenset[str] | None, *, everything: bool = False) -> None:
+        if plan_ids is None or everything:
+            self.everything = True
+        else:
+            self.plan_ids |= plan_ids
+
+    def scope(self) -> Scope | None:
+        if self.everything or self.plan is None:
+            return None
+        return Scope(frozenset(self.plan_ids), self.plan)
+
+    def synced(self, report: SyncReport) -> None:
+        self.plan_ids = set(report.waiting_push | report.waiting_pull)  # still owed
+        self.everything = False
+        self.plan = report.plan
+
+
 class Daemon:
     def __init__(self, settings: Settings, reload_settings: Callable[[], Settings], mode: str):
         self.settings = settings
@@ -95,6 +121,7 @@ class Daemon:
         self.notifications = "keyspace"
         self.pending = Pending(reload=True, must_sync=True)
         self.owed_push = self.owed_pull = False
+        self.unsynced = Unsynced()
         self.file_wait, self.redis_wait = self.new_quiescences()
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -212,6 +239,7 @@ class Daemon:
                 old.endpoint, old.town_name,
             )  # fmt: skip
             self.pending.file = True  # the policy or the file may differ: sync once
+            self.unsynced = Unsynced()
         if redis_changed:
             self.connected = False
             self.spawn("redis", self.redis_session())
@@ -385,10 +413,13 @@ class Daemon:
                 redis_changed = await asyncio.to_thread(refresh)
                 self.owed_push |= work.file or work.must_sync
                 self.owed_pull |= redis_changed or work.pull or work.must_sync
+                self.unsynced.note(mirror.take_changes(), everything=work.must_sync)
                 push, pull = self.owed_push, self.owed_pull
                 if not (push or pull):
                     return  # an echo of our own write, or an agent's heartbeat
-                report = await asyncio.to_thread(town.sync, push=push, pull=pull)
+                report = await asyncio.to_thread(
+                    town.sync, push=push, pull=pull, scope=self.unsynced.scope()
+                )
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 self.retry_later(work, f"Redis unreachable during sync ({type(error).__name__})")
                 return
@@ -403,6 +434,7 @@ class Daemon:
             finally:
                 self.first_sync_done.set()
             self.owed_push = self.owed_pull = False
+            self.unsynced.synced(report)
             if report.waiting_push:
                 self.request(file=True)
             if report.waiting_pull:

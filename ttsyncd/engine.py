@@ -64,10 +64,34 @@ class SyncReport:
     file_written: bool = False
     new_redis: bool = False  # Redis held none of the town's tasks: repopulated from the file
     # Changes a one-way sync saw and left for the other direction (push: file-side changes).
-    waiting_push: bool = False
-    waiting_pull: bool = False
+    waiting_push: frozenset[str] = frozenset()
+    waiting_pull: frozenset[str] = frozenset()
+    plan: Plan | None = None  # the plan as this sync left it: the next Scope's starting point
     attempts: int = 0
     duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What may have changed since a daemon's last sync: the plan ids its Redis mirror saw
+    change (and those that sync left for the other direction), and the plan it left. Only
+    these, and what the file changed since that plan, need merging."""
+
+    plan_ids: frozenset[str]
+    plan: Plan
+
+    def with_file_changes(self, plan: Plan) -> frozenset[str] | None:
+        """The plan ids to merge against `plan`, the plan read now; None: all of them."""
+        if plan.default_agent != self.plan.default_agent:
+            return None  # every entry without an agent changed
+        edited = plan.edited_since(self.plan)
+        if edited is None:  # compare every entry (an entry unchanged is the same object)
+            before, now = self.plan.by_id, plan.by_id
+            changed = {
+                plan_id for plan_id, entry in now.items() if before.get(plan_id) is not entry
+            }
+            edited = frozenset(changed | (before.keys() - now.keys()))
+        return self.plan_ids | edited
 
 
 @dataclass(frozen=True)
@@ -92,7 +116,7 @@ def sync(
     force: bool = False,
     dry_run: bool = False,
     only: frozenset[str] | None = None,
-    scope: frozenset[str] | None = None,
+    scope: Scope | None = None,
     plan_reader: PlanReader | None = None,
     redis_source: RedisSource | None = None,
     state_store: StateStore | None = None,
@@ -119,7 +143,8 @@ def sync(
         plan = plan_reader.read()
         snapshot = redis_source.snapshot()
         state = state_store.load()
-        decided = decide(settings, plan, snapshot, state, options, report, only, scope)
+        may_differ = scope.with_file_changes(plan) if scope is not None else None
+        decided = decide(settings, plan, snapshot, state, options, report, only, may_differ)
         check_deletions(settings, plan, state, decided.merged, force)
         new_plan = render_checked(plan, decided.edits)
         if dry_run:
@@ -145,6 +170,7 @@ def sync(
                 continue
             plan_reader.wrote(new_plan)
             report.file_written = True
+        report.plan = new_plan or plan
         touched, old = decided.touched, decided.state
         new_state = SyncState(
             base=replaced(old.base, touched, decided.merged.base),
@@ -200,10 +226,12 @@ def decide(
     # A child of such a task keeps its parent link.
     hidden_parents = {known_uuid(plan_id): plan_id for plan_id in unreadable}
     if scope is not None and only is None:
-        # The daemon names what may have changed since its last sync; a child of one of those
-        # goes with it (its parent may be leaving).
+        # The daemon names what may have changed since its last sync. A task leaving a side
+        # takes its children along (their parent link changes with it).
+        leaving = {i for i in scope if i not in plan.by_id or i not in identified.by_plan_id}
+        entries = plan.entries if leaving else ()
         only = scope | {
-            e.plan_id for e in plan.entries if e.plan_id is not None and e.record.parent in scope
+            e.plan_id for e in entries if e.plan_id is not None and e.record.parent in leaving
         }
     redis_records = redis_view(
         identified, snapshot.agent_names, state.unresolved_agents, hidden_parents, only
@@ -219,8 +247,8 @@ def decide(
     redis_records = within(redis_records, touched)
     merged = merge(base, file_records, redis_records, options, state.pending)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
-    report.waiting_push = bool(merged.waiting_push)
-    report.waiting_pull = bool(merged.waiting_pull)
+    report.waiting_push = frozenset(merged.waiting_push)
+    report.waiting_pull = frozenset(merged.waiting_pull)
     writes, unresolved = redis_writes(
         town, merged, identified, redis_records, snapshot.agent_names, state.unresolved_agents
     )
@@ -414,11 +442,11 @@ def check_deletions(
     """Refuse a sync that would delete a large share of the synced tasks, unless forced."""
     if force:
         return
-    synced = live_tasks(state)
     for side, ops in (("Redis", merged.redis_ops), ("tasks.toml", merged.file_ops)):
         deleting = sum(1 for op in ops if isinstance(op, Delete) and op.mode == "delete")
         if not deleting:
             continue
+        synced = live_tasks(state)
         if not plan.entries and side == "Redis":
             raise SyncRefused(
                 f"{settings.tasks_file} has no tasks: refusing to delete {deleting} task(s) "

@@ -33,6 +33,7 @@ class TownMirror:
         self.unreadable: dict[str, str] = {}
         self.agent_names: dict[str, str] = {}  # agent uuid -> name
         self.epoch: str | None = None
+        self.all_changed = True  # loaded anew, or an agent renamed: any task may read differently
 
     def reload(self) -> bool:
         """Read the whole town (at start, after a reconnect, when polling); True if it changed."""
@@ -42,7 +43,16 @@ class TownMirror:
         self.unreadable = dict(snapshot.unreadable)
         self.agent_names = dict(snapshot.agent_names)
         self.epoch = snapshot.epoch
+        self.all_changed = True
         return before != (self.tasks, self.unreadable, self.agent_names, self.epoch)
+
+    def take_changes(self) -> frozenset[str] | None:
+        """The plan ids whose task changed since the last call; None when any may have."""
+        changed = self.index.take_changed()
+        if self.all_changed:
+            self.all_changed = False
+            return None
+        return frozenset(changed)
 
     @property
     def tasks(self) -> dict[str, RedisTask]:
@@ -77,7 +87,9 @@ class TownMirror:
         for key in agent_keys:
             agent_uuid = key[len(self.agent_prefix) :]
             name = fresh.agent_names.get(agent_uuid)
-            changed |= self.agent_names.get(agent_uuid) != name
+            renamed = self.agent_names.get(agent_uuid) != name
+            changed |= renamed
+            self.all_changed |= renamed
             if name is None:
                 self.agent_names.pop(agent_uuid, None)
             else:

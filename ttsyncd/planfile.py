@@ -18,6 +18,7 @@ import re
 import tempfile
 import tomllib
 import unicodedata
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,25 @@ class Plan:
     default_agent: str | None  # [meta] default_agent
     entries: tuple[PlanEntry, ...]
     layout: Layout | None = field(default=None, compare=False, repr=False)
+    # The plan this one was read against, weakly, and the ids of the entries that differ.
+    derived_from: tuple[weakref.ref[Plan], frozenset[str]] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def edited_since(self, earlier: Plan, limit: int = 64) -> frozenset[str] | None:
+        """The ids of the entries edited, added or removed since `earlier`; None when that
+        is not known cheaply (the caller compares all entries)."""
+        edited: set[str] = set()
+        plan: Plan | None = self
+        for _ in range(limit):
+            if plan is earlier:
+                return frozenset(edited)
+            link = plan.derived_from if plan is not None else None
+            if link is None:
+                return None
+            plan = link[0]()
+            edited |= link[1]
+        return None
 
     @functools.cached_property
     def by_id(self) -> dict[str, PlanEntry]:
@@ -69,6 +89,8 @@ class Plan:
     @functools.cached_property
     def without_id(self) -> tuple[int, ...]:
         """Indexes of the entries that have no id yet."""
+        if len(self.by_id) == len(self.entries):
+            return ()  # (ids are unique)
         return tuple(n for n, entry in enumerate(self.entries) if entry.plan_id is None)
 
     def entry_line(self, index: int) -> int:
@@ -289,7 +311,7 @@ def _parse_by_segments(path: Path, text: str, previous: Plan | None) -> Plan | N
     rescanned = _headers_in(text, low, high, after_first=first > 0)
     if rescanned is None:
         return None
-    starts = [*old_starts[:first], *rescanned, *(start + shift for start in old_starts[last:])]
+    starts = [*old_starts[:first], *rescanned, *[start + shift for start in old_starts[last:]]]
     # The segment just before the changed lines runs up to the next header: parse it again.
     reuse = _Reuse(previous, head=max(0, first - 1), tail=len(old_starts) - last)
     return _assemble(path, text, starts, reuse)
@@ -337,7 +359,12 @@ def _assemble(path: Path, text: str, starts: list[int], reuse: _Reuse) -> Plan |
     if by_id is None:
         return None
     tables = (*old_tables[: reuse.head], *(s.table for s in middle), *old_tables[tail:])
-    plan = Plan(path, text, default_agent[0], entries, Layout(tuple(starts), tables))
+    derived_from = None
+    if previous is not None:
+        differ = [*(s.entry for s in middle), *old_entries[reuse.head : tail]]
+        ids = frozenset(e.plan_id for e in differ if e.plan_id is not None)
+        derived_from = (weakref.ref(previous), ids)
+    plan = Plan(path, text, default_agent[0], entries, Layout(tuple(starts), tables), derived_from)
     vars(plan)["by_id"] = by_id  # seeds the cached property: it was just built
     return plan
 

@@ -23,10 +23,10 @@ def file_view(plan: Plan, only: AbstractSet[str] | None = None) -> FileView:
     an entry with no `agent` takes `[meta] default_agent`."""
     if only is None:
         chosen: Iterable[tuple[int, PlanEntry]] = enumerate(plan.entries)
-    else:
-        index_of = plan.index_of
+    else:  # (only an entry with no id needs its index)
+        by_id = plan.by_id
         chosen = [
-            *((index_of[plan_id], plan.by_id[plan_id]) for plan_id in only if plan_id in index_of),
+            *((-1, by_id[plan_id]) for plan_id in only if plan_id in by_id),
             *((index, plan.entries[index]) for index in plan.without_id),
         ]
     taken = set(plan.by_id) if plan.without_id else set()
