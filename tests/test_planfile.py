@@ -8,11 +8,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ttsyncd import planfile
 from ttsyncd.errors import PlanError
 from ttsyncd.model import STATES, Record
 from ttsyncd.planfile import (
@@ -22,6 +24,9 @@ from ttsyncd.planfile import (
     Plan,
     RemoveEntry,
     UpdateEntry,
+    _edit_simple_lines,
+    _edit_with_tomlkit,
+    _field_changes,
     _parse_whole,
     _render_window,
     _resolve,
@@ -736,10 +741,14 @@ def parsed_or_problems(text: str, previous: Plan | None = None) -> Plan | list[s
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(plan_files(), st.sampled_from(["\n", "\r\n"]), st.booleans())
+@given(plan_files(), st.sampled_from(["\n", "\r\n"]), st.booleans(), st.booleans())
 def test_parsing_by_segments_gives_exactly_what_a_whole_parse_gives(
-    plan_file: tuple[str, list[str]], newline: str, trouble: bool
+    plan_file: tuple[str, list[str]], newline: str, trouble: bool, seeded: bool
 ) -> None:
+    """`seeded`: a cold read of a big plan, which parses the whole text once and files each
+    entry under its segment, instead of parsing segment by segment."""
+    if seeded:
+        planfile._SEGMENTS.clear()
     text = plan_file[0].replace("\n", newline)
     if trouble:  # what must send it back to a whole parse: a string spanning lines, a header
         text += 'notes = """\n[[tasks]]\n"""\n' if "[[tasks]]" in text else "[other]\nx = 1\n"
@@ -747,7 +756,8 @@ def test_parsing_by_segments_gives_exactly_what_a_whole_parse_gives(
         whole: Plan | list[str] = _parse_whole(PATH, text)
     except PlanError as error:
         whole = error.problems
-    assert parsed_or_problems(text) == whole
+    with patch.object(planfile, "WHOLE_PARSE_FROM", -1 if seeded else planfile.WHOLE_PARSE_FROM):
+        assert parsed_or_problems(text) == whole
     assert parsed_or_problems(text) == whole  # from the segment cache this time
 
 
@@ -815,3 +825,22 @@ def test_rendering_windows_gives_what_rendering_the_whole_text_gives(
     )  # fmt: skip
     if whole is not None:
         assert render_plan(plan, edits) == whole
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan_files(), st.data())
+def test_simple_line_edits_equal_tomlkits(
+    plan_file: tuple[str, list[str]], data: st.DataObject
+) -> None:
+    """An entry's changed keys, when they sit on simple lines, are rewritten without tomlkit:
+    the text must be exactly what tomlkit makes of it."""
+    blocks = [b for b in plan_file[1] if "[tasks." not in b]
+    if not blocks:
+        return
+    block = data.draw(st.sampled_from(blocks))
+    table = tomllib.loads(block)["tasks"][0]
+    changes = _field_changes(table, data.draw(records), data.draw(st.none() | st.just("dev")))
+    indent = data.draw(st.sampled_from(["", "  "]))
+    simple = _edit_simple_lines(block, changes, indent)
+    if simple is not None:
+        assert simple == _edit_with_tomlkit(block, changes, indent)
