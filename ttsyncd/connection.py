@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
+
 import redis
 
 from ttsyncd.config import Settings
 from ttsyncd.embedded import ensure_embedded
 from ttsyncd.errors import RedisUnavailable
+
+# The reason in an ssl error as redis-py passes it on, e.g. "[SSL: CERTIFICATE_VERIFY_FAILED]
+# certificate verify failed: ...": it names no credentials.
+TLS_ERROR = re.compile(r"\[SSL[^\]]*\]\s*([^(]+)")
 
 
 def connect(settings: Settings) -> redis.Redis:
@@ -20,7 +26,7 @@ def connect(settings: Settings) -> redis.Redis:
         client.ping()
     except redis.AuthenticationError:
         raise RedisUnavailable(
-            f"Redis at {where} refused the credentials: check the password "
+            f"Redis at {where} refused the credentials: check the user name and password "
             "(REDIS_URL, --redis-url, the config, or TINYTOWN_REDIS_PASSWORD)"
         ) from None
     except redis.ResponseError as error:
@@ -30,6 +36,12 @@ def connect(settings: Settings) -> redis.Redis:
             ) from None
         raise RedisUnavailable(f"Redis at {where} refused PING: {error}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        tls_failure = TLS_ERROR.search(str(error)) if endpoint.tls else None
+        if tls_failure:
+            raise RedisUnavailable(
+                f"TLS with Redis at {where} failed: {tls_failure.group(1).strip()}: check "
+                "[redis] tls_ca_cert, tls_client_cert, tls_client_key and tls_verify in the config"
+            ) from None
         raise RedisUnavailable(
             f"cannot reach Redis at {where} ({type(error).__name__}): is it running?"
         ) from None
