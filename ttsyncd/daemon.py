@@ -39,6 +39,7 @@ from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
 from ttsyncd.planfile import PlanReader
 from ttsyncd.store import glob_escape
+from ttsyncd.topology import topology_of
 
 logger = structlog.get_logger("ttsyncd.daemon")
 
@@ -514,6 +515,7 @@ class Daemon:
             "town_dir": str(settings.town_dir),
             "tasks_file": str(settings.tasks_file),
             "redis": settings.endpoint.redacted(),
+            "topology": topology_of(settings.endpoint).to_json(),
             "mode": self.mode,
             "notifications": self.notifications,
             "redis_connected": self.connected,
