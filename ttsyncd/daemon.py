@@ -40,8 +40,10 @@ from ttsyncd.debounce import Quiescence
 from ttsyncd.engine import Scope, SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
+from ttsyncd.notifications import notifications_arrive
 from ttsyncd.planfile import Plan, PlanReader
 from ttsyncd.store import glob_escape
+from ttsyncd.topology import topology_of
 
 logger = structlog.get_logger("ttsyncd.daemon")
 
@@ -286,7 +288,9 @@ class Daemon:
     async def connect_and_listen(self, aclient: redis.asyncio.Redis) -> None:
         client = await asyncio.to_thread(connect, self.settings)
         keyspace = await asyncio.to_thread(enable_notifications, client)
-        town = self.settings.town_name
+        town, db = self.settings.town_name, self.settings.endpoint.db
+        if not keyspace:  # CONFIG refused: a managed service may have them on all the same
+            keyspace = await notifications_arrive(aclient, client, town, db)
         async with self.sync_lock:
             if self.client is not None and self.client is not client:
                 self.client.close()
@@ -297,13 +301,14 @@ class Daemon:
             notifications = AsyncKeyspaceNotifications(aclient)
             # Subscribe first, load the mirror second: nothing falls between the two.
             await notifications.subscribe(
-                KeyspaceChannel(glob_escape(f"tt:{town}:task:") + "*"),
-                KeyspaceChannel(glob_escape(agent_key_prefix(town)) + "*"),
+                KeyspaceChannel(glob_escape(f"tt:{town}:task:") + "*", db),
+                KeyspaceChannel(glob_escape(agent_key_prefix(town)) + "*", db),
             )
         elif self.notifications != "polling":
             self.notifications = "polling"
             logger.warning(
-                "Redis refused CONFIG: polling for changes instead of keyspace notifications",
+                "Redis refused CONFIG and its keyspace notifications are off: polling for "
+                "changes instead (docs/managed-redis.md says how to turn them on)",
                 poll_interval_ms=self.settings.sync.poll_interval_ms,
             )
         self.request(reload=True, must_sync=True)
@@ -564,6 +569,7 @@ class Daemon:
             "town_dir": str(settings.town_dir),
             "tasks_file": str(settings.tasks_file),
             "redis": settings.endpoint.redacted(),
+            "topology": topology_of(settings.endpoint).to_json(),
             "mode": self.mode,
             "notifications": self.notifications,
             "redis_connected": self.connected,
