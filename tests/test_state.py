@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ttsyncd.merge import BaseTask, Conflict
-from ttsyncd.state import JOURNAL_LIMIT, StateStore, SyncState
+from ttsyncd.state import JOURNAL_LIMIT, StateStore, SyncState, append_conflicts, read_conflicts
 
 
 def store(tmp_path: Path) -> StateStore:
@@ -100,3 +101,17 @@ def test_any_series_of_saves_reads_back_as_the_last_one(
             assert store(Path(directory)).load() == state
             if saving.path.exists():  # (an empty state is never written)
                 assert json.loads(saving.path.read_text())["town"] == "demo"
+
+
+def test_values_holding_unicode_line_breaks_read_back(tmp_path: Path) -> None:
+    """json.dumps(ensure_ascii=False) leaves U+2028 and \\x1c inside strings; the journal and
+    the conflict log are split at newlines only."""
+    odd = "one\u2028two\x1cthree\x85four"
+    first = store(tmp_path)
+    first.save(state_with({"a": "A"}))
+    first.save(state_with({"a": odd}), touched={"a"})
+    assert store(tmp_path).load() == state_with({"a": odd})
+    conflict = Conflict("a", "description", odd, odd + "!", odd + "?", "file")
+    append_conflicts(tmp_path / "state", [conflict], policy="owner", now=datetime.now(UTC))
+    (logged,) = read_conflicts(tmp_path / "state")
+    assert logged["base"] == odd

@@ -140,7 +140,7 @@ def replay_journal(path: Path, state: SyncState, generation: int) -> int:
     """Apply the journal's lines of this generation to `state`; how many there were. A torn
     last line (a crash mid-append) is ignored."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = json_lines(path)
     except FileNotFoundError:
         return 0
     applied = 0
@@ -149,7 +149,7 @@ def replay_journal(path: Path, state: SyncState, generation: int) -> int:
             delta = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if delta.get("generation") != generation:
+        if not isinstance(delta, dict) or delta.get("generation") != generation:
             continue
         applied += 1
         for plan_id, entry in delta["tasks"].items():
@@ -262,4 +262,10 @@ def read_conflicts(state_dir: Path) -> list[dict[str, Any]]:
     path = state_dir / CONFLICTS_FILE
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [json.loads(line) for line in json_lines(path) if line]
+
+
+def json_lines(path: Path) -> list[str]:
+    """The lines of a file of JSON lines. Split at "\n" only: str.splitlines() also splits at
+    U+2028 and the like, which json.dumps(ensure_ascii=False) leaves inside strings."""
+    return path.read_text(encoding="utf-8").split("\n")
