@@ -7,16 +7,18 @@ import redis
 from ttsyncd.config import Settings
 from ttsyncd.embedded import ensure_embedded
 from ttsyncd.errors import RedisUnavailable
+from ttsyncd.topology import RedisClient, open_client
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A client that answered PING; starts the embedded server when the town uses it."""
+def connect(settings: Settings) -> RedisClient:
+    """A client that answered PING (of a Cluster, when the server is a cluster node); starts the
+    embedded server when the town uses it."""
     endpoint = settings.endpoint
     if endpoint.managed and endpoint.unix_socket is not None:
         ensure_embedded(endpoint.unix_socket)
-    client = endpoint.client()
     where = endpoint.redacted()
     try:
+        client = open_client(endpoint)
         client.ping()
     except redis.AuthenticationError:
         raise RedisUnavailable(
@@ -33,4 +35,6 @@ def connect(settings: Settings) -> redis.Redis:
         raise RedisUnavailable(
             f"cannot reach Redis at {where} ({type(error).__name__}): is it running?"
         ) from None
+    except redis.RedisClusterException as error:  # e.g. `cluster = true` on a plain server
+        raise RedisUnavailable(f"Redis at {where} is not a usable cluster: {error}") from None
     return client

@@ -39,6 +39,7 @@ from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
 from ttsyncd.planfile import PlanReader
 from ttsyncd.store import glob_escape
+from ttsyncd.topology import RedisClient
 
 logger = structlog.get_logger("ttsyncd.daemon")
 
@@ -89,7 +90,7 @@ class Daemon:
         self.mode = mode  # foreground | background | systemd
         self.plan_reader = PlanReader(settings.tasks_file)
         self.state_store = state_store_for(settings)
-        self.client: redis.Redis | None = None
+        self.client: RedisClient | None = None
         self.mirror: TownMirror | None = None
         self.connected = False
         self.notifications = "keyspace"
@@ -291,7 +292,7 @@ class Daemon:
             key = message.key if isinstance(message.key, str) else message.key.decode()
             self.request(keys={key})
 
-    async def poll(self, client: redis.Redis) -> None:
+    async def poll(self, client: RedisClient) -> None:
         while True:
             await asyncio.sleep(self.settings.sync.poll_interval_ms / 1000)
             await asyncio.to_thread(client.ping)  # raise here, in the session, when Redis goes
@@ -537,7 +538,7 @@ class Daemon:
         return f"{self.syncs} syncs, last {last}; notifications: {self.notifications}"
 
 
-def enable_notifications(client: redis.Redis) -> bool:
+def enable_notifications(client: RedisClient) -> bool:
     """Add the flags ttsyncd needs to notify-keyspace-events; False where CONFIG is refused
     (managed Redis, `rename-command CONFIG ""`, an ACL without it)."""
     try:

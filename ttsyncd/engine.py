@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import redis
 import structlog
 
 from ttsyncd import planfile
@@ -26,6 +25,7 @@ from ttsyncd.model import Record
 from ttsyncd.planfile import AddEntry, FileEdit, Plan, PlanReader, RemoveEntry, UpdateEntry
 from ttsyncd.state import StateStore, SyncState, append_conflicts
 from ttsyncd.store import LiveRead, RedisSource, Snapshot, TaskWrite, apply_writes
+from ttsyncd.topology import RedisClient
 from ttsyncd.views import agent_uuids, file_view, redis_view
 
 log = structlog.get_logger("ttsyncd.engine")
@@ -84,7 +84,7 @@ class Decision:
 
 def sync(
     settings: Settings,
-    client: redis.Redis,
+    client: RedisClient,
     *,
     push: bool,
     pull: bool,

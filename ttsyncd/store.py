@@ -4,17 +4,22 @@ guarded on what was read.
 Each task write is one Lua script rather than WATCH/MULTI/EXEC: it is just as atomic (nobody sees
 the HDEL without the HSET), it carries the guard ("the hash still holds what the merge read") in
 the same round trip, and many of them pipeline into one round trip, where WATCH needs a round
-trip per key. It touches one key, so it also works on Redis Cluster.
+trip per key. It touches one key, so it also works on Redis Cluster, where redis-py's cluster
+pipeline sends each node its own keys' scripts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import redis
+import redis.cluster
+import redis.sentinel
+import structlog
 from redis.client import NEVER_DECODE
 
 from ttsyncd.codec import (
@@ -26,6 +31,9 @@ from ttsyncd.codec import (
     decode_task,
     is_uuid,
 )
+from ttsyncd.topology import RedisClient
+
+log = structlog.get_logger("ttsyncd.store")
 
 SCAN_COUNT: Final = 1000
 PIPELINE_CHUNK: Final = 2000
@@ -54,6 +62,9 @@ if ndel > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, p + 2, p + 1 + ndel)) 
 redis.call('HSET', KEYS[1], unpack(ARGV, p + 2 + ndel))
 return 1
 """
+GUARDED_WRITE_SHA: Final = hashlib.sha1(GUARDED_WRITE.encode()).hexdigest()
+# Behind Sentinel: how long a sync waits for the replicas to acknowledge its writes.
+REPLICA_WAIT_MS: Final = 1000
 
 
 @dataclass
@@ -76,23 +87,30 @@ class TaskWrite:
     backlog_remove: bool = False  # LREM it before the task goes
 
 
-def scan_keys(client: redis.Redis, pattern: str) -> tuple[list[str], list[str]]:
+def scan_keys(client: RedisClient, pattern: str) -> tuple[list[str], list[str]]:
     """(the keys matching `pattern`, and those whose name is not UTF-8, shown escaped).
 
     Read as bytes (NEVER_DECODE) and decoded here: one undecodable key name must not stop
-    a sync of the whole town."""
+    a sync of the whole town. On a Cluster, redis-py's scan_iter scans every primary."""
     keys: list[str] = []
     undecodable: list[str] = []
-    cursor: int | bytes = 0
-    while True:
-        cursor, batch = client.execute_command(  # type: ignore[no-untyped-call]
-            "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT, **{NEVER_DECODE: []}
-        )
+
+    def take(batch: Iterable[bytes]) -> None:
         for raw in batch:
             try:
                 keys.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 undecodable.append(raw.decode("utf-8", "backslashreplace"))
+
+    if isinstance(client, redis.cluster.RedisCluster):
+        take(client.scan_iter(match=pattern, count=SCAN_COUNT, **{NEVER_DECODE: []}))  # type: ignore[arg-type]
+        return keys, undecodable
+    cursor: int | bytes = 0
+    while True:
+        cursor, batch = client.execute_command(  # type: ignore[no-untyped-call]
+            "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT, **{NEVER_DECODE: []}
+        )
+        take(batch)
         if int(cursor) == 0:
             return keys, undecodable
 
@@ -107,14 +125,14 @@ def chunks(items: Sequence[str], size: int = PIPELINE_CHUNK) -> Iterator[Sequenc
         yield items[start : start + size]
 
 
-def hgetall_many(client: redis.Redis, keys: Sequence[str]) -> list[dict[str, str] | str]:
+def hgetall_many(client: RedisClient, keys: Sequence[str]) -> list[dict[str, str] | str]:
     """HGETALL of every key, pipelined: each hash decoded, or why it cannot be read (a wrong
     type, bytes that are not UTF-8)."""
     replies: list[dict[str, str] | str] = []
     for batch in chunks(keys):
         pipe = client.pipeline(transaction=False)
         for key in batch:
-            pipe.execute_command("HGETALL", key, **{NEVER_DECODE: []})  # type: ignore[no-untyped-call]
+            pipe.execute_command("HGETALL", key, **{NEVER_DECODE: []})
         replies.extend(decoded_hash(reply) for reply in pipe.execute(raise_on_error=False))
     return replies
 
@@ -139,13 +157,13 @@ def epoch_key(town: str) -> str:
     return f"tt:{town}:ttsyncd:epoch"
 
 
-def ensure_epoch(client: redis.Redis, town: str) -> str:
+def ensure_epoch(client: RedisClient, town: str) -> str:
     """The marker's token, set first if missing (NX: every daemon of the town agrees on it)."""
     client.set(epoch_key(town), uuid.uuid4().hex, nx=True)
     return str(client.get(epoch_key(town)))
 
 
-def read_snapshot(client: redis.Redis, town: str) -> Snapshot:
+def read_snapshot(client: RedisClient, town: str) -> Snapshot:
     """Every task hash of the town and every agent's name: SCAN, then pipelined HGETALLs."""
     task_prefix = f"tt:{town}:task:"
     found, undecodable = scan_keys(client, glob_escape(task_prefix) + "*")
@@ -160,7 +178,7 @@ def read_snapshot(client: redis.Redis, town: str) -> Snapshot:
 
 
 def read_hashes(
-    client: redis.Redis, task_keys: Sequence[str], agent_keys: Sequence[str]
+    client: RedisClient, task_keys: Sequence[str], agent_keys: Sequence[str]
 ) -> Snapshot:
     """These task and agent hashes, in pipelined round trips; a missing key is left out."""
     snapshot = Snapshot()
@@ -195,7 +213,7 @@ def guarded_write_args(write: TaskWrite) -> list[str]:
     return args
 
 
-def apply_writes(client: redis.Redis, town: str, writes: Sequence[TaskWrite]) -> list[TaskWrite]:
+def apply_writes(client: RedisClient, town: str, writes: Sequence[TaskWrite]) -> list[TaskWrite]:
     """Apply every write whose hash still holds what was read; return the ones that changed.
 
     Backlog order keeps a claimable id from ever naming a missing task: LREM before a delete,
@@ -203,29 +221,127 @@ def apply_writes(client: redis.Redis, town: str, writes: Sequence[TaskWrite]) ->
     """
     if not writes:
         return []
+    if isinstance(client, redis.cluster.RedisCluster):
+        return apply_writes_to_cluster(client, town, writes)
+    replicas = replica_count(client)
     script = client.register_script(GUARDED_WRITE)
     backlog = backlog_key(town)
+    # One round trip: on one connection Redis runs the LREMs before the scripts' DELs.
     pipe = client.pipeline(transaction=False)
     leaving = [w for w in writes if w.backlog_remove]
     for write in leaving:
         pipe.lrem(backlog, 0, write.task_uuid)
     for write in writes:
         script(keys=[write.key], args=guarded_write_args(write), client=pipe)
+    wait_for_replicas(pipe, replicas)
     replies = pipe.execute()
     removed_from_backlog = {w.task_uuid for w, n in zip(leaving, replies, strict=False) if n}
-    written = replies[len(leaving) :]
+    written = replies[len(leaving) : len(leaving) + len(writes)]
+    check_replicas(replies[len(leaving) + len(writes) :], replicas)
+    changed, claimable = outcome(writes, written, removed_from_backlog)
+    follow_up = client.pipeline(transaction=False)
+    for batch in chunks(claimable):
+        follow_up.rpush(backlog, *batch)
+    if len(follow_up):
+        wait_for_replicas(follow_up, replicas)
+        check_replicas(follow_up.execute()[len(follow_up) - (1 if replicas else 0) :], replicas)
+    return changed
+
+
+def outcome(
+    writes: Sequence[TaskWrite], written: Sequence[Any], removed_from_backlog: set[str]
+) -> tuple[list[TaskWrite], list[str]]:
+    """(the writes whose hash had changed, the task uuids to RPUSH onto the backlog)."""
     changed = [w for w, ok in zip(writes, written, strict=True) if not ok]
     # The guard let only the one writer that created the task through, so a plain RPUSH
     # cannot double it (an LREM per task first would scan the list: quadratic on a cold push).
     created = [w for w, ok in zip(writes, written, strict=True) if ok and not w.expected]
     claimable = [w.task_uuid for w in created if w.backlog_add]
     claimable += [w.task_uuid for w in changed if w.task_uuid in removed_from_backlog]
-    follow_up = client.pipeline(transaction=False)
-    for batch in chunks(claimable):
-        follow_up.rpush(backlog, *batch)
-    if len(follow_up):
-        follow_up.execute()
+    return changed, claimable
+
+
+def apply_writes_to_cluster(
+    client: redis.cluster.RedisCluster, town: str, writes: Sequence[TaskWrite]
+) -> list[TaskWrite]:
+    """apply_writes on a Redis Cluster. The backlog list hashes to a slot of its own, so one
+    pipeline would reach its node and the tasks' nodes in parallel, in no order: each step
+    here finishes before the next starts (LREM, then the task writes, then RPUSH). A crash
+    between two steps leaves a task off the backlog at worst, never a claimable id without
+    its task."""
+    backlog = backlog_key(town)
+    leaving = [w for w in writes if w.backlog_remove]
+    removed_from_backlog: set[str] = set()
+    if leaving:
+        pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+        for write in leaving:
+            pipe.lrem(backlog, 0, write.task_uuid)
+        replies = pipe.execute()
+        removed_from_backlog = {w.task_uuid for w, n in zip(leaving, replies, strict=True) if n}
+    written = guarded_writes_on_cluster(client, writes)
+    changed, claimable = outcome(writes, written, removed_from_backlog)
+    if claimable:
+        pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+        for batch in chunks(claimable):
+            pipe.rpush(backlog, *batch)
+        pipe.execute()
     return changed
+
+
+def guarded_writes_on_cluster(
+    client: redis.cluster.RedisCluster, writes: Sequence[TaskWrite]
+) -> list[Any]:
+    """The guarded script for every write, in one cluster pipeline (redis-py groups the
+    commands per node and follows MOVED/ASK). redis-py's Script objects refuse cluster
+    pipelines, so EVALSHA goes out as a plain command, and a node that does not know the script
+    yet (a new or restarted primary) gets SCRIPT LOAD, which redis-py sends to every primary,
+    and its writes again."""
+    replies: list[Any] = [None] * len(writes)
+    todo = list(range(len(writes)))
+    for _attempt in range(3):
+        pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+        for n in todo:
+            write = writes[n]
+            pipe.execute_command("EVALSHA", GUARDED_WRITE_SHA, 1, write.key,
+                                 *guarded_write_args(write))  # fmt: skip
+        unknown = []
+        for n, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                unknown.append(n)
+            elif isinstance(reply, Exception):
+                raise reply
+            replies[n] = reply
+        if not unknown:
+            return replies
+        client.script_load(GUARDED_WRITE)
+        todo = unknown
+    raise redis.ResponseError("the cluster kept forgetting ttsyncd's write script")
+
+
+def replica_count(client: redis.Redis) -> int:
+    """Behind Sentinel, the replicas of the primary (ROLE), else 0: a failover promotes a
+    replica, and Redis replicates asynchronously, so a write the old primary acknowledged but
+    had not passed on is gone after it. A sync waits (WAIT) until its writes reached every
+    replica before it calls them done, or the next sync would read the promoted replica's
+    older hash as an edit made in Redis. Plain servers skip this round trip."""
+    if not isinstance(client.connection_pool, redis.sentinel.SentinelConnectionPool):
+        return 0
+    role = client.execute_command("ROLE")  # type: ignore[no-untyped-call]
+    return len(role[2]) if role and str(role[0]) == "master" else 0
+
+
+def wait_for_replicas(pipe: redis.client.Pipeline, replicas: int) -> None:
+    """WAIT at the end of the pipeline: it counts the writes made on the same connection."""
+    if replicas:
+        pipe.execute_command("WAIT", replicas, REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
+
+
+def check_replicas(replies: Sequence[Any], replicas: int) -> None:
+    if replicas and replies and int(replies[-1]) < replicas:
+        log.warning(
+            "writes not acknowledged by every replica in time: a failover now could lose them",
+            acknowledged=int(replies[-1]), replicas=replicas, wait_ms=REPLICA_WAIT_MS,
+        )  # fmt: skip
 
 
 def hash_after(write: TaskWrite) -> dict[str, str] | None:
@@ -254,7 +370,7 @@ class RedisSource(Protocol):
 class LiveRead:
     """The one-shot commands' source: every snapshot reads the whole town."""
 
-    def __init__(self, client: redis.Redis, town: str) -> None:
+    def __init__(self, client: RedisClient, town: str) -> None:
         self.client, self.town = client, town
 
     def snapshot(self) -> Snapshot:
