@@ -5,15 +5,20 @@ key written per one-task save, and a notification from each primary reaching the
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import redis.cluster
 
+from tests.daemon_harness import QUIET_S, Daemon, FileWrites, wait_until
+from tests.helpers import make_town, plan_records, run_cli, town_records
 from tests.test_store import (  # noqa: F401  (the store's suite, collected here again)
     AUTH_API,
     NEW_UUID,
@@ -58,7 +63,9 @@ from tests.test_store import TOWN as STORE_TOWN
 from tests.topologies import Cluster, TcpServer, redis_cluster
 from ttsyncd import store
 from ttsyncd.codec import backlog_key, task_key
-from ttsyncd.store import TaskWrite, apply_writes, read_snapshot
+from ttsyncd.identity import task_uuid_for
+from ttsyncd.store import TaskWrite, apply_writes, epoch_key, read_snapshot
+from ttsyncd.tinytown import set_task
 
 COUNT = 30  # tasks enough that every primary holds some (checked, not assumed)
 STOP_MONITOR = "ttsyncd-test-stop-monitor"
@@ -230,3 +237,102 @@ def test_a_crash_between_the_steps_leaves_no_claimable_id_without_its_task(
             apply_writes(rdb, STORE_TOWN, [new_task_write(backlog_add=True)])
     assert rdb.exists(task_key(STORE_TOWN, NEW_UUID)) and NEW_UUID not in backlog(rdb)
     assert claimable_without_task(rdb) == []
+
+
+# ---------------------------------------------------------------------------- the daemon
+
+TOWN = "shards"
+
+
+def plan_text(count: int) -> str:
+    return "# A plan on a cluster\n" + "".join(
+        f'\n# task {n}\n[[tasks]]\nid = "t{n:02d}"\ndescription = "task {n}"\n'
+        for n in range(count)
+    )
+
+
+def key(plan_id: str) -> str:
+    return task_key(TOWN, task_uuid_for(TOWN, plan_id))
+
+
+def town_hashes(client: redis.cluster.RedisCluster) -> dict[str, dict[str, str]]:
+    return {k: client.hgetall(k) for k in client.scan_iter(match=f"tt:{TOWN}:task:*")}
+
+
+def save(path: Path, text: str) -> None:
+    """As editors do: a temp file renamed over the plan."""
+    temp = path.with_name(f".{path.name}.swp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
+
+
+def test_the_daemon_syncs_both_ways_through_every_primary(
+    tmp_path: Path, cluster: Cluster, rdb: redis.cluster.RedisCluster
+) -> None:
+    plan = plan_text(COUNT)
+    town = make_town(tmp_path / "town", TOWN, plan)
+    path = town / "tasks.toml"
+    daemon = Daemon(town, cluster.url)  # one node's address: the cluster is detected
+    try:
+        status = daemon.wait_ready()
+        assert status["last_error"] is None, daemon.log()
+        addresses = sorted(node.address for node in cluster.nodes)
+        assert status["topology"] == {"kind": "cluster", "primaries": addresses, "service": None}
+        shown = run_cli(town, "status", redis_url=None).stdout
+        assert f"topology:      cluster (3 primaries: {', '.join(addresses)})" in shown
+        # Notifications on every primary; the plan's tasks spread over all of them.
+        for node in cluster.nodes:
+            flags = node.tcp_client().config_get("notify-keyspace-events")
+            assert set("Khgx") <= set(flags["notify-keyspace-events"]), node.address
+        wait_until(lambda: len(town_hashes(rdb)) == COUNT, what="the first push")
+        holders = {node_of(rdb, k) for k in town_hashes(rdb)}
+        assert holders == set(addresses)
+        assert plan_records(path) == town_records(rdb, TOWN)
+        assert rdb.get(epoch_key(TOWN))  # the marker, in a slot of its own
+
+        # A one-task save writes that one key, nothing else, and never the file.
+        daemon.wait_idle()
+        before = town_hashes(rdb)
+        reset_stats(cluster)
+        writes = FileWrites(path)
+        save(path, plan.replace('"task 7"', '"task seven"'))
+        wait_until(lambda: rdb.hget(key("t07"), "description") == "task seven",
+                   what="the save in Redis")  # fmt: skip
+        ours = len(writes.versions)
+        time.sleep(QUIET_S)
+        daemon.wait_idle()
+        writes.stop()
+        assert writes.count_since(ours) == 0, "the daemon rewrote tasks.toml"
+        calls = write_calls(cluster)
+        assert calls["evalsha"] == 1, calls
+        assert not (calls["del"] or calls["rpush"] or calls["lrem"] or calls["multi"]), calls
+        after = town_hashes(rdb)
+        assert [k for k in after if after[k] != before[k]] == [key("t07")]
+
+        # A tinytown update on each primary reaches the file (each node notifies about its own
+        # keys only), and the daemon writes nothing back.
+        reset_stats(cluster)
+        by_node: dict[str, str] = {}
+        for n in range(COUNT):
+            by_node.setdefault(node_of(rdb, key(f"t{n:02d}")), f"t{n:02d}")
+        assert sorted(by_node) == addresses
+        for node, plan_id in sorted(by_node.items()):
+            fields = rdb.hgetall(key(plan_id))
+            set_task(rdb, TOWN, {**fields, "state": "completed", "result": f"done on {node}"})
+            wait_until(lambda: f'result = "done on {node}"' in path.read_text(),  # noqa: B023
+                       what=f"the update from {node} in the file")  # fmt: skip
+        time.sleep(QUIET_S)
+        daemon.wait_idle()
+        calls = write_calls(cluster)
+        assert calls["evalsha"] == 0 and calls["hset"] == len(by_node), calls
+        assert plan_records(path) == town_records(rdb, TOWN)
+
+        # One-shot commands go through the daemon; with it gone, they reach the cluster alone.
+        assert "in sync" in run_cli(town, "check", redis_url=None).stdout
+    finally:
+        assert daemon.terminate() == 0
+    save(path, path.read_text().replace('"task 3"', '"task three"'))
+    pushed = run_cli(town, "push", redis_url=cluster.url)
+    assert pushed.returncode == 0, pushed.stderr
+    assert "updated 1" in pushed.stdout
+    assert rdb.hget(key("t03"), "description") == "task three"

@@ -1,6 +1,7 @@
 """Sentinel and Cluster endpoints in every place an endpoint is accepted (--redis-url, REDIS_URL,
-the config's [redis] table, tinytown.toml's url). No server needed; the live topologies are in
-test_cluster.py and test_sentinel.py."""
+the config's [redis] table, tinytown.toml's url), and what `status` shows of them (addresses,
+never a secret). No server needed; the live topologies are in test_cluster.py and
+test_sentinel.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.test_config import PASSWORD, assert_no_secret, config_error, load, make_town
+from ttsyncd.cli import status_lines
 from ttsyncd.config import Endpoint, endpoint_from_url
+from ttsyncd.topology import Topology
 
 SENTINEL_URL = f"redis+sentinel://alice:{PASSWORD}@s1.example:26380,[::1]:26381,s3/towns/2"
 
@@ -141,6 +144,29 @@ def test_sentinel_clients_point_at_the_service() -> None:
     assert pool.connection_kwargs["db"] == 4 and pool.connection_kwargs["password"] == PASSWORD
     assert "host" not in pool.connection_kwargs and "ssl" not in pool.connection_kwargs
     assert endpoint.async_client().connection_pool.service_name == "towns"  # type: ignore[attr-defined]
+
+
+def test_status_shows_the_topology_without_secrets() -> None:
+    base = {
+        "mode": "foreground", "pid": 1, "town": "t", "tasks_file": "tasks.toml",
+        "redis": "redis+sentinel://u:***@h:1/towns/0", "redis_connected": True,
+        "notifications": "keyspace", "last_push": None, "last_pull": None,
+        "pending_events": {"file": False, "redis": 0}, "conflicts": 0,
+        "conflicts_pending": 0, "last_error": None,
+    }  # fmt: skip
+    topologies = {
+        "standalone": Topology("standalone"),
+        "sentinel (service 'towns', primary 10.0.0.5:6380)": Topology(
+            "sentinel", ("10.0.0.5:6380",), "towns"
+        ),
+        "cluster (3 primaries: a:1, b:2, c:3)": Topology("cluster", ("a:1", "b:2", "c:3")),
+        "cluster (primaries not known yet)": Topology("cluster"),
+    }
+    for line, topology in topologies.items():
+        lines = status_lines({**base, "topology": topology.to_json()})
+        assert f"  topology:      {line}" in lines
+        assert Topology.from_json(topology.to_json()) == topology
+    assert not any("topology" in line for line in status_lines(base))  # an older daemon
 
 
 def test_endpoint_defaults_are_standalone() -> None:

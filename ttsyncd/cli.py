@@ -20,6 +20,7 @@ from ttsyncd.commands import Output, Town
 from ttsyncd.config import Settings, load_settings
 from ttsyncd.connection import connect
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
+from ttsyncd.topology import Topology
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +175,11 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         f"ttsyncd {status['mode']} (pid {status['pid']}) for town {status['town']!r}",
         f"  tasks file:    {status['tasks_file']}",
         f"  redis:         {status['redis']} ({connected})",
+        *(
+            [f"  topology:      {Topology.from_json(status['topology']).describe()}"]
+            if "topology" in status
+            else []
+        ),
         f"  notifications: {status['notifications']}",
         f"  last push:     {stamp(status['last_push'])}",
         f"  last pull:     {stamp(status['last_pull'])}",
