@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import redis
@@ -141,6 +142,16 @@ class SentinelSetup:
         host, port = self.sentinel_client().sentinel_get_master_addr_by_name(self.service)
         return f"{host}:{port}"
 
+    def replica_known(self, server: TcpServer) -> bool:
+        """Sentinel sees `server` up and replicating: a replica it can promote."""
+        replicas = self.sentinel_client().sentinel_slaves(self.service)
+        return any(
+            r["port"] == server.port
+            and not (r["is_sdown"] or r["is_disconnected"])
+            and r["master-link-status"] == "ok"
+            for r in replicas
+        )
+
     def current_primary(self) -> TcpServer:
         address = self.primary_address()
         return next(s for s in (self.primary, self.replica) if s.address == address)
@@ -180,11 +191,7 @@ def redis_sentinel(
         stack.callback(stop_quietly, sentinel)
         setup = SentinelSetup(primary, replica, sentinel)
 
-        def sentinel_sees_replica() -> bool:
-            replicas = setup.sentinel_client().sentinel_slaves(SENTINEL_SERVICE)
-            return any(not r["is_sdown"] for r in replicas)
-
-        wait_until(sentinel_sees_replica, 30.0, "the sentinel to discover the replica")
+        wait_until(partial(setup.replica_known, replica), 30.0, "the sentinel to know the replica")
         yield setup
 
 

@@ -24,7 +24,14 @@ from ttsyncd.merge import Conflict, Delete, MergeResult, Op, Options, Upsert, me
 from ttsyncd.model import Record
 from ttsyncd.planfile import AddEntry, FileEdit, Plan, PlanReader, RemoveEntry, UpdateEntry
 from ttsyncd.state import StateStore, SyncState, append_conflicts
-from ttsyncd.store import LiveRead, RedisSource, Snapshot, TaskWrite, apply_writes
+from ttsyncd.store import (
+    LiveRead,
+    RedisSource,
+    Snapshot,
+    TaskWrite,
+    apply_writes,
+    confirm_replicated,
+)
 from ttsyncd.topology import RedisClient
 from ttsyncd.views import agent_uuids, file_view, redis_view
 
@@ -153,6 +160,7 @@ def sync(
             redis_epoch=epoch,
         )
         if new_state != state:
+            confirm_replicated(client, settings.town_name, epoch)  # behind Sentinel
             state_store.save(new_state)
         report.settled = [c for c in recorded if c.winner is not None]
         break

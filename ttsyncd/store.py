@@ -31,6 +31,7 @@ from ttsyncd.codec import (
     decode_task,
     is_uuid,
 )
+from ttsyncd.errors import RedisUnavailable
 from ttsyncd.topology import RedisClient
 
 log = structlog.get_logger("ttsyncd.store")
@@ -63,7 +64,7 @@ redis.call('HSET', KEYS[1], unpack(ARGV, p + 2 + ndel))
 return 1
 """
 GUARDED_WRITE_SHA: Final = hashlib.sha1(GUARDED_WRITE.encode()).hexdigest()
-# Behind Sentinel: how long a sync waits for the replicas to acknowledge its writes.
+# Behind Sentinel: how long a sync waits for the replicas to acknowledge what it read and wrote.
 REPLICA_WAIT_MS: Final = 1000
 
 
@@ -223,7 +224,6 @@ def apply_writes(client: RedisClient, town: str, writes: Sequence[TaskWrite]) ->
         return []
     if isinstance(client, redis.cluster.RedisCluster):
         return apply_writes_to_cluster(client, town, writes)
-    replicas = replica_count(client)
     script = client.register_script(GUARDED_WRITE)
     backlog = backlog_key(town)
     # One round trip: on one connection Redis runs the LREMs before the scripts' DELs.
@@ -233,18 +233,14 @@ def apply_writes(client: RedisClient, town: str, writes: Sequence[TaskWrite]) ->
         pipe.lrem(backlog, 0, write.task_uuid)
     for write in writes:
         script(keys=[write.key], args=guarded_write_args(write), client=pipe)
-    wait_for_replicas(pipe, replicas)
     replies = pipe.execute()
     removed_from_backlog = {w.task_uuid for w, n in zip(leaving, replies, strict=False) if n}
-    written = replies[len(leaving) : len(leaving) + len(writes)]
-    check_replicas(replies[len(leaving) + len(writes) :], replicas)
-    changed, claimable = outcome(writes, written, removed_from_backlog)
+    changed, claimable = outcome(writes, replies[len(leaving) :], removed_from_backlog)
     follow_up = client.pipeline(transaction=False)
     for batch in chunks(claimable):
         follow_up.rpush(backlog, *batch)
     if len(follow_up):
-        wait_for_replicas(follow_up, replicas)
-        check_replicas(follow_up.execute()[len(follow_up) - (1 if replicas else 0) :], replicas)
+        follow_up.execute()
     return changed
 
 
@@ -318,30 +314,61 @@ def guarded_writes_on_cluster(
     raise redis.ResponseError("the cluster kept forgetting ttsyncd's write script")
 
 
-def replica_count(client: redis.Redis) -> int:
-    """Behind Sentinel, the replicas of the primary (ROLE), else 0: a failover promotes a
-    replica, and Redis replicates asynchronously, so a write the old primary acknowledged but
-    had not passed on is gone after it. A sync waits (WAIT) until its writes reached every
-    replica before it calls them done, or the next sync would read the promoted replica's
-    older hash as an edit made in Redis. Plain servers skip this round trip."""
-    if not isinstance(client.connection_pool, redis.sentinel.SentinelConnectionPool):
-        return 0
-    role = client.execute_command("ROLE")  # type: ignore[no-untyped-call]
-    return len(role[2]) if role and str(role[0]) == "master" else 0
+class NotReplicated(RedisUnavailable, redis.ConnectionError):
+    """The primary's replicas did not acknowledge in time: the daemon retries the sync (as
+    after a lost connection), a one-shot command exits 3."""
 
 
-def wait_for_replicas(pipe: redis.client.Pipeline, replicas: int) -> None:
-    """WAIT at the end of the pipeline: it counts the writes made on the same connection."""
-    if replicas:
-        pipe.execute_command("WAIT", replicas, REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
+def confirm_replicated(client: RedisClient, town: str, epoch: str) -> None:
+    """Behind Sentinel, before a sync saves its base: every replica that Sentinel considers up
+    holds what the primary holds now. Redis replicates asynchronously, and a failover loses
+    what the old primary acknowledged but had not passed on (a SIGKILL just after a write, or a
+    handover while the promoted replica had already detached). A base that counts such a write
+    as done would read the promoted replica's older data as an edit made in Redis, and delete
+    or revert the file's entry. Unconfirmed, the base stays as it was, so the next sync (on
+    the new primary) sees the file's change still to push.
+
+    WAIT counts the writes of its own connection, and the replication offset is global: a
+    write on this connection (the epoch marker set to what it holds) then WAIT covers
+    everything before it, this sync's writes included. Plain servers and Clusters skip this."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return
+    pool = client.connection_pool
+    if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        return
+    replicas = replicating(pool)
+    if not replicas:
+        return  # none (the old primary died): nothing a failover could promote
+    pipe = client.pipeline(transaction=False)
+    pipe.set(epoch_key(town), epoch, xx=True)
+    pipe.execute_command("WAIT", len(replicas), REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
+    acknowledged = int(pipe.execute()[-1])
+    if acknowledged < len(replicas):
+        log.warning("the replicas did not acknowledge the sync's writes in time",
+                    acknowledged=acknowledged, replicas=len(replicas))  # fmt: skip
+        raise NotReplicated(
+            f"{acknowledged} of {len(replicas)} replicas acknowledged within "
+            f"{REPLICA_WAIT_MS} ms: a failover could lose this sync's writes; retrying"
+        )
 
 
-def check_replicas(replies: Sequence[Any], replicas: int) -> None:
-    if replicas and replies and int(replies[-1]) < replicas:
-        log.warning(
-            "writes not acknowledged by every replica in time: a failover now could lose them",
-            acknowledged=int(replies[-1]), replicas=replicas, wait_ms=REPLICA_WAIT_MS,
-        )  # fmt: skip
+def replicating(pool: redis.sentinel.SentinelConnectionPool) -> list[str]:
+    """The replicas Sentinel sees up and replicating (link status ok): the ones a failover may
+    promote with our data. Not one that is down, nor one that has not started replicating
+    yet (a demoted primary until Sentinel converts it, or a dead one after a failover), which
+    would make every sync wait for it."""
+    for sentinel in pool.sentinel_manager.sentinels:
+        try:
+            replicas = sentinel.sentinel_slaves(pool.service_name)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            continue
+        return [
+            f"{r['ip']}:{r['port']}"
+            for r in replicas
+            if not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"])
+            and r.get("master-link-status") == "ok"
+        ]
+    return []  # no sentinel answers: none can fail the primary over either
 
 
 def hash_after(write: TaskWrite) -> dict[str, str] | None:
