@@ -43,7 +43,7 @@ from ttsyncd.engine import SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
 from ttsyncd.planfile import PlanReader
-from ttsyncd.store import glob_escape
+from ttsyncd.store import NotReplicated, glob_escape
 from ttsyncd.topology import (
     CLUSTER,
     SENTINEL,
@@ -434,7 +434,10 @@ class Daemon:
                     return  # an echo of our own write, or an agent's heartbeat
                 report = await asyncio.to_thread(town.sync, push=push, pull=pull)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-                self.retry_later(work, f"Redis unreachable during sync ({type(error).__name__})")
+                why = f"Redis unreachable during sync ({type(error).__name__})"
+                if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
+                    why = str(error)
+                self.retry_later(work, why)
                 return
             except TtsyncdError as error:
                 # A broken save, a refused deletion: nothing was written; report and wait.

@@ -320,13 +320,15 @@ class NotReplicated(RedisUnavailable, redis.ConnectionError):
 
 
 def confirm_replicated(client: RedisClient, town: str, epoch: str) -> None:
-    """Behind Sentinel, before a sync saves its base: every replica that Sentinel considers up
-    holds what the primary holds now. Redis replicates asynchronously, and a failover loses
-    what the old primary acknowledged but had not passed on (a SIGKILL just after a write, or a
-    handover while the promoted replica had already detached). A base that counts such a write
-    as done would read the promoted replica's older data as an edit made in Redis, and delete
-    or revert the file's entry. Unconfirmed, the base stays as it was, so the next sync (on
-    the new primary) sees the file's change still to push.
+    """Behind Sentinel, before a sync saves its base: what it read and wrote is on the primary
+    Sentinel names now, and on every replica a failover could promote. Redis replicates
+    asynchronously, and a failover loses what the old primary acknowledged but had not passed
+    on: a SIGKILL just after a write; a handover, where the old primary takes writes for a
+    while after the promoted replica detached (and clients' pooled connections still reach it
+    until it is demoted). A base that counts such a write as done would read the new primary's
+    older data as an edit made in Redis, and delete or revert the file's entry. Unconfirmed,
+    the base stays as it was, so the next sync (on the new primary) still sees the file's
+    change to push.
 
     WAIT counts the writes of its own connection, and the replication offset is global: a
     write on this connection (the epoch marker set to what it holds) then WAIT covers
@@ -336,27 +338,34 @@ def confirm_replicated(client: RedisClient, town: str, epoch: str) -> None:
     pool = client.connection_pool
     if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
         return
-    replicas = replicating(pool)
+    used = pool.master_address  # where this client's connections went
+    current = pool.get_master_address()  # type: ignore[no-untyped-call]
+    if used is not None and tuple(current) != tuple(used):
+        raise NotReplicated(
+            "the primary changed during the sync: its writes may be lost; syncing again"
+        )
+    replicas = promotable(pool)
     if not replicas:
-        return  # none (the old primary died): nothing a failover could promote
+        return  # none (the only replica died): nothing a failover could promote
     pipe = client.pipeline(transaction=False)
     pipe.set(epoch_key(town), epoch, xx=True)
     pipe.execute_command("WAIT", len(replicas), REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
     acknowledged = int(pipe.execute()[-1])
     if acknowledged < len(replicas):
-        log.warning("the replicas did not acknowledge the sync's writes in time",
+        log.warning("the replicas did not acknowledge the sync in time",
                     acknowledged=acknowledged, replicas=len(replicas))  # fmt: skip
         raise NotReplicated(
             f"{acknowledged} of {len(replicas)} replicas acknowledged within "
-            f"{REPLICA_WAIT_MS} ms: a failover could lose this sync's writes; retrying"
+            f"{REPLICA_WAIT_MS} ms: a failover could lose this sync's writes; syncing again"
         )
 
 
-def replicating(pool: redis.sentinel.SentinelConnectionPool) -> list[str]:
-    """The replicas Sentinel sees up and replicating (link status ok): the ones a failover may
-    promote with our data. Not one that is down, nor one that has not started replicating
-    yet (a demoted primary until Sentinel converts it, or a dead one after a failover), which
-    would make every sync wait for it."""
+def promotable(pool: redis.sentinel.SentinelConnectionPool) -> list[str]:
+    """The replicas a failover may promote, as Sentinel lists them: the one it is promoting
+    (flagged `promoted`, whatever else it says meanwhile), and those up and replicating (link
+    ok). Not one that is down or not replicating yet (a demoted primary until Sentinel
+    converts it, a dead one after a failover): Sentinel does not pick those, and waiting for
+    them would stall every sync."""
     for sentinel in pool.sentinel_manager.sentinels:
         try:
             replicas = sentinel.sentinel_slaves(pool.service_name)
@@ -365,8 +374,11 @@ def replicating(pool: redis.sentinel.SentinelConnectionPool) -> list[str]:
         return [
             f"{r['ip']}:{r['port']}"
             for r in replicas
-            if not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"])
-            and r.get("master-link-status") == "ok"
+            if "promoted" in str(r.get("flags", "")).split(",")
+            or (
+                not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"])
+                and r.get("master-link-status") == "ok"
+            )
         ]
     return []  # no sentinel answers: none can fail the primary over either
 
