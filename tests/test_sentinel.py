@@ -28,7 +28,7 @@ import redis
 import redis.sentinel
 
 from tests.daemon_harness import Daemon, wait_until
-from tests.helpers import make_town
+from tests.helpers import make_town, run_cli, town_records
 from tests.test_faults import (  # noqa: F401  (figures: the fault suite's report fixture)
     SEED,
     TOWN,
@@ -261,3 +261,30 @@ def test_the_daemon_follows_sentinel_failovers_and_loses_nothing(
         figures[f"sentinel: {name}"] = value  # type: ignore[assignment]
     assert measured.edits_lost == 0, measured.lost
     assert measured.edits_made >= 10 * len(rounds)
+
+
+def test_the_config_table_form_and_what_status_shows(tmp_path: Path) -> None:
+    """`[redis] sentinels` + `service_name` in ttsyncd.toml, as the README shows it: one-shot
+    commands and the daemon reach the primary, and status names it (never a secret)."""
+    with redis_sentinel() as setup:
+        town = make_town(tmp_path / "town", TOWN, plan_text(3))
+        (town / "ttsyncd.toml").write_text(
+            f'[redis]\nsentinels = ["127.0.0.1:{setup.sentinel.port}"]\n'
+            f'service_name = "{setup.service}"\n'
+        )
+        pushed = run_cli(town, "push", redis_url=None)
+        assert pushed.returncode == 0, pushed.stderr
+        assert "created 3" in pushed.stdout
+        client = primary_client(setup)
+        assert len(town_records(client, TOWN)) == 3
+        running = Daemon(town, setup.url)
+        try:
+            running.wait_ready()
+            shown = run_cli(town, "status", redis_url=None).stdout
+            assert (
+                f"topology:      sentinel (service '{setup.service}', "
+                f"primary {setup.primary.address})" in shown
+            )
+            assert f"redis+sentinel://{setup.sentinel.address}/{setup.service}/0" in shown
+        finally:
+            stop_daemon(running)
