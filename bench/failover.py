@@ -3,8 +3,9 @@
 A primary, its replica and one Sentinel (quorum 1, down after 500 ms) on loopback, the real
 daemon on `redis+sentinel://`, and per round a failover while both sides are edited: a
 handover (SENTINEL FAILOVER: the old primary stays up and is demoted), then the primary
-SIGKILLed (Sentinel promotes the replica; the killed one comes back empty, as a replica). Prints and writes: the time from the primary's loss to the
-daemon's first successful sync after it, edits made, edits lost (must be 0).
+SIGKILLed (Sentinel promotes the replica; the killed one comes back empty, as a replica).
+Prints and writes: the time from the primary's loss to the daemon's first successful sync
+after it, edits made, edits lost (must be 0).
 
 The scenario is the one `tests/test_sentinel.py` runs in short form, with the tests' harness
 that starts the servers (tests/topologies.py), so it is imported at run time from there: the
