@@ -38,7 +38,7 @@ from ttsyncd.errors import PlanError
 from ttsyncd.identity import task_uuid_for
 from ttsyncd.model import STATES, Record, Value
 from ttsyncd.planfile import UpdateEntry, read_plan
-from ttsyncd.state import load_state, read_conflicts
+from ttsyncd.state import load_state, read_conflicts, replay_journal
 from ttsyncd.tinytown import new_task, set_task
 from ttsyncd.views import file_view
 
@@ -716,7 +716,9 @@ def test_a_conflict_settled_just_before_a_sigkill_is_still_recorded(
 def base_description(town: Path, plan_id: str) -> Value:
     """The description the daemon's saved base holds for `plan_id` (one town, one Redis)."""
     (path,) = (town / ".tt" / "ttsyncd").glob("base-*.json")
-    return load_state(path).base[plan_id].fields["description"]
+    state, generation = load_state(path)
+    replay_journal(path.with_suffix(".journal"), state, generation)
+    return state.base[plan_id].fields["description"]
 
 
 def kill_while_settling_a_conflict(root: Path) -> list[Value] | None:

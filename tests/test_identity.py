@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import TINYTOWN_FIXTURE
 from ttsyncd.codec import RedisTask, decode_task, encode_tags, is_uuid, task_key
-from ttsyncd.identity import Identified, derived_ids, identify, task_uuid_for
+from ttsyncd.identity import Identified, IdentityIndex, derived_ids, identify, task_uuid_for
 
 FIXTURE = TINYTOWN_FIXTURE
 
@@ -344,3 +344,63 @@ def test_an_unrelated_new_task_does_not_rename_existing_ones(
     after = derived_ids([*uuids, newcomer], taken=set())
     assert {u: after[u] for u in uuids} == before
     assert after[newcomer] == "task-" + newcomer[:8]
+
+
+# --------------------------------------------------------------------------- the daemon's index
+
+# A small pool, so tasks collide on tags, derived prefixes (first 8 hex digits shared) and keys.
+POOL_UUIDS = [uuid_with(p, f) for p in ("abcdef12", "abcdef13", "0badcafe") for f in "01"]
+POOL_TAGS = [None, "a", "b", "task-abcdef12", "task-abcdef120"]
+TIMES = ["2026-11-26T10:00:00+00:00", "2026-11-26T11:00:00+00:00"]
+
+
+def same_identity(left: Identified, right: Identified) -> bool:
+    return (
+        dict(left.by_plan_id) == dict(right.by_plan_id)
+        and dict(left.duplicates) == dict(right.duplicates)
+        and set(left.untagged) == set(right.untagged)
+        and dict(left.plan_id_of_uuid) == dict(right.plan_id_of_uuid)
+    )
+
+
+steps = st.lists(
+    st.tuples(
+        st.lists(
+            st.tuples(
+                st.sampled_from(POOL_UUIDS), st.sampled_from(POOL_TAGS), st.sampled_from(TIMES)
+            ),
+            max_size=4,
+        ),
+        st.lists(st.sampled_from(POOL_UUIDS), max_size=2),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(steps)
+def test_the_index_kept_current_equals_identifying_afresh(
+    history: list[tuple[list[tuple[str, str | None, str]], list[str]]],
+) -> None:
+    """Whatever tasks come, change their tag or go, the index kept current task by task says
+    what identify() says of the tasks there are now, and names every plan id that moved."""
+    index = IdentityIndex()
+    present: dict[str, RedisTask] = {}
+    for put, removed in history:
+        before = identify(present.values())
+        tasks = [make_task(u, tag, updated_at=when) for u, tag, when in put]
+        gone = [task_key("demo", u) for u in removed]
+        index.update(tasks, gone)
+        for task in tasks:
+            present[task.key] = task
+        for key in gone:
+            present.pop(key, None)
+        after = identify(present.values())
+        assert same_identity(index.identified, after)
+        moved = {
+            plan_id
+            for plan_id in set(before.by_plan_id) | set(after.by_plan_id)
+            if before.by_plan_id.get(plan_id) != after.by_plan_id.get(plan_id)
+        }
+        assert moved <= index.take_changed()

@@ -8,11 +8,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ttsyncd import planfile
 from ttsyncd.errors import PlanError
 from ttsyncd.model import STATES, Record
 from ttsyncd.planfile import (
@@ -22,7 +24,13 @@ from ttsyncd.planfile import (
     Plan,
     RemoveEntry,
     UpdateEntry,
-    _load_by_segments,
+    _edit_simple_lines,
+    _edit_with_tomlkit,
+    _field_changes,
+    _parse_whole,
+    _render_window,
+    _resolve,
+    _split,
     new_entry_id,
     parse_plan,
     read_plan,
@@ -82,10 +90,10 @@ def test_parse_reads_entries_meta_and_line_numbers() -> None:
     assert plan.path == PATH
     assert plan.text == SAMPLE
     assert plan.default_agent == "developer"
-    assert [(e.index, e.line, e.plan_id) for e in plan.entries] == [
-        (0, 7, "auth-api"),
-        (1, 16, "auth-tests"),
-        (2, 22, None),
+    assert [(plan.entry_line(n), e.plan_id) for n, e in enumerate(plan.entries)] == [
+        (7, "auth-api"),
+        (16, "auth-tests"),
+        (22, None),
     ]
     assert plan.entries[0].record == Record(
         "Build user authentication API", "running", "backend", ("auth", "api")
@@ -600,7 +608,7 @@ def test_random_edits_render_exactly_the_intended_entries(
         plan_id: str | None
         record: Record | None = None  # the last record asked for, if any
 
-    model = [Entry(entry.index, entry.plan_id) for entry in plan.entries]
+    model = [Entry(index, entry.plan_id) for index, entry in enumerate(plan.entries)]
     edits: list[FileEdit] = []
     for serial in range(data.draw(st.integers(0, 6))):
         with_id = [entry for entry in model if entry.plan_id]
@@ -651,7 +659,7 @@ def test_big_file_update_changes_only_that_entry() -> None:
     text = '[meta]\ndefault_agent = "backend"\n\n' + "\n".join(blocks)
     plan = plan_of(text)
     assert len(plan.entries) == 10_000
-    assert plan.entries[5000].line == 5 + 5000 * 8
+    assert plan.entry_line(5000) == 5 + 5000 * 8
     record = plan.entries[5000].record.with_fields({"status": "completed", "result": "ok"})
     rendered = render_plan(plan, [UpdateEntry("t5000", record)])
     changed = blocks[5000].replace('status = "pending"', 'status = "completed"') + 'result = "ok"\n'
@@ -725,19 +733,114 @@ def test_read_render_write_round_trip(tmp_path: Path) -> None:
     assert not write_atomic(path, text, plan.text)  # plan.text is stale now
 
 
+def parsed_or_problems(text: str, previous: Plan | None = None) -> Plan | list[str]:
+    try:
+        return parse_plan(PATH, text, previous)
+    except PlanError as error:
+        return error.problems
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(plan_files(), st.sampled_from(["\n", "\r\n"]), st.booleans())
+@given(plan_files(), st.sampled_from(["\n", "\r\n"]), st.booleans(), st.booleans())
 def test_parsing_by_segments_gives_exactly_what_a_whole_parse_gives(
-    plan_file: tuple[str, list[str]], newline: str, trouble: bool
+    plan_file: tuple[str, list[str]], newline: str, trouble: bool, seeded: bool
 ) -> None:
+    """`seeded`: a cold read of a big plan, which parses the whole text once and files each
+    entry under its segment, instead of parsing segment by segment."""
+    if seeded:
+        planfile._SEGMENTS.clear()
     text = plan_file[0].replace("\n", newline)
     if trouble:  # what must send it back to a whole parse: a string spanning lines, a header
         text += 'notes = """\n[[tasks]]\n"""\n' if "[[tasks]]" in text else "[other]\nx = 1\n"
     try:
-        whole: Any = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        whole = "error"
-    by_segments = _load_by_segments(text)
-    assert by_segments is None or by_segments == whole
-    parsed_again = _load_by_segments(text)  # from the segment cache this time
-    assert parsed_again == by_segments
+        whole: Plan | list[str] = _parse_whole(PATH, text)
+    except PlanError as error:
+        whole = error.problems
+    with patch.object(planfile, "WHOLE_PARSE_FROM", -1 if seeded else planfile.WHOLE_PARSE_FROM):
+        assert parsed_or_problems(text) == whole
+    assert parsed_or_problems(text) == whole  # from the segment cache this time
+
+
+def text_edits() -> st.SearchStrategy[tuple[int, int, str]]:
+    """(start, length, replacement), positions as fractions of the text's length (‰)."""
+    pieces = st.sampled_from(
+        ["", "\n", "x", "[[tasks]]\n", 'id = "t1"\n', 'description = "d"\n', "# c\n",
+         '[[tasks]]\ndescription = "new"\n', 'parent = "t0"\n', "[meta]\n", '"', "\n\n"]
+    )  # fmt: skip
+    return st.tuples(st.integers(0, 1000), st.integers(0, 60), pieces)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan_files(), st.lists(text_edits(), min_size=1, max_size=4))
+def test_a_reparse_from_the_previous_plan_equals_a_parse_from_scratch(
+    plan_file: tuple[str, list[str]], edits: list[tuple[int, int, str]]
+) -> None:
+    """Whatever the edit (inside an entry, across headers, in the preamble, breaking the
+    file), reading it with the previous plan in hand gives what a fresh read gives."""
+    previous = parsed_or_problems(plan_file[0])
+    text = plan_file[0]
+    for where, length, replacement in edits:
+        start = len(text) * where // 1000
+        text = text[:start] + replacement + text[start + length :]
+        fresh = parsed_or_problems(text)
+        again = parsed_or_problems(text, previous if isinstance(previous, Plan) else None)
+        assert again == fresh
+        if isinstance(again, Plan) and isinstance(fresh, Plan):
+            assert (again.layout is None) == (fresh.layout is None)
+            if again.layout and fresh.layout:
+                assert again.layout.starts == fresh.layout.starts
+                assert again.layout.tables == fresh.layout.tables
+            assert again.by_id == {e.plan_id: e for e in fresh.entries if e.plan_id}
+            previous = again
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan_files(), st.data())
+def test_rendering_windows_gives_what_rendering_the_whole_text_gives(
+    plan_file: tuple[str, list[str]], data: st.DataObject
+) -> None:
+    """The windowed render is the line-based render of the whole file, applied locally."""
+    plan = plan_of(plan_file[0])
+    if plan.layout is None:
+        return
+    ids = [e.plan_id for e in plan.entries if e.plan_id]
+    edits: list[FileEdit] = []
+    for plan_id in data.draw(st.lists(st.sampled_from(ids), unique=True) if ids else st.just([])):
+        if data.draw(st.booleans()):
+            edits.append(RemoveEntry(plan_id))
+        else:
+            edits.append(UpdateEntry(plan_id, data.draw(records)))
+    if data.draw(st.booleans()):
+        edits.append(AddEntry("added", data.draw(records)))
+    outcome = _resolve(plan, edits)
+    expected = {
+        n: {k: v for k, v in {**plan.layout.tables[n], **c}.items() if v is not None}
+        for n, c in outcome.changes.items()
+    }
+    text = plan.text
+    lines = text.split("\n")[: -1 if text.endswith("\n") else None]
+    whole = _render_window(
+        text, range(len(_split(lines))), plan.layout.tables, outcome, expected,
+        "\r" if "\r\n" in text else "", at_end=True, ends_with_newline=text.endswith("\n"),
+    )  # fmt: skip
+    if whole is not None:
+        assert render_plan(plan, edits) == whole
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plan_files(), st.data())
+def test_simple_line_edits_equal_tomlkits(
+    plan_file: tuple[str, list[str]], data: st.DataObject
+) -> None:
+    """An entry's changed keys, when they sit on simple lines, are rewritten without tomlkit:
+    the text must be exactly what tomlkit makes of it."""
+    blocks = [b for b in plan_file[1] if "[tasks." not in b]
+    if not blocks:
+        return
+    block = data.draw(st.sampled_from(blocks))
+    table = tomllib.loads(block)["tasks"][0]
+    changes = _field_changes(table, data.draw(records), data.draw(st.none() | st.just("dev")))
+    indent = data.draw(st.sampled_from(["", "  "]))
+    simple = _edit_simple_lines(block, changes, indent)
+    if simple is not None:
+        assert simple == _edit_with_tomlkit(block, changes, indent)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -39,10 +40,10 @@ from ttsyncd.commands import Town
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect
 from ttsyncd.debounce import Quiescence
-from ttsyncd.engine import SyncReport, state_store_for
+from ttsyncd.engine import Scope, SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
-from ttsyncd.planfile import PlanReader
+from ttsyncd.planfile import Plan, PlanReader
 from ttsyncd.store import NotReplicated, glob_escape
 from ttsyncd.topology import (
     CLUSTER,
@@ -105,6 +106,32 @@ class Pending:
     must_sync: bool = False  # sync even if nothing looks changed (start, reconnect)
 
 
+class Unsynced:
+    """What may have changed since the daemon's last completed sync, so that a sync merges
+    only that: one edited task in a town of 10,000 is one task merged, not 10,000."""
+
+    def __init__(self) -> None:
+        self.plan_ids: set[str] = set()  # Redis-side changes, and what a sync left waiting
+        self.everything = True  # at start, after a reload: anything may have
+        self.plan: Plan | None = None  # the plan the last sync left
+
+    def note(self, plan_ids: frozenset[str] | None, *, everything: bool = False) -> None:
+        if plan_ids is None or everything:
+            self.everything = True
+        else:
+            self.plan_ids |= plan_ids
+
+    def scope(self) -> Scope | None:
+        if self.everything or self.plan is None:
+            return None
+        return Scope(frozenset(self.plan_ids), self.plan)
+
+    def synced(self, report: SyncReport) -> None:
+        self.plan_ids = set(report.waiting_push | report.waiting_pull)  # still owed
+        self.everything = False
+        self.plan = report.plan
+
+
 class Daemon:
     def __init__(self, settings: Settings, reload_settings: Callable[[], Settings], mode: str):
         self.settings = settings
@@ -119,6 +146,7 @@ class Daemon:
         self.topology = expected_topology(settings)
         self.pending = Pending(reload=True, must_sync=True)
         self.owed_push = self.owed_pull = False
+        self.unsynced = Unsynced()
         self.file_wait, self.redis_wait = self.new_quiescences()
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
@@ -181,7 +209,8 @@ class Daemon:
         systemd.notify("STOPPING=1")
         logger.info("stopping: flushing pending work")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flush(), SHUTDOWN_FLUSH_S)
+            async with asyncio.timeout(SHUTDOWN_FLUSH_S):
+                await self.flush()
         for task in self.workers.values():
             task.cancel()
         await asyncio.gather(*self.workers.values(), return_exceptions=True)
@@ -235,6 +264,7 @@ class Daemon:
                 old.endpoint, old.town_name,
             )  # fmt: skip
             self.pending.file = True  # the policy or the file may differ: sync once
+            self.unsynced = Unsynced()
         if redis_changed:
             self.connected = False
             self.spawn("redis", self.redis_session())
@@ -347,13 +377,15 @@ class Daemon:
 
     def request(
         self, *, keys: set[str] | None = None, file: bool = False, reload: bool = False,
-        pull: bool = False, must_sync: bool = False,
+        pull: bool = False, must_sync: bool = False, at: float | None = None,
     ) -> None:  # fmt: skip
+        """Queue work; `at`: when the change happened (monotonic), if earlier than now."""
+        now = time.monotonic() if at is None else at
         if keys:
             self.pending.keys |= keys
-            self.redis_wait.touch(time.monotonic())
+            self.redis_wait.touch(now)
         if file:
-            self.file_wait.touch(time.monotonic())
+            self.file_wait.touch(now)
         self.pending.file |= file
         self.pending.reload |= reload
         self.pending.pull |= pull
@@ -379,8 +411,11 @@ class Daemon:
                     stop_event=self.stopping, step=WATCHFILES_STEP_MS,
                     debounce=self.settings.sync.file_max_wait_ms,
                 ):  # fmt: skip
+                    # watchfiles hands changes over once the directory has been quiet for a
+                    # step: the quiet period the debounce waits for began that long ago.
+                    changed_at = time.monotonic() - WATCHFILES_STEP_MS / 1000
                     if await self.file_differs():  # else: the echo of our own write
-                        self.request(file=True)
+                        self.request(file=True, at=changed_at)
             except OSError as error:  # the directory went away: wait for it to come back
                 self.last_error = f"cannot watch {path.parent}: {error}"
                 logger.error("file watcher failed, retrying", error=str(error))
@@ -392,8 +427,11 @@ class Daemon:
         while True:
             timeout = self.seconds_until_due()
             if timeout is None or timeout > 0:
+                # asyncio.timeout, not wait_for: on 3.11 a cancel racing wait_for's timeout
+                # could leave this task stuck "cancelling", and SIGTERM never finishing.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self.wake.wait()
                 self.wake.clear()
                 continue
             await self.sync_pending()
@@ -429,10 +467,12 @@ class Daemon:
                 redis_changed = await asyncio.to_thread(refresh)
                 self.owed_push |= work.file or work.must_sync
                 self.owed_pull |= redis_changed or work.pull or work.must_sync
+                self.unsynced.note(mirror.take_changes(), everything=work.must_sync)
                 push, pull = self.owed_push, self.owed_pull
                 if not (push or pull):
                     return  # an echo of our own write, or an agent's heartbeat
-                report = await asyncio.to_thread(town.sync, push=push, pull=pull)
+                scope = self.unsynced.scope()
+                report = await asyncio.to_thread(town.sync, push=push, pull=pull, scope=scope)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 why = f"Redis unreachable during sync ({type(error).__name__})"
                 if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
@@ -450,6 +490,12 @@ class Daemon:
             finally:
                 self.first_sync_done.set()
             self.owed_push = self.owed_pull = False
+            self.unsynced.synced(report)
+            if scope is None:
+                # A whole town now lives in memory (hundreds of thousands of objects at
+                # 10,000 tasks): leave it out of the cyclic GC, whose full passes over it
+                # would stall a later sync for tens of milliseconds.
+                gc.freeze()
             if report.waiting_push:
                 self.request(file=True)
             if report.waiting_pull:

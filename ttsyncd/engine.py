@@ -19,7 +19,7 @@ from ttsyncd import planfile
 from ttsyncd.codec import encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
 from ttsyncd.errors import PlanError, SyncRefused
-from ttsyncd.identity import Identified, identify, task_uuid_for
+from ttsyncd.identity import Identified, task_uuid_for
 from ttsyncd.merge import Conflict, Delete, MergeResult, Op, Options, Upsert, merge
 from ttsyncd.model import Record
 from ttsyncd.planfile import AddEntry, FileEdit, Plan, PlanReader, RemoveEntry, UpdateEntry
@@ -71,10 +71,34 @@ class SyncReport:
     file_written: bool = False
     new_redis: bool = False  # Redis held none of the town's tasks: repopulated from the file
     # Changes a one-way sync saw and left for the other direction (push: file-side changes).
-    waiting_push: bool = False
-    waiting_pull: bool = False
+    waiting_push: frozenset[str] = frozenset()
+    waiting_pull: frozenset[str] = frozenset()
+    plan: Plan | None = None  # the plan as this sync left it: the next Scope's starting point
     attempts: int = 0
     duration_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What may have changed since a daemon's last sync: the plan ids its Redis mirror saw
+    change (and those that sync left for the other direction), and the plan it left. Only
+    these, and what the file changed since that plan, need merging."""
+
+    plan_ids: frozenset[str]
+    plan: Plan
+
+    def with_file_changes(self, plan: Plan) -> frozenset[str] | None:
+        """The plan ids to merge against `plan`, the plan read now; None: all of them."""
+        if plan.default_agent != self.plan.default_agent:
+            return None  # every entry without an agent changed
+        edited = plan.edited_since(self.plan)
+        if edited is None:  # compare every entry (an entry unchanged is the same object)
+            before, now = self.plan.by_id, plan.by_id
+            changed = {
+                plan_id for plan_id, entry in now.items() if before.get(plan_id) is not entry
+            }
+            edited = frozenset(changed | (before.keys() - now.keys()))
+        return self.plan_ids | edited
 
 
 @dataclass(frozen=True)
@@ -86,7 +110,8 @@ class Decision:
     edits: list[FileEdit]
     unresolved_agents: dict[str, str]
     uuids: dict[str, str]  # plan id -> task uuid of every task in the new base
-    kept: frozenset[str]  # plan ids this sync left alone: their state carries over as it was
+    touched: frozenset[str]  # plan ids this sync merged; every other one's state carries over
+    state: SyncState  # the state it merged from (empty when Redis is not the one agreed with)
 
 
 def sync(
@@ -98,6 +123,7 @@ def sync(
     force: bool = False,
     dry_run: bool = False,
     only: frozenset[str] | None = None,
+    scope: Scope | None = None,
     plan_reader: PlanReader | None = None,
     redis_source: RedisSource | None = None,
     state_store: StateStore | None = None,
@@ -106,6 +132,8 @@ def sync(
     """Run one sync; retries the whole read-merge-write when either side changed under it.
 
     `only` limits it to those plan ids (`resolve`): every other task keeps its base as it is.
+    `scope` (the daemon) names the plan ids that may have changed since the last sync: only
+    they, and what they drag along, are merged.
     The daemon passes its cached plan reader and Redis mirror; one-shot commands read both.
     """
     plan_reader = plan_reader or PlanReader(settings.tasks_file)
@@ -122,7 +150,8 @@ def sync(
         plan = plan_reader.read()
         snapshot = redis_source.snapshot()
         state = state_store.load()
-        decided = decide(settings, plan, snapshot, state, options, report, only)
+        may_differ = scope.with_file_changes(plan) if scope is not None else None
+        decided = decide(settings, plan, snapshot, state, options, report, only, may_differ)
         check_deletions(settings, plan, state, decided.merged, force)
         new_plan = render_checked(plan, decided.edits)
         if dry_run:
@@ -148,20 +177,17 @@ def sync(
                 continue
             plan_reader.wrote(new_plan)
             report.file_written = True
-        kept = decided.kept
+        report.plan = new_plan or plan
+        touched, old = decided.touched, decided.state
         new_state = SyncState(
-            base={**within(state.base, kept), **decided.merged.base},
-            unresolved_agents={
-                **within(state.unresolved_agents, kept),
-                **decided.unresolved_agents,
-            },
-            pending={**within(state.pending, kept), **decided.merged.pending},
-            uuids={**within(state.uuids, kept), **decided.uuids},
+            base=replaced(old.base, touched, decided.merged.base),
+            unresolved_agents=replaced(old.unresolved_agents, touched, decided.unresolved_agents),
+            pending=replaced(old.pending, touched, decided.merged.pending),
+            uuids=replaced(old.uuids, touched, decided.uuids),
             redis_epoch=epoch,
         )
-        if new_state != state:
-            confirm_replicated(client, settings.town_name, epoch)  # behind Sentinel
-            state_store.save(new_state)
+        confirm_replicated(client, settings.town_name, epoch)  # behind Sentinel
+        state_store.save(new_state, touched if old is state else None)
         report.settled = [c for c in recorded if c.winner is not None]
         break
     else:
@@ -178,10 +204,10 @@ def decide(
     options: Options,
     report: SyncReport,
     only: frozenset[str] | None = None,
+    scope: frozenset[str] | None = None,
 ) -> Decision:
     town = settings.town_name
-    identified = identify(snapshot.tasks)
-    view = file_view(plan)
+    identified = snapshot.identify()
     report.plan_tasks = len(plan.entries)
     report.redis_tasks = len(identified.by_plan_id)
     report.unreadable = dict(snapshot.unreadable)
@@ -193,6 +219,7 @@ def decide(
         log.warning("not the Redis the base agreed with: repopulating it from the file")
         state = SyncState()
         report.new_redis = True
+        scope = None
 
     # A task whose hash cannot be read is left alone on both sides until it can be: found by
     # the uuid the base remembers (an agent-made task has a random one), else the entry's own.
@@ -201,23 +228,35 @@ def decide(
 
     unreadable = {
         plan_id
-        for plan_id in set(state.base) | set(view.records)
+        for plan_id in (set(state.base) | set(plan.by_id) if snapshot.unreadable else ())
         if task_key(town, known_uuid(plan_id)) in snapshot.unreadable
     }
     # A child of such a task keeps its parent link.
     hidden_parents = {known_uuid(plan_id): plan_id for plan_id in unreadable}
+    if scope is not None and only is None:
+        # The daemon names what may have changed since its last sync. A task leaving a side
+        # takes its children along (their parent link changes with it).
+        leaving = {i for i in scope if i not in plan.by_id or i not in identified.by_plan_id}
+        entries = plan.entries if leaving else ()
+        only = scope | {
+            e.plan_id for e in entries if e.plan_id is not None and e.record.parent in leaving
+        }
     redis_records = redis_view(
-        identified, snapshot.agent_names, state.unresolved_agents, hidden_parents
+        identified, snapshot.agent_names, state.unresolved_agents, hidden_parents, only
     )
-    everything = set(state.base) | set(view.records) | set(redis_records)
-    touched = frozenset(everything if only is None else only) - unreadable
+    view = file_view(plan, None if only is None else only | redis_records.keys())
+    if only is None:
+        touched = frozenset(set(state.base) | set(view.records) | set(redis_records))
+    else:
+        touched = frozenset(only | redis_records.keys() | view.records.keys())
+    touched -= unreadable
     base = within(state.base, touched)
     file_records = within(view.records, touched)
     redis_records = within(redis_records, touched)
     merged = merge(base, file_records, redis_records, options, state.pending)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
-    report.waiting_push = bool(merged.waiting_push)
-    report.waiting_pull = bool(merged.waiting_pull)
+    report.waiting_push = frozenset(merged.waiting_push)
+    report.waiting_pull = frozenset(merged.waiting_pull)
     writes, unresolved = redis_writes(
         town, merged, identified, redis_records, snapshot.agent_names, state.unresolved_agents
     )
@@ -231,8 +270,7 @@ def decide(
         else known_uuid(plan_id)
         for plan_id in merged.base
     }
-    kept = frozenset(set(state.base) | set(state.pending) | set(state.uuids)) - touched
-    return Decision(merged, writes, edits, unresolved, uuids, kept)
+    return Decision(merged, writes, edits, unresolved, uuids, touched, state)
 
 
 def state_store_for(settings: Settings) -> StateStore:
@@ -249,7 +287,7 @@ def render_checked(plan: Plan, edits: list[FileEdit]) -> Plan | None:
         return None
     text = planfile.render_plan(plan, edits)
     try:
-        return planfile.parse_plan(plan.path, text)
+        return planfile.parse_plan(plan.path, text, previous=plan)
     except PlanError as error:
         raise SyncRefused(
             f"not writing {plan.path}: the merged plan would not be valid:\n{error}"
@@ -257,7 +295,20 @@ def render_checked(plan: Plan, edits: list[FileEdit]) -> Plan | None:
 
 
 def within(values: Mapping[str, T], only: AbstractSet[str]) -> dict[str, T]:
+    if len(only) < len(values):  # a daemon's sync of a few tasks in a big town
+        return {k: values[k] for k in only if k in values}
     return {k: v for k, v in values.items() if k in only}
+
+
+def replaced(
+    values: Mapping[str, T], touched: AbstractSet[str], new: Mapping[str, T]
+) -> dict[str, T]:
+    """`values` with the entries of the touched ids replaced by `new`'s."""
+    result = dict(values)
+    for key in touched:
+        result.pop(key, None)
+    result.update(new)
+    return result
 
 
 def live_tasks(state: SyncState) -> int:
@@ -399,11 +450,11 @@ def check_deletions(
     """Refuse a sync that would delete a large share of the synced tasks, unless forced."""
     if force:
         return
-    synced = live_tasks(state)
     for side, ops in (("Redis", merged.redis_ops), ("tasks.toml", merged.file_ops)):
         deleting = sum(1 for op in ops if isinstance(op, Delete) and op.mode == "delete")
         if not deleting:
             continue
+        synced = live_tasks(state)
         if not plan.entries and side == "Redis":
             raise SyncRefused(
                 f"{settings.tasks_file} has no tasks: refusing to delete {deleting} task(s) "

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ttsyncd.codec import RedisTask, agent_key_prefix, decode_task
+from ttsyncd.identity import IdentityIndex
 from ttsyncd.store import (
     Snapshot,
     TaskWrite,
@@ -27,20 +28,34 @@ class TownMirror:
         self.town = town
         self.task_prefix = f"tt:{town}:task:"
         self.agent_prefix = agent_key_prefix(town)
-        self.tasks: dict[str, RedisTask] = {}
+        self.index = IdentityIndex()  # the tasks by key, identified
         self.unreadable: dict[str, str] = {}
         self.agent_names: dict[str, str] = {}  # agent uuid -> name
         self.epoch: str | None = None
+        self.all_changed = True  # loaded anew, or an agent renamed: any task may read differently
 
     def reload(self) -> bool:
         """Read the whole town (at start, after a reconnect, when polling); True if it changed."""
         snapshot = read_snapshot(self.client, self.town)
-        before = (self.tasks, self.unreadable, self.agent_names, self.epoch)
-        self.tasks = {task.key: task for task in snapshot.tasks}
+        before = (dict(self.tasks), self.unreadable, self.agent_names, self.epoch)
+        self.index = IdentityIndex(snapshot.tasks)
         self.unreadable = dict(snapshot.unreadable)
         self.agent_names = dict(snapshot.agent_names)
         self.epoch = snapshot.epoch
+        self.all_changed = True
         return before != (self.tasks, self.unreadable, self.agent_names, self.epoch)
+
+    def take_changes(self) -> frozenset[str] | None:
+        """The plan ids whose task changed since the last call; None when any may have."""
+        changed = self.index.take_changed()
+        if self.all_changed:
+            self.all_changed = False
+            return None
+        return frozenset(changed)
+
+    @property
+    def tasks(self) -> dict[str, RedisTask]:
+        return self.index.tasks
 
     def refresh(self, keys: Iterable[str]) -> bool:
         """Fetch these keys; True when a task or an agent's name really changed (an agent's
@@ -52,19 +67,28 @@ class TownMirror:
         fresh = read_hashes(self.client, task_keys, agent_keys)
         found = {task.key: task for task in fresh.tasks}
         changed = False
+        put: list[RedisTask] = []
+        gone: list[str] = []
         for key in task_keys:
             before = (self.tasks.get(key), self.unreadable.get(key))
-            self.tasks.pop(key, None)
+            after = (found.get(key), fresh.unreadable.get(key))
+            if before == after:
+                continue
+            changed = True
             self.unreadable.pop(key, None)
-            if key in found:
-                self.tasks[key] = found[key]
-            elif key in fresh.unreadable:
-                self.unreadable[key] = fresh.unreadable[key]
-            changed |= before != (self.tasks.get(key), self.unreadable.get(key))
+            if after[1] is not None:
+                self.unreadable[key] = after[1]
+            if after[0] is not None:
+                put.append(after[0])
+            else:
+                gone.append(key)
+        self.index.update(put, gone)
         for key in agent_keys:
             agent_uuid = key[len(self.agent_prefix) :]
             name = fresh.agent_names.get(agent_uuid)
-            changed |= self.agent_names.get(agent_uuid) != name
+            renamed = self.agent_names.get(agent_uuid) != name
+            changed |= renamed
+            self.all_changed |= renamed
             if name is None:
                 self.agent_names.pop(agent_uuid, None)
             else:
@@ -75,7 +99,11 @@ class TownMirror:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
-            list(self.tasks.values()), dict(self.unreadable), dict(self.agent_names), self.epoch
+            list(self.tasks.values()),
+            dict(self.unreadable),
+            dict(self.agent_names),
+            self.epoch,
+            self.index.identified,
         )
 
     def ensure_epoch(self) -> str:
@@ -86,9 +114,12 @@ class TownMirror:
         self.refresh(keys)
 
     def wrote(self, writes: Iterable[TaskWrite]) -> None:
+        put: list[RedisTask] = []
+        gone: list[str] = []
         for write in writes:
             after = hash_after(write)
             if after is None:
-                self.tasks.pop(write.key, None)
+                gone.append(write.key)
             else:
-                self.tasks[write.key] = decode_task(write.key, after)
+                put.append(decode_task(write.key, after))
+        self.index.update(put, gone)

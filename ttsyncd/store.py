@@ -32,6 +32,7 @@ from ttsyncd.codec import (
     is_uuid,
 )
 from ttsyncd.errors import RedisUnavailable
+from ttsyncd.identity import Identified, identify
 from ttsyncd.topology import RedisClient
 
 log = structlog.get_logger("ttsyncd.store")
@@ -76,6 +77,11 @@ class Snapshot:
     unreadable: dict[str, str] = field(default_factory=dict)  # key -> why it was skipped
     agent_names: dict[str, str] = field(default_factory=dict)  # agent uuid -> name
     epoch: str | None = None  # this Redis's ttsyncd marker (see epoch_key); None: not set
+    # The tasks identified, where the source keeps that current (the daemon's mirror).
+    identified: Identified | None = field(default=None, compare=False, repr=False)
+
+    def identify(self) -> Identified:
+        return self.identified if self.identified is not None else identify(self.tasks)
 
 
 @dataclass(frozen=True)

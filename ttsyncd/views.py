@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from ttsyncd.codec import RedisTask
 from ttsyncd.identity import Identified
 from ttsyncd.model import Record
-from ttsyncd.planfile import AssignId, Plan, new_entry_id
+from ttsyncd.planfile import AssignId, Plan, PlanEntry, new_entry_id
 
 
 @dataclass(frozen=True)
@@ -17,17 +18,26 @@ class FileView:
     new_ids: list[AssignId]  # entries that had no id: the ids to write back into the file
 
 
-def file_view(plan: Plan) -> FileView:
-    """The plan's entries by id; an entry with no `agent` takes `[meta] default_agent`."""
-    taken = {entry.plan_id for entry in plan.entries if entry.plan_id}
+def file_view(plan: Plan, only: AbstractSet[str] | None = None) -> FileView:
+    """The plan's entries by id (those in `only`, if given, and every entry with no id yet);
+    an entry with no `agent` takes `[meta] default_agent`."""
+    if only is None:
+        chosen: Iterable[tuple[int, PlanEntry]] = enumerate(plan.entries)
+    else:  # (only an entry with no id needs its index)
+        by_id = plan.by_id
+        chosen = [
+            *((-1, by_id[plan_id]) for plan_id in only if plan_id in by_id),
+            *((index, plan.entries[index]) for index in plan.without_id),
+        ]
+    taken = set(plan.by_id) if plan.without_id else set()
     records: dict[str, Record] = {}
     new_ids: list[AssignId] = []
-    for entry in plan.entries:
+    for index, entry in chosen:
         plan_id = entry.plan_id
         if plan_id is None:
             plan_id = new_entry_id(entry.record.description, taken)
             taken.add(plan_id)
-            new_ids.append(AssignId(entry.index, plan_id))
+            new_ids.append(AssignId(index, plan_id))
         record = entry.record
         if record.agent is None and plan.default_agent:
             record = record.with_fields({"agent": plan.default_agent})
@@ -38,7 +48,7 @@ def file_view(plan: Plan) -> FileView:
 def redis_record(
     task: RedisTask,
     agent_names: Mapping[str, str],
-    plan_id_of_uuid: Mapping[str, str],
+    plan_id_of_uuid: Callable[[str], str | None],
     unresolved_agent: str | None,
 ) -> Record:
     """One task hash in plan terms.
@@ -50,7 +60,7 @@ def redis_record(
         agent: str | None = agent_names.get(task.assigned_to, task.assigned_to)
     else:
         agent = unresolved_agent
-    parent = plan_id_of_uuid.get(task.parent_id) if task.parent_id else None
+    parent = plan_id_of_uuid(task.parent_id) if task.parent_id else None
     return Record(
         description=task.description,
         status=task.state,
@@ -66,17 +76,36 @@ def redis_view(
     agent_names: Mapping[str, str],
     unresolved_agents: Mapping[str, str],
     hidden_parents: Mapping[str, str] | None = None,
+    only: AbstractSet[str] | None = None,
 ) -> dict[str, Record]:
-    """Every task in plan terms. `hidden_parents` (uuid -> plan id) names tasks whose hash
-    cannot be read right now, so that their children keep their parent."""
-    plan_id_of_uuid = {
-        **(hidden_parents or {}),
-        **{task.uuid: plan_id for plan_id, task in identified.by_plan_id.items()},
-    }
-    records = {
-        plan_id: redis_record(task, agent_names, plan_id_of_uuid, unresolved_agents.get(plan_id))
-        for plan_id, task in identified.by_plan_id.items()
-    }
+    """Every task in plan terms (those in `only`, if given, and any parent cycle they are in).
+    `hidden_parents` (uuid -> plan id) names tasks whose hash cannot be read right now, so
+    that their children keep their parent."""
+    hidden = hidden_parents or {}
+    plan_id_of_uuid = identified.plan_id_of_uuid
+    by_plan_id = identified.by_plan_id
+
+    def parent_of(task_uuid: str) -> str | None:
+        plan_id = plan_id_of_uuid.get(task_uuid)
+        return plan_id if plan_id is not None else hidden.get(task_uuid)
+
+    def record_of(plan_id: str) -> Record:
+        task = by_plan_id[plan_id]
+        return redis_record(task, agent_names, parent_of, unresolved_agents.get(plan_id))
+
+    if only is None:
+        return without_parent_cycles({plan_id: record_of(plan_id) for plan_id in by_plan_id})
+    records = {plan_id: record_of(plan_id) for plan_id in only if plan_id in by_plan_id}
+    # A cycle through a chosen task is cut as a whole view would cut it: take it in whole.
+    for start in list(records):
+        path: list[str] = []
+        node: str | None = start
+        while node is not None and node in by_plan_id and node not in path:
+            path.append(node)
+            record = records.get(node) or record_of(node)
+            node = record.parent
+        if node is not None and node in path:
+            records.update({n: records.get(n) or record_of(n) for n in path[path.index(node) :]})
     return without_parent_cycles(records)
 
 

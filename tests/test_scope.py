@@ -1,0 +1,172 @@
+"""The daemon merges only what may have changed since its last sync (a Scope). Whatever the
+edits on either side, that must decide exactly what merging every task decides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ttsyncd.codec import decode_task, encode_tags, task_key
+from ttsyncd.config import Endpoint, LogSettings, Settings, SyncSettings
+from ttsyncd.engine import Decision, Scope, SyncReport, decide, replaced
+from ttsyncd.identity import IdentityIndex
+from ttsyncd.merge import Options
+from ttsyncd.planfile import Plan, parse_plan, render_plan
+from ttsyncd.state import SyncState
+from ttsyncd.store import Snapshot, hash_after
+
+TOWN = "scoped"
+PATH = Path("tasks.toml")
+IDS = [f"t{n}" for n in range(8)]
+
+
+def town_settings(policy: str, deletions: str) -> Settings:
+    return Settings(
+        town_dir=Path("."), town_name=TOWN, tasks_file=PATH, config_path=None,
+        state_dir=Path("."), endpoint=Endpoint(source="test"),
+        sync=SyncSettings(policy=policy, deletions=deletions), log=LogSettings(),
+    )  # fmt: skip
+
+
+def plan_text(entries: dict[str, tuple[str, str | None]]) -> str:
+    """entries: id -> (description, parent)."""
+    blocks = []
+    for plan_id, (description, parent) in entries.items():
+        block = f'[[tasks]]\nid = "{plan_id}"\ndescription = "{description}"\n'
+        blocks.append(block + (f'parent = "{parent}"\n' if parent else ""))
+    return "\n".join(blocks)
+
+
+def apply(decision: Decision, plan: Plan, index: IdentityIndex, state: SyncState) -> SyncState:
+    """What the sync would leave: the file rendered, the writes in the index, the new base."""
+    index.update(
+        [decode_task(w.key, a) for w in decision.writes if (a := hash_after(w)) is not None],
+        [w.key for w in decision.writes if hash_after(w) is None],
+    )
+    touched, old = decision.touched, decision.state
+    return SyncState(
+        base=replaced(old.base, touched, decision.merged.base),
+        unresolved_agents=replaced(old.unresolved_agents, touched, decision.unresolved_agents),
+        pending=replaced(old.pending, touched, decision.merged.pending),
+        uuids=replaced(old.uuids, touched, decision.uuids),
+        redis_epoch="e",
+    )
+
+
+def run(settings_: Settings, plan: Plan, index: IdentityIndex, state: SyncState,
+        may_differ: frozenset[str] | None) -> tuple[Decision, SyncReport]:  # fmt: skip
+    report = SyncReport()
+    snapshot = Snapshot(list(index.tasks.values()), {}, {}, "e", index.identified)
+    decision = decide(settings_, plan, snapshot, state, Options(
+        policy=settings_.sync.policy, deletions=settings_.sync.deletions,
+    ), report, None, may_differ)  # fmt: skip
+    return decision, report
+
+
+def summary(decision: Decision, plan: Plan, state: SyncState) -> tuple[object, ...]:
+    edits = render_plan(plan, decision.edits) if decision.edits else plan.text
+    writes = sorted(
+        (w.key, repr(w.write and {k: v for k, v in w.write.set_fields.items() if "_at" not in k}))
+        for w in decision.writes
+    )  # (times are the clock's)
+    return edits, writes, state
+
+
+redis_edit = st.tuples(
+    st.sampled_from(["describe", "status", "delete", "reparent", "create"]),
+    st.sampled_from(IDS),
+    st.sampled_from(IDS),
+)
+file_edit = st.tuples(
+    st.sampled_from(["describe", "delete", "add", "reparent", "unparent"]),
+    st.sampled_from(IDS),
+    st.sampled_from(IDS),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(st.sampled_from(IDS), st.sampled_from(["a", "b"]), min_size=1),
+    st.lists(file_edit, max_size=4),
+    st.lists(redis_edit, max_size=4),
+    st.sampled_from(["owner", "file", "redis", "manual"]),
+    st.sampled_from(["delete", "cancel", "keep"]),
+)
+def test_a_scoped_sync_decides_what_a_full_sync_decides(
+    initial: dict[str, str],
+    file_edits: list[tuple[str, str, str]],
+    redis_edits: list[tuple[str, str, str]],
+    policy: str,
+    deletions: str,
+) -> None:
+    town = town_settings(policy, deletions)
+    entries: dict[str, tuple[str, str | None]] = {
+        plan_id: (description, None) for plan_id, description in initial.items()
+    }
+    first = sorted(entries)[0]
+    entries = {k: (d, first if k != first else None) for k, (d, _) in entries.items()}
+    plan = parse_plan(PATH, plan_text(entries))
+    index = IdentityIndex()
+    decision, _ = run(town, plan, index, SyncState(), None)
+    state = apply(decision, plan, index, SyncState())
+    index.take_changed()
+    synced_plan = plan
+
+    # Redis side: tinytown-like edits of the hashes.
+    for kind, plan_id, other in redis_edits:
+        task = index.identified.by_plan_id.get(plan_id)
+        if kind == "create":
+            key = task_key(TOWN, f"00000000-0000-4000-8000-00000000000{IDS.index(plan_id)}")
+            raw = {"id": key.rsplit(":", 1)[1], "description": "agent-made", "state": "pending",
+                   "created_at": "2026-11-26T10:00:00Z", "updated_at": "2026-11-26T10:00:00Z",
+                   "tags": encode_tags([])}  # fmt: skip
+            index.update([decode_task(key, raw)], [])
+            continue
+        if task is None:
+            continue
+        raw = dict(task.raw)
+        if kind == "delete":
+            index.update([], [task.key])
+            continue
+        if kind == "describe":
+            raw["description"] = f"redis {other}"
+        elif kind == "status":
+            raw["state"] = "completed"
+        elif kind == "reparent":
+            target = index.identified.by_plan_id.get(other)
+            if target is None:
+                continue
+            raw["parent_id"] = target.uuid
+        index.update([decode_task(task.key, raw)], [])
+
+    # File side: edits that keep the plan valid.
+    for kind, plan_id, other in file_edits:
+        if kind == "add" and plan_id not in entries:
+            entries[plan_id] = ("added", None)
+        elif plan_id not in entries:
+            continue
+        elif kind == "describe":
+            entries[plan_id] = (f"file {other}", entries[plan_id][1])
+        elif kind == "delete" and not any(p == plan_id for _, p in entries.values()):
+            del entries[plan_id]
+        elif kind == "unparent":
+            entries[plan_id] = (entries[plan_id][0], None)
+        elif kind == "reparent" and other in entries and other != plan_id:
+            candidate = {**entries, plan_id: (entries[plan_id][0], other)}
+            node: str | None = other
+            seen = {plan_id}
+            while node is not None and node not in seen:
+                seen.add(node)
+                node = candidate[node][1]
+            if node is None:
+                entries = candidate
+    plan = parse_plan(PATH, plan_text(entries), previous=synced_plan)
+
+    scope = Scope(frozenset(index.take_changed()), synced_plan)
+    full, _ = run(town, plan, index, state, None)
+    scoped, _ = run(town, plan, index, state, scope.with_file_changes(plan))
+    assert summary(scoped, plan, apply(scoped, plan, IdentityIndex(), state)) == summary(
+        full, plan, apply(full, plan, IdentityIndex(), state)
+    )
