@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,11 @@ def town_records(client: redis.Redis, town: str) -> dict[str, Record]:
     identified = identify(snapshot.tasks)
     assert not identified.duplicates, identified.duplicates
     return redis_view(identified, snapshot.agent_names, {})
+
+
+def free_port() -> int:
+    """A loopback TCP port free right now, picked by the OS from its ephemeral range (never a
+    fixed one such as 6379)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

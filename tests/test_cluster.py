@@ -277,7 +277,7 @@ def test_the_daemon_syncs_both_ways_through_every_primary(
         status = daemon.wait_ready()
         assert status["last_error"] is None, daemon.log()
         addresses = sorted(node.address for node in cluster.nodes)
-        assert status["topology"] == {"kind": "cluster", "primaries": addresses, "service": None}
+        assert status["topology"] == {"kind": "cluster", "primaries": addresses}
         shown = run_cli(town, "status", redis_url=None).stdout
         assert f"topology:      cluster (3 primaries: {', '.join(addresses)})" in shown
         # Notifications on every primary; the plan's tasks spread over all of them.

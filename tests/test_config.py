@@ -204,7 +204,8 @@ def test_example_config_loads_to_the_defaults(tmp_path: Path) -> None:
 def test_example_config_documents_every_setting() -> None:
     text = (REPO_ROOT / "config.example.toml").read_text()
     keys = [*SyncSettings.__dataclass_fields__, *LogSettings.__dataclass_fields__]
-    for key in [*keys, "name", "tasks_file", "url", "[town]", "[redis]", "[sync]", "[log]"]:
+    redis_keys = ["url", "tls_ca_cert", "tls_client_cert", "tls_client_key", "tls_verify"]
+    for key in [*keys, *redis_keys, "name", "tasks_file", "[town]", "[redis]", "[sync]", "[log]"]:
         assert key in text, key
 
 
@@ -600,3 +601,124 @@ def test_endpoint_is_hashable_and_comparable() -> None:
     first = endpoint_from_url("redis://h:1/0", "x")
     assert {first: 1}[endpoint_from_url("redis://h:1/0", "x")] == 1
     assert isinstance(first, Endpoint)
+
+
+# --- TLS options and ACL users ----------------------------------------------------------------
+
+
+def tls_files(town: Path) -> dict[str, Path]:
+    """Stand-in PEM files: the config only checks they exist (the real ones: test_tls_acl)."""
+    files = {}
+    for key, name in (("tls_ca_cert", "ca.pem"), ("tls_client_cert", "client.pem"),
+                      ("tls_client_key", "client.key")):  # fmt: skip
+        path = town / "certs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("-----BEGIN NOTHING-----\n")
+        files[key] = path
+    return files
+
+
+TLS_CONFIG = """[redis]
+tls_ca_cert = "certs/ca.pem"
+tls_client_cert = "certs/client.pem"
+tls_client_key = "certs/client.key"
+tls_verify = "required"
+"""
+
+
+@pytest.mark.parametrize(
+    ("where", "url"),
+    [
+        ("--redis-url", f"rediss://ttsyncd:{PASSWORD}@cache.example:6390/0"),
+        ("REDIS_URL", f"rediss://ttsyncd:{PASSWORD}@cache.example:6390/0"),
+        ("config", f"rediss://ttsyncd:{PASSWORD}@cache.example:6390/0"),
+        ("tinytown", ""),
+    ],
+)
+def test_config_tls_options_reach_redis_py(tmp_path: Path, where: str, url: str) -> None:
+    town = make_town(tmp_path / "town")
+    files = tls_files(town)
+    config = TLS_CONFIG + (f'url = "{url}"\n' if where == "config" else "")
+    (town / "ttsyncd.toml").write_text(config)
+    if where == "tinytown":
+        (town / "tinytown.toml").write_text(
+            "[redis]\nuse_socket = false\nhost = 'cache.example'\nport = 6390\n"
+            f"password = '{PASSWORD}'\ntls_enabled = true\ntls_ca_cert = 'elsewhere.pem'\n"
+        )
+    endpoint = load(
+        town,
+        redis_url_arg=url if where == "--redis-url" else None,
+        env={"REDIS_URL": url} if where == "REDIS_URL" else None,
+    ).endpoint
+    assert endpoint.tls and endpoint.tls_verify == "required"
+    assert endpoint.tls_ca_cert == files["tls_ca_cert"].resolve()  # the config beats tinytown
+    client = endpoint.client()
+    kwargs = client.connection_pool.connection_kwargs
+    assert issubclass(client.connection_pool.connection_class, redis.SSLConnection)
+    assert (kwargs["ssl_ca_certs"], kwargs["ssl_certfile"], kwargs["ssl_keyfile"]) == tuple(
+        str(files[key].resolve()) for key in ("tls_ca_cert", "tls_client_cert", "tls_client_key")
+    )
+    assert kwargs["ssl_cert_reqs"] == "required"
+    assert kwargs["password"] == PASSWORD
+    client.close()
+    aclient = endpoint.async_client()
+    assert aclient.connection_pool.connection_kwargs["ssl_certfile"] == kwargs["ssl_certfile"]
+    shown = endpoint.redacted()
+    assert shown.startswith("rediss://") and "cache.example:6390/0" in shown
+    assert_no_secret(shown, repr(endpoint), repr(load(town)))
+
+
+def test_tls_options_leave_plain_and_unix_endpoints_alone(tmp_path: Path) -> None:
+    town = make_town(tmp_path / "town", config=TLS_CONFIG)
+    tls_files(town)
+    for url in ("redis://h:1/0", "unix:///run/r.sock"):
+        endpoint = load(town, redis_url_arg=url).endpoint
+        assert not endpoint.tls and endpoint.tls_client_cert is None
+        assert endpoint.tls_options() == {}
+        endpoint.client().close()  # redis-py accepts the options it gets
+
+
+def test_url_query_tls_options_win_over_the_config(tmp_path: Path) -> None:
+    town = make_town(tmp_path / "town", config=TLS_CONFIG)
+    tls_files(town)
+    url = "rediss://h:1/0?ssl_cert_reqs=none&ssl_ca_certs=/from/the/url.pem"
+    kwargs = load(town, redis_url_arg=url).endpoint.client().connection_pool.connection_kwargs
+    assert (kwargs["ssl_cert_reqs"], kwargs["ssl_ca_certs"]) == ("none", "/from/the/url.pem")
+    assert kwargs["ssl_certfile"] == str((town / "certs" / "client.pem").resolve())
+
+
+@pytest.mark.parametrize("mode", ["required", "optional", "none", "NONE"])
+def test_tls_verify_modes(tmp_path: Path, mode: str) -> None:
+    town = make_town(tmp_path / "town", config=f'[redis]\ntls_verify = "{mode}"\n')
+    endpoint = load(town, redis_url_arg="rediss://h:1/0").endpoint
+    assert endpoint.tls_options() == {"ssl_cert_reqs": mode.lower()}
+    assert endpoint.tls_ca_cert is None and endpoint.tls_client_cert is None
+
+
+@pytest.mark.parametrize(
+    ("content", "key"),
+    [
+        ('[redis]\ntls_verify = "sometimes"\n', "redis.tls_verify"),
+        ("[redis]\ntls_ca_cert = 7\n", "redis.tls_ca_cert"),
+        ('[redis]\ntls_ca_cert = "missing.pem"\n', "redis.tls_ca_cert"),
+        ('[redis]\ntls_client_cert = "certs"\n', "redis.tls_client_cert"),  # a directory
+        ('[redis]\ntls_client_key = "certs/client.key"\n', "redis.tls_client_key"),  # no cert
+        ('[redis]\ntls_password = "x"\n', "redis.tls_password"),
+    ],
+)
+def test_tls_option_errors_name_the_file_and_key(tmp_path: Path, content: str, key: str) -> None:
+    town = make_town(tmp_path / "town", config=content)
+    tls_files(town)
+    message = config_error(town, redis_url_arg=f"rediss://u:{PASSWORD}@h:1/0")
+    assert str(town.resolve() / "ttsyncd.toml") in message and key in message
+    assert_no_secret(message)
+
+
+def test_acl_user_is_shown_and_its_password_is_not() -> None:
+    endpoint = endpoint_from_url(f"rediss://ttsyncd:{PASSWORD}@h:6390/0", "REDIS_URL")
+    assert (endpoint.username, endpoint.password) == ("ttsyncd", PASSWORD)
+    assert endpoint.redacted() == "rediss://ttsyncd:***@h:6390/0"
+    by_query = endpoint_from_url(f"redis://h:1/0?username=ttsyncd&password={PASSWORD}", "t")
+    assert by_query.redacted() == "redis://ttsyncd:***@h:1/0"
+    user_only = endpoint_from_url("redis://ttsyncd@h:1/0", "t")
+    assert user_only.redacted() == "redis://ttsyncd@h:1/0"

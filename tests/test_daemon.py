@@ -198,6 +198,9 @@ def test_cli_goes_through_the_socket_which_is_private(
                   "last_error"):  # fmt: skip
         assert field in status
     assert status["pid"] == daemon.process.pid and status["mode"] == "foreground"
+    assert status["topology"] == {"kind": "standalone", "primaries": []}
+    text = run_cli(town, "status", redis_url=None).stdout
+    assert "  topology:      standalone\n" in text
     assert status["last_push"]["duration_ms"] >= 0
     second = Daemon(town, server.url)
     assert second.process.wait(timeout=20) != 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.helpers import make_town, run_cli
+from tests.helpers import free_port, make_town, run_cli
 from ttsyncd.embedded import find_redis_server, spawn_foreground
 
 PASSWORD = "s3cr3t-Pa55-zebra"
@@ -56,12 +55,6 @@ def test_password_in_redis_url_works_and_never_shows(tmp_path: Path, locked_sock
     state = [p.read_text() for p in (town / ".tt").rglob("*") if p.is_file()]
     assert not any(PASSWORD in text for text in outputs + state)
     assert "***" in run_cli(town, "check", redis_url=None, env=env).stdout
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_tinytown_central_redis_with_password_env(tmp_path: Path) -> None:

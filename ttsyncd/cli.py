@@ -15,12 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from ttsyncd import __version__, background, commands, control, log
 from ttsyncd.commands import Output, Town
 from ttsyncd.config import Settings, load_settings
-from ttsyncd.connection import connect
+from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
-from ttsyncd.topology import Topology
+from ttsyncd.topology import describe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,13 +136,19 @@ def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
     if args.command == "conflicts":
         return commands.conflicts(settings, as_json=args.json)
     town = Town(settings, connect(settings))
-    if args.command == "check":
-        return commands.check(town)
-    if args.command == "resolve":
-        return commands.resolve(town, args.plan_id, args.take)
-    if args.command == "repair":
-        return commands.repair(town, dry_run=args.dry_run)
-    return commands.push_or_pull(town, args.command, force=args.force, dry_run=args.dry_run)
+    try:
+        if args.command == "check":
+            return commands.check(town)
+        if args.command == "resolve":
+            return commands.resolve(town, args.plan_id, args.take)
+        if args.command == "repair":
+            return commands.repair(town, dry_run=args.dry_run)
+        return commands.push_or_pull(town, args.command, force=args.force, dry_run=args.dry_run)
+    except redis.ResponseError as error:
+        refused = refused_by_acl(error, settings.endpoint)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 def show_status(settings: Settings, *, as_json: bool) -> int:
@@ -175,11 +183,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         f"ttsyncd {status['mode']} (pid {status['pid']}) for town {status['town']!r}",
         f"  tasks file:    {status['tasks_file']}",
         f"  redis:         {status['redis']} ({connected})",
-        *(
-            [f"  topology:      {Topology.from_json(status['topology']).describe()}"]
-            if "topology" in status
-            else []
-        ),
+        f"  topology:      {describe(status['topology'])}",
         f"  notifications: {status['notifications']}",
         f"  last push:     {stamp(status['last_push'])}",
         f"  last pull:     {stamp(status['last_pull'])}",

@@ -120,9 +120,13 @@ def decode_tags(text: str) -> list[str]:
     return tags
 
 
+# serde_json::to_string: compact, non-ASCII kept as is. One encoder for every call:
+# json.dumps with options builds a new one each time (a tenth of a cold push of 10,000).
+_TAGS_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_tags(tags: list[str]) -> str:
-    # serde_json::to_string: compact, non-ASCII kept as is.
-    return json.dumps(tags, separators=(",", ":"), ensure_ascii=False)
+    return _TAGS_ENCODER.encode(tags)
 
 
 def parse_time(text: str, name: str = "time") -> tuple[datetime, int]:

@@ -35,6 +35,12 @@ TINYTOWN_FILE: Final = "tinytown.toml"
 TASKS_FILE: Final = "tasks.toml"
 DEFAULT_SOCKET: Final = ".tt/redis.sock"  # tinytown's own default, relative to the town
 URL_SCHEMES: Final = ("redis", "rediss", "unix")
+# redis-py's own ssl_cert_reqs values. In client mode Python's ssl treats "optional" as
+# "required": the server's certificate is checked either way; only "none" skips the check.
+TLS_VERIFY_MODES: Final = ("required", "optional", "none")
+# The [redis] keys naming a file for TLS: the CA to check the server with, the client's own
+# certificate and key (for a server with `tls-auth-clients yes`).
+TLS_FILES: Final = ("tls_ca_cert", "tls_client_cert", "tls_client_key")
 MASK: Final = "***"
 SENTINEL_SCHEME: Final = "redis+sentinel"
 SENTINEL_PORT: Final = 26379  # Sentinel's own default port
@@ -54,6 +60,9 @@ class Endpoint:
     password: str | None = field(default=None, repr=False)
     tls: bool = False
     tls_ca_cert: Path | None = None
+    tls_client_cert: Path | None = None
+    tls_client_key: Path | None = None
+    tls_verify: str | None = None  # one of TLS_VERIFY_MODES; None: redis-py's default, required
     managed: bool = False
     # Sentinel: the sentinels' (host, port) and the primary's service name; the fields above
     # (db, username, password, TLS) are then the primary's. `sentinel_password` is the
@@ -181,8 +190,8 @@ class Endpoint:
             "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         }
         if self.url is not None:
-            # from_url keeps the URL's extra query options (ssl_cert_reqs=..., etc.).
-            return self.url, options
+            # from_url lets the URL's own query options (?ssl_cert_reqs=none, ...) win over these.
+            return self.url, {**options, **self.tls_options()}
         options.update(db=self.db, username=self.username, password=self.password)
         if self.unix_socket is not None:
             return None, {**options, "unix_socket_path": str(self.unix_socket)}
@@ -191,8 +200,22 @@ class Endpoint:
             "host": self.host,
             "port": self.port,
             "ssl": self.tls,
-            "ssl_ca_certs": str(self.tls_ca_cert) if self.tls_ca_cert else None,
+            **self.tls_options(),
         }
+
+    def tls_options(self) -> dict[str, Any]:
+        """redis-py's own ssl_* options for a TLS endpoint; nothing for a plain one."""
+        if not self.tls:
+            return {}
+        files = {
+            "ssl_ca_certs": self.tls_ca_cert,
+            "ssl_certfile": self.tls_client_cert,
+            "ssl_keyfile": self.tls_client_key,
+        }
+        options: dict[str, Any] = {name: str(path) for name, path in files.items() if path}
+        if self.tls_verify is not None:
+            options["ssl_cert_reqs"] = self.tls_verify
+        return options
 
 
 @dataclass(frozen=True)
@@ -270,14 +293,19 @@ def load_settings(
         tasks_file=town_dir / town_section.get("tasks_file", TASKS_FILE),
         config_path=config_path,
         state_dir=town_dir / ".tt" / "ttsyncd",
-        endpoint=choose_endpoint(
-            redis_url_arg=redis_url_arg,
-            env=env,
-            config_url=config.get("redis", {}).get("url"),
-            config_path=config_path,
-            config_redis=config.get("redis", {}),
-            tinytown=tinytown,
-            town_dir=town_dir,
+        endpoint=with_tls_settings(
+            choose_endpoint(
+                redis_url_arg=redis_url_arg,
+                env=env,
+                config_url=config.get("redis", {}).get("url"),
+                config_path=config_path,
+                config_redis=config.get("redis", {}),
+                tinytown=tinytown,
+                town_dir=town_dir,
+            ),
+            config.get("redis", {}),
+            config_path,
+            town_dir,
         ),
         sync=SyncSettings(**config.get("sync", {})),
         log=LogSettings(**config.get("log", {})),
@@ -344,7 +372,11 @@ def _fraction(value: object) -> float:
 
 _CONFIG_SCHEMA: Final[dict[str, dict[str, Check]]] = {
     "town": {"name": _string, "tasks_file": _string},
-    "redis": {"url": _string},
+    "redis": {
+        "url": _string,
+        **{key: _string for key in TLS_FILES},
+        "tls_verify": _one_of(TLS_VERIFY_MODES),
+    },
     "sync": {
         "policy": _one_of(POLICIES),
         "deletions": _one_of(DELETION_MODES),
@@ -566,6 +598,36 @@ def _tinytown_endpoint(table: dict[str, Any], env: Mapping[str, str], town_dir: 
         password=env.get("TINYTOWN_REDIS_PASSWORD") or table.get("password") or None,
         tls=table.get("tls_enabled", False),
         tls_ca_cert=(town_dir / ca_cert).resolve() if ca_cert else None,
+    )
+
+
+def with_tls_settings(
+    endpoint: Endpoint, redis_section: dict[str, Any], config_path: Path | None, town_dir: Path
+) -> Endpoint:
+    """The config's [redis] TLS keys applied to the chosen endpoint when it uses TLS (rediss://,
+    tinytown's tls_enabled), whichever source named it; a plain or unix endpoint ignores them.
+
+    Each file must exist: a missing one would otherwise surface as "cannot reach Redis"."""
+    files: dict[str, Path] = {}
+    for key in TLS_FILES:
+        if key in redis_section:
+            path = town_dir / redis_section[key]  # an absolute path stays as it is
+            if not path.is_file():
+                raise ConfigError(f"{config_path}: redis.{key}: {path} is not a file")
+            files[key] = path.resolve()
+    if "tls_client_key" in files and "tls_client_cert" not in files:
+        raise ConfigError(
+            f"{config_path}: redis.tls_client_key needs redis.tls_client_cert (the certificate "
+            "it belongs to; a file holding both can be named as tls_client_cert alone)"
+        )
+    if not endpoint.tls or not (files or "tls_verify" in redis_section):
+        return endpoint
+    return replace(
+        endpoint,
+        tls_ca_cert=files.get("tls_ca_cert", endpoint.tls_ca_cert),
+        tls_client_cert=files.get("tls_client_cert"),
+        tls_client_key=files.get("tls_client_key"),
+        tls_verify=redis_section.get("tls_verify"),
     )
 
 

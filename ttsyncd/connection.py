@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
-import redis
+import re
 
-from ttsyncd.config import Settings
+import redis
+from redis.exceptions import NoPermissionError
+
+from ttsyncd.config import Endpoint, Settings
 from ttsyncd.embedded import ensure_embedded
 from ttsyncd.errors import RedisUnavailable
 from ttsyncd.topology import RedisClient, open_client
+
+# The reason in an ssl error as redis-py passes it on, e.g. "[SSL: CERTIFICATE_VERIFY_FAILED]
+# certificate verify failed: ...": it names no credentials.
+TLS_ERROR = re.compile(r"\[SSL[^\]]*\]\s*([^(]+)")
+# A server refusing the client's certificate (or its absence) may close the connection before
+# its TLS alert is read: then the error says only that.
+TLS_DROPPED = ("EOF occurred in violation of protocol", "reset by peer", "closed by server")
+
+
+def tls_failure(error: Exception) -> str | None:
+    """Why a TLS connection failed, when the error says; None when it does not look like TLS."""
+    text = str(error)
+    reason = TLS_ERROR.search(text)
+    if reason:
+        return reason.group(1).strip()
+    if any(sign in text for sign in TLS_DROPPED):
+        return "the server closed the connection (does it want a client certificate?)"
+    return None
 
 
 def connect(settings: Settings) -> RedisClient:
@@ -22,7 +43,7 @@ def connect(settings: Settings) -> RedisClient:
         client.ping()
     except redis.AuthenticationError:
         raise RedisUnavailable(
-            f"Redis at {where} refused the credentials: check the password "
+            f"Redis at {where} refused the credentials: check the user name and password "
             "(REDIS_URL, --redis-url, the config, or TINYTOWN_REDIS_PASSWORD)"
         ) from None
     except redis.ResponseError as error:
@@ -32,9 +53,32 @@ def connect(settings: Settings) -> RedisClient:
             ) from None
         raise RedisUnavailable(f"Redis at {where} refused PING: {error}") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+        why = tls_failure(error) if endpoint.tls else None
+        if why:
+            raise RedisUnavailable(
+                f"TLS with Redis at {where} failed: {why}: check [redis] tls_ca_cert, "
+                "tls_client_cert, tls_client_key and tls_verify in the config"
+            ) from None
         raise RedisUnavailable(
             f"cannot reach Redis at {where} ({type(error).__name__}): is it running?"
         ) from None
     except redis.RedisClusterException as error:  # e.g. `cluster = true` on a plain server
         raise RedisUnavailable(f"Redis at {where} is not a usable cluster: {error}") from None
     return client
+
+
+def refused_by_acl(error: redis.ResponseError, endpoint: Endpoint) -> RedisUnavailable | None:
+    """One line for a command the server's ACL refuses this user (NOPERM, or a command inside
+    ttsyncd's write script); None for any other error."""
+    text = str(error)
+    denied = isinstance(error, NoPermissionError) or any(
+        sign in text for sign in ("NOPERM", "no permissions", "can't run this command")
+    )
+    if not denied:
+        return None
+    # A refusal inside the write script comes wrapped in the pipeline's "Command # 1 (...)".
+    reason = text.split("caused error: ", 1)[-1].splitlines()[0] if text else "NOPERM"
+    return RedisUnavailable(
+        f"Redis at {endpoint.redacted()} refused a command to this user ({reason}): "
+        'the README\'s "ACL user" section has the permissions ttsyncd needs'
+    )

@@ -99,7 +99,10 @@ def request(path: Path, message: dict[str, Any], timeout: float = 600.0) -> dict
             sock.connect(str(path))
         except (FileNotFoundError, ConnectionRefusedError):
             return None
-        sock.sendall(json.dumps(message).encode() + b"\n")
+        with contextlib.suppress(BrokenPipeError):
+            # A daemon refusing a peer of another uid answers and closes before reading
+            # the request: its answer is still there to read.
+            sock.sendall(json.dumps(message).encode() + b"\n")
         with sock.makefile("rb") as stream:
             line = stream.readline(MAX_REQUEST * 64)
     if not line:

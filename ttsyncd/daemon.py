@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import gc
 import os
 import signal
@@ -43,19 +45,17 @@ from ttsyncd.debounce import Quiescence
 from ttsyncd.engine import Scope, SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
+from ttsyncd.notifications import notifications_arrive
 from ttsyncd.planfile import Plan, PlanReader
 from ttsyncd.store import NotReplicated, glob_escape
 from ttsyncd.topology import (
-    CLUSTER,
-    SENTINEL,
-    STANDALONE,
     AsyncRedisClient,
     RedisClient,
-    Topology,
     current_primaries,
-    describe,
+    current_topology,
     open_async_client,
     primary_clients,
+    topology_of,
 )
 
 logger = structlog.get_logger("ttsyncd.daemon")
@@ -143,7 +143,7 @@ class Daemon:
         self.mirror: TownMirror | None = None
         self.connected = False
         self.notifications = "keyspace"
-        self.topology = expected_topology(settings)
+        self.topology = topology_of(settings.endpoint)
         self.pending = Pending(reload=True, must_sync=True)
         self.owed_push = self.owed_pull = False
         self.unsynced = Unsynced()
@@ -318,8 +318,13 @@ class Daemon:
 
     async def connect_and_listen(self, client: RedisClient, aclient: AsyncRedisClient) -> None:
         keyspace = await asyncio.to_thread(enable_notifications, client)
-        topology = await asyncio.to_thread(describe, client)
-        town = self.settings.town_name
+        topology = await asyncio.to_thread(current_topology, client)
+        town, db = self.settings.town_name, self.settings.endpoint.db
+        if not keyspace and isinstance(client, redis.Redis):
+            # CONFIG refused: a managed service may have them on all the same. (Not probed on a
+            # Cluster: one key's events come from one node only; it polls.)
+            assert isinstance(aclient, redis.asyncio.Redis)
+            keyspace = await notifications_arrive(aclient, client, town, db)
         async with self.sync_lock:
             if self.client is not None and self.client is not client:
                 self.client.close()
@@ -329,11 +334,12 @@ class Daemon:
         notifications: Notifications | None = None
         if keyspace:
             self.notifications = "keyspace"
-            notifications = await subscribe(aclient, town)
+            notifications = await subscribe(aclient, town, db)
         elif self.notifications != "polling":
             self.notifications = "polling"
             logger.warning(
-                "Redis refused CONFIG: polling for changes instead of keyspace notifications",
+                "Redis refused CONFIG and its keyspace notifications are off: polling for "
+                "changes instead (docs/managed-redis.md says how to turn them on)",
                 poll_interval_ms=self.settings.sync.poll_interval_ms,
             )
         self.request(reload=True, must_sync=True)
@@ -494,7 +500,9 @@ class Daemon:
             if scope is None:
                 # A whole town now lives in memory (hundreds of thousands of objects at
                 # 10,000 tasks): leave it out of the cyclic GC, whose full passes over it
-                # would stall a later sync for tens of milliseconds.
+                # would stall a later sync for tens of milliseconds. Collect first: garbage
+                # frozen with it would never be freed.
+                gc.collect()
                 gc.freeze()
             if report.waiting_push:
                 self.request(file=True)
@@ -667,11 +675,12 @@ class FollowingClusterNotifications(AsyncClusterKeyspaceNotifications):
 Notifications = AsyncKeyspaceNotifications | FollowingClusterNotifications
 
 
-async def subscribe(aclient: AsyncRedisClient, town: str) -> Notifications:
-    """Subscribed to the town's task and agent keys, on every primary of a Cluster."""
+async def subscribe(aclient: AsyncRedisClient, town: str, db: int) -> Notifications:
+    """Subscribed to the town's task and agent keys (in the endpoint's db: a Cluster has only
+    0), on every primary of a Cluster."""
     channels = (
-        KeyspaceChannel(glob_escape(f"tt:{town}:task:") + "*"),
-        KeyspaceChannel(glob_escape(agent_key_prefix(town)) + "*"),
+        KeyspaceChannel(glob_escape(f"tt:{town}:task:") + "*", db),
+        KeyspaceChannel(glob_escape(agent_key_prefix(town)) + "*", db),
     )
     # Subscribe first, load the mirror second (the caller): nothing falls between the two.
     if isinstance(aclient, redis.asyncio.cluster.RedisCluster):
@@ -686,14 +695,19 @@ async def subscribe(aclient: AsyncRedisClient, town: str) -> Notifications:
     return single
 
 
-def expected_topology(settings: Settings) -> Topology:
-    """The topology `status` shows before the first connection says more."""
-    endpoint = settings.endpoint
-    if endpoint.is_sentinel:
-        return Topology(SENTINEL, service=endpoint.service_name)
-    return Topology(CLUSTER if endpoint.cluster else STANDALONE)
-
-
 def run_foreground(settings: Settings, reload_settings: Callable[[], Settings], mode: str,
                    on_ready: Callable[[], None] | None = None) -> int:  # fmt: skip
+    one_malloc_arena()
     return asyncio.run(Daemon(settings, reload_settings, mode).run(on_ready))
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def one_malloc_arena() -> None:
+    """glibc gives every thread that allocates an arena of its own, and syncs run in worker
+    threads: a big town's large buffers (the plan's text and its copies, megabytes each) end
+    up spread over arenas that never shrink, ~5 MB of RSS more at 10,000 tasks. One arena
+    is plenty: Python code holds the GIL anyway. (No-op where libc is not glibc.)"""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt(M_ARENA_MAX, 1)

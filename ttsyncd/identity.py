@@ -64,8 +64,20 @@ class IdentityIndex:
         changed, self.changed = self.changed, set()
         return changed
 
-    def update(self, put: Iterable[RedisTask], removed: Iterable[str]) -> None:
-        """Put these tasks (by key) and drop the tasks at these keys."""
+    def update(
+        self, put: Iterable[RedisTask], removed: Iterable[str], *, note: bool = True
+    ) -> None:
+        """Put these tasks (by key) and drop the tasks at these keys. `note=False`: do not
+        count the plan ids they move among the changed ones."""
+        noted = self.changed
+        if not note:
+            self.changed = set()
+        try:
+            self._update(put, removed)
+        finally:
+            self.changed = noted if not note else self.changed
+
+    def _update(self, put: Iterable[RedisTask], removed: Iterable[str]) -> None:
         tags: set[str] = set()
         rederive = False
         for task in put:

@@ -35,15 +35,19 @@ class TownMirror:
         self.all_changed = True  # loaded anew, or an agent renamed: any task may read differently
 
     def reload(self) -> bool:
-        """Read the whole town (at start, after a reconnect, when polling); True if it changed."""
+        """Read the whole town (at start, after a reconnect, when polling); True if it changed.
+        A reload that finds nothing new keeps the index, and so the daemon's small scope."""
         snapshot = read_snapshot(self.client, self.town)
-        before = (dict(self.tasks), self.unreadable, self.agent_names, self.epoch)
+        tasks = {task.key: task for task in snapshot.tasks}
+        now = (tasks, snapshot.unreadable, snapshot.agent_names, snapshot.epoch)
+        if now == (self.tasks, self.unreadable, self.agent_names, self.epoch):
+            return False
         self.index = IdentityIndex(snapshot.tasks)
         self.unreadable = dict(snapshot.unreadable)
         self.agent_names = dict(snapshot.agent_names)
         self.epoch = snapshot.epoch
         self.all_changed = True
-        return before != (self.tasks, self.unreadable, self.agent_names, self.epoch)
+        return True
 
     def take_changes(self) -> frozenset[str] | None:
         """The plan ids whose task changed since the last call; None when any may have."""
@@ -122,4 +126,5 @@ class TownMirror:
                 gone.append(write.key)
             else:
                 put.append(decode_task(write.key, after))
-        self.index.update(put, gone)
+        # The base already holds what these writes say: nothing for the next sync to merge.
+        self.index.update(put, gone, note=False)

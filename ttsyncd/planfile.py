@@ -283,6 +283,13 @@ _PREAMBLES: dict[str, tuple[str | None] | None] = {}
 _CACHE_LIMIT = 50_000
 
 
+def forget_parses() -> None:
+    """Drop every memoised parse, as a new process starts (the benchmark's cold runs)."""
+    _SEGMENTS.clear()
+    _PREAMBLES.clear()
+    _load_toml.cache_clear()
+
+
 def _parse_by_segments(path: Path, text: str, previous: Plan | None) -> Plan | None:
     """The plan, from segments parsed on their own; None when the text is not a plain list of
     valid segments (the whole parse decides, and words any problem): a multi-line string could
@@ -291,8 +298,7 @@ def _parse_by_segments(path: Path, text: str, previous: Plan | None) -> Plan | N
     if '"""' in text or "'''" in text:
         return None
     if len(_SEGMENTS) > _CACHE_LIMIT:
-        _SEGMENTS.clear()
-        _PREAMBLES.clear()
+        forget_parses()
     if previous is None or previous.layout is None:
         starts = _headers_in(text, 0, len(text), after_first=False)
         return None if starts is None else _assemble(path, text, starts, _Reuse())

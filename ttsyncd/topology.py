@@ -40,7 +40,8 @@ class Topology:
     service: str | None = None  # sentinel: the service name
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "primaries": list(self.primaries), "service": self.service}
+        service = {"service": self.service} if self.service is not None else {}
+        return {"kind": self.kind, "primaries": list(self.primaries), **service}
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> Topology:
@@ -99,7 +100,20 @@ def primary_clients(client: RedisClient) -> list[redis.Redis]:
     return [client]
 
 
-def describe(client: RedisClient) -> Topology:
+def topology_of(endpoint: Endpoint) -> Topology:
+    """The topology an endpoint names, before a connection says more (a Cluster is detected on
+    connecting, so a plain redis:// endpoint reads as standalone until then)."""
+    if endpoint.is_sentinel:
+        return Topology(SENTINEL, service=endpoint.service_name)
+    return Topology(CLUSTER if endpoint.cluster else STANDALONE)
+
+
+def describe(status_topology: dict[str, Any]) -> str:
+    """`describe()` of a topology as the status JSON carries it."""
+    return Topology.from_json(status_topology).describe()
+
+
+def current_topology(client: RedisClient) -> Topology:
     """The topology as the client sees it now."""
     if isinstance(client, redis.cluster.RedisCluster):
         primaries = client.get_primaries()  # type: ignore[no-untyped-call]
