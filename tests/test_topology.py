@@ -17,8 +17,8 @@ def test_one_server_is_standalone() -> None:
 
 
 def test_primaries_are_listed_after_the_kind() -> None:
-    sentinel = Topology("sentinel", ("10.0.0.2:6379",))
-    assert sentinel.describe() == "sentinel (10.0.0.2:6379)"
-    assert describe(sentinel.to_json()) == "sentinel (10.0.0.2:6379)"
+    sentinel = Topology("sentinel", ("10.0.0.2:6379",), "towns")
+    assert sentinel.describe() == "sentinel (service 'towns', primary 10.0.0.2:6379)"
+    assert describe(sentinel.to_json()) == sentinel.describe()
     cluster = Topology("cluster", ("a:7000", "b:7001", "c:7002"))
-    assert describe(cluster.to_json()) == "cluster (a:7000, b:7001, c:7002)"
+    assert describe(cluster.to_json()) == "cluster (3 primaries: a:7000, b:7001, c:7002)"

@@ -9,8 +9,6 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
-
 from ttsyncd.config import Settings
 from ttsyncd.engine import SyncReport, state_store_for, sync
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN
@@ -19,6 +17,7 @@ from ttsyncd.merge import Side
 from ttsyncd.planfile import PlanReader
 from ttsyncd.state import StateStore, append_conflicts, read_conflicts
 from ttsyncd.store import RedisSource, TaskWrite, apply_writes, read_snapshot
+from ttsyncd.topology import RedisClient
 
 PUSH_LINE = "⬆️  Pushed {n} tasks from {file} to Redis"
 PULL_LINE = "⬇️  Pulled {n} tasks from Redis to {file}"
@@ -50,7 +49,7 @@ class Town:
     """A town to run a command against; a daemon passes its cached plan and Redis mirror."""
 
     settings: Settings
-    client: redis.Redis
+    client: RedisClient
     plan_reader: PlanReader | None = None
     redis_source: RedisSource | None = None
     state_store: StateStore | None = None

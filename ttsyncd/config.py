@@ -17,6 +17,9 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.retry
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -39,6 +42,8 @@ TLS_VERIFY_MODES: Final = ("required", "optional", "none")
 # certificate and key (for a server with `tls-auth-clients yes`).
 TLS_FILES: Final = ("tls_ca_cert", "tls_client_cert", "tls_client_key")
 MASK: Final = "***"
+SENTINEL_SCHEME: Final = "redis+sentinel"
+SENTINEL_PORT: Final = 26379  # Sentinel's own default port
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,18 @@ class Endpoint:
     tls_client_key: Path | None = None
     tls_verify: str | None = None  # one of TLS_VERIFY_MODES; None: redis-py's default, required
     managed: bool = False
+    # Sentinel: the sentinels' (host, port) and the primary's service name; the fields above
+    # (db, username, password, TLS) are then the primary's. `sentinel_password` is the
+    # sentinels' own (`requirepass` in sentinel.conf), if they have one.
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service_name: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    # Redis Cluster: True forces it, False rules it out, None detects it (INFO cluster).
+    cluster: bool | None = None
+
+    @property
+    def is_sentinel(self) -> bool:
+        return bool(self.sentinels)
 
     def redacted(self) -> str:
         """A URL for humans and logs, rebuilt from the fields so no secret can slip through."""
@@ -66,6 +83,9 @@ class Endpoint:
         if self.username is not None or self.password is not None:
             user = quote(self.username or "", safe="")
             userinfo = f"{user}:{MASK}@" if self.password is not None else f"{user}@"
+        if self.is_sentinel:
+            hosts = ",".join(f"{_url_host(host)}:{port}" for host, port in self.sentinels)
+            return f"{SENTINEL_SCHEME}://{userinfo}{hosts}/{self.service_name}/{self.db}"
         if self.unix_socket is not None:
             db_query = f"?db={self.db}" if self.db else ""
             return f"unix://{userinfo}{self.unix_socket}{db_query}"
@@ -74,25 +94,88 @@ class Endpoint:
 
     def identity(self) -> str:
         """Server and db, without credentials: the key of state persisted per Redis."""
+        if self.is_sentinel:
+            # The service, not its current primary: a failover keeps the data (and the base).
+            hosts = ",".join(sorted(f"{_url_host(host)}:{port}" for host, port in self.sentinels))
+            return f"sentinel:{hosts}/{self.service_name}/{self.db}"
         if self.unix_socket is not None:
             return f"unix:{self.unix_socket}/{self.db}"
         return f"tcp:{_url_host(self.host)}:{self.port}/{self.db}"
 
     def client(self, *, decode_responses: bool = True, timeout_s: float = 5.0) -> redis.Redis:
+        """A client of the server (behind Sentinel: of the current primary; see cluster_client
+        for a Redis Cluster)."""
         url, options = self.connection_options(decode_responses, timeout_s)
+        if self.is_sentinel:
+            return self.sentinel_client(options)
         if url is not None:
             return redis.Redis.from_url(url, **options)
         return redis.Redis(**options)
 
     def async_client(self, *, timeout_s: float = 5.0) -> redis.asyncio.Redis:
         """The same connection for asyncio (keyspace notifications)."""
+        url, options = self.async_options(timeout_s)
+        if self.is_sentinel:
+            return self.async_sentinel_client(options)
+        if url is not None:
+            return redis.asyncio.Redis.from_url(url, **options)
+        return redis.asyncio.Redis(**options)
+
+    def async_options(self, timeout_s: float) -> tuple[str | None, dict[str, Any]]:
         url, options = self.connection_options(True, timeout_s)
         options["socket_timeout"] = None  # a subscriber waits for messages as long as it takes
         # No retries: the daemon reconnects, resubscribes and resyncs itself.
         options["retry"] = redis.asyncio.retry.Retry(NoBackoff(), retries=0)
+        return url, options
+
+    # Sentinel and Cluster: redis-py's own clients, which find the primary (and follow it
+    # after a failover) or route each key to its node (MOVED/ASK, resharding) themselves.
+
+    # (redis.sentinel has no type hints.)
+    def sentinel_client(self, options: dict[str, Any]) -> redis.Redis:
+        sentinel_options, primary_options = self.sentinel_options(options)
+        sentinel = redis.sentinel.Sentinel(list(self.sentinels), **sentinel_options)  # type: ignore[no-untyped-call]
+        primary: redis.Redis = sentinel.master_for(str(self.service_name), **primary_options)  # type: ignore[no-untyped-call]
+        return primary
+
+    def async_sentinel_client(self, options: dict[str, Any]) -> redis.asyncio.Redis:
+        sentinel_options, primary_options = self.sentinel_options(options)
+        sentinel = redis.asyncio.sentinel.Sentinel(list(self.sentinels), **sentinel_options)  # type: ignore[no-untyped-call]
+        primary: redis.asyncio.Redis = sentinel.master_for(
+            str(self.service_name), **primary_options
+        )
+        return primary
+
+    def sentinel_options(self, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the sentinels' connection options, the primary's) from `connection_options`."""
+        primary = {k: v for k, v in options.items() if k not in ("host", "port")}
+        if not primary.get("ssl"):
+            # Plain connections take no TLS options; the pool picks the TLS class on `ssl`.
+            primary = {k: v for k, v in primary.items() if not k.startswith("ssl")}
+        sentinel = {
+            "socket_timeout": options.get("socket_timeout"),
+            "socket_connect_timeout": options.get("socket_connect_timeout"),
+            "retry": options.get("retry"),
+            "password": self.sentinel_password,
+        }
+        return {"sentinel_kwargs": sentinel}, primary
+
+    def cluster_client(
+        self, *, decode_responses: bool = True, timeout_s: float = 5.0
+    ) -> redis.cluster.RedisCluster:
+        """A Redis Cluster client that starts from this endpoint's node."""
+        url, options = self.connection_options(decode_responses, timeout_s)
+        options.pop("db", None)  # a cluster has db 0 only; from_url checks the URL's
         if url is not None:
-            return redis.asyncio.Redis.from_url(url, **options)
-        return redis.asyncio.Redis(**options)
+            return redis.cluster.RedisCluster.from_url(url, **options)
+        return redis.cluster.RedisCluster(**options)
+
+    def async_cluster_client(self, *, timeout_s: float = 5.0) -> redis.asyncio.RedisCluster:
+        url, options = self.async_options(timeout_s)
+        options.pop("db", None)
+        if url is not None:
+            return redis.asyncio.RedisCluster.from_url(url, **options)
+        return redis.asyncio.RedisCluster(**options)
 
     def connection_options(
         self, decode_responses: bool, timeout_s: float
@@ -216,6 +299,7 @@ def load_settings(
                 env=env,
                 config_url=config.get("redis", {}).get("url"),
                 config_path=config_path,
+                config_redis=config.get("redis", {}),
                 tinytown=tinytown,
                 town_dir=town_dir,
             ),
@@ -308,6 +392,50 @@ _CONFIG_SCHEMA: Final[dict[str, dict[str, Check]]] = {
 }
 
 
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _BadValue(f"must be true or false (got {value!r})")
+    return value
+
+
+def _addresses(value: object) -> list[str]:
+    if not (isinstance(value, list) and value and all(isinstance(v, str) and v for v in value)):
+        raise _BadValue('must be a non-empty list of "host:port" strings')
+    return list(value)
+
+
+# The topology keys of [redis]: Sentinel (the sentinels, the service, and the primary's
+# credentials and db, which a URL would otherwise carry) and Cluster.
+_TOPOLOGY_KEYS: Final[dict[str, Check]] = {
+    "sentinels": _addresses,
+    "service_name": _string,
+    "sentinel_password": _string,
+    "username": _string,
+    "password": _string,
+    "db": _int_at_least(0),
+    "cluster": _bool,
+}
+_SENTINEL_ONLY: Final = ("service_name", "sentinel_password", "username", "password", "db")
+_CONFIG_SCHEMA["redis"].update(_TOPOLOGY_KEYS)
+
+
+def _check_topology(redis_table: dict[str, Any], path: Path) -> None:
+    if "sentinels" in redis_table:
+        if "url" in redis_table:
+            raise ConfigError(f"{path}: redis.url and redis.sentinels are two endpoints: keep one")
+        if "service_name" not in redis_table:
+            raise ConfigError(f"{path}: redis.sentinels needs redis.service_name")
+        if redis_table.get("cluster"):
+            raise ConfigError(f"{path}: redis.cluster cannot go with redis.sentinels")
+        return
+    for key in _SENTINEL_ONLY:
+        if key in redis_table:
+            raise ConfigError(
+                f"{path}: redis.{key} goes with redis.sentinels only "
+                "(credentials of a redis:// endpoint go in its url)"
+            )
+
+
 def _read_config(path: Path) -> dict[str, dict[str, Any]]:
     """The config file's sections, every key checked against the schema."""
     document = _read_toml(path)
@@ -331,6 +459,7 @@ def _read_config(path: Path) -> dict[str, dict[str, Any]]:
             except _BadValue as error:
                 raise ConfigError(f"{path}: {section_name}.{key} {error}") from None
     _check_waits(sections.get("sync", {}), path)
+    _check_topology(sections.get("redis", {}), path)
     return sections
 
 
@@ -411,14 +540,20 @@ def choose_endpoint(
     config_path: Path | None,
     tinytown: dict[str, Any] | None,
     town_dir: Path,
+    config_redis: Mapping[str, Any] | None = None,
 ) -> Endpoint:
-    """--redis-url, REDIS_URL, the config's [redis] url, tinytown.toml's [redis], else embedded."""
+    """--redis-url, REDIS_URL, the config's [redis] url or sentinels, tinytown.toml's [redis],
+    else embedded. The config's `cluster` applies to the config's own endpoint."""
     if redis_url_arg is not None:
         return endpoint_from_url(redis_url_arg, "--redis-url")
     if env.get("REDIS_URL"):
         return endpoint_from_url(env["REDIS_URL"], "REDIS_URL")
+    config_redis = config_redis or {}
     if config_url is not None:
-        return endpoint_from_url(config_url, f"config {config_path}")
+        endpoint = endpoint_from_url(config_url, f"config {config_path}")
+        return replace(endpoint, cluster=config_redis.get("cluster"))
+    if config_redis.get("sentinels"):
+        return sentinel_endpoint_from_config(config_redis, f"config {config_path}")
     if tinytown is not None and "redis" in tinytown:
         table = _tinytown_redis(tinytown, town_dir / TINYTOWN_FILE)
         return _tinytown_endpoint(table, env, town_dir)
@@ -426,6 +561,23 @@ def choose_endpoint(
         source="embedded default",
         unix_socket=(town_dir / DEFAULT_SOCKET).resolve(),
         managed=True,
+    )
+
+
+def sentinel_endpoint_from_config(table: Mapping[str, Any], source: str) -> Endpoint:
+    """[redis] sentinels = ["host:port", ...] with service_name (checked by _check_topology)."""
+
+    def invalid(reason: str) -> ConfigError:
+        return ConfigError(f"{source}: redis.sentinels: {reason}")
+
+    return Endpoint(
+        source=source,
+        db=table.get("db", 0),
+        username=table.get("username"),
+        password=table.get("password"),
+        sentinels=tuple(parse_host_port(h, SENTINEL_PORT, invalid) for h in table["sentinels"]),
+        service_name=table["service_name"],
+        sentinel_password=table.get("sentinel_password"),
     )
 
 
@@ -485,6 +637,8 @@ def endpoint_from_url(url: str, source: str) -> Endpoint:
     def invalid(reason: str) -> ConfigError:
         return ConfigError(f"{source}: invalid Redis URL: {reason}")
 
+    if url.lower().startswith(f"{SENTINEL_SCHEME}://"):
+        return sentinel_endpoint_from_url(url, source, invalid)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -494,7 +648,7 @@ def endpoint_from_url(url: str, source: str) -> Endpoint:
             "password must be percent-encoded)"
         ) from None
     if parts.scheme not in URL_SCHEMES:
-        raise invalid("the scheme must be redis://, rediss:// or unix://")
+        raise invalid("the scheme must be redis://, rediss://, unix:// or redis+sentinel://")
     if parts.fragment:
         raise invalid("unexpected '#' (percent-encode it as %23 in a password)")
     query = parse_qs(parts.query)
@@ -528,6 +682,57 @@ def endpoint_from_url(url: str, source: str) -> Endpoint:
         password=password,
         tls=parts.scheme == "rediss",
     )
+
+
+def sentinel_endpoint_from_url(
+    url: str, source: str, invalid: Callable[[str], ConfigError]
+) -> Endpoint:
+    """`redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`: the primary of
+    `service`, found through these sentinels; the credentials and db are the primary's.
+
+    urllib cannot parse a list of hosts, so the authority is split here."""
+    rest = url[len(SENTINEL_SCHEME) + 3 :]
+    rest, _, query_text = rest.partition("?")
+    if "#" in rest or "#" in query_text:
+        raise invalid("unexpected '#' (percent-encode it as %23 in a password)")
+    authority, _, path = rest.partition("/")
+    userinfo, at, hosts_text = authority.rpartition("@")
+    username = password = None
+    if at:
+        user_text, colon, password_text = userinfo.partition(":")
+        username = unquote(user_text) or None
+        password = unquote(password_text) if colon and password_text else None
+    query = parse_qs(query_text)
+    username = username or _first(query, "username")
+    password = password or _first(query, "password")
+    sentinels = tuple(parse_host_port(h, SENTINEL_PORT, invalid) for h in hosts_text.split(","))
+    service, _, db_text = unquote(path).strip("/").partition("/")
+    if not service:
+        raise invalid("name the primary's service: redis+sentinel://host:26379/mymaster[/db]")
+    return Endpoint(
+        source=source,
+        db=_db_number(db_text or _first(query, "db"), invalid),
+        username=username,
+        password=password,
+        sentinels=sentinels,
+        service_name=service,
+        sentinel_password=_first(query, "sentinel_password"),
+    )
+
+
+def parse_host_port(
+    text: str, default_port: int, invalid: Callable[[str], ConfigError]
+) -> tuple[str, int]:
+    """`host:port`, `host` or `[v6::addr]:port` as (host, port)."""
+    try:
+        parts = urlsplit(f"//{text.strip()}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or parts.username is not None or parts.path:
+        # Never echoes the text: in a URL with a stray ':' it may be a password.
+        raise invalid("each sentinel must be host:port (an IPv6 host in brackets)")
+    return host, port or default_port
 
 
 def _db_number(text: str | None, invalid: Callable[[str], ConfigError]) -> int:

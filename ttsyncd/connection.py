@@ -10,6 +10,7 @@ from redis.exceptions import NoPermissionError
 from ttsyncd.config import Endpoint, Settings
 from ttsyncd.embedded import ensure_embedded
 from ttsyncd.errors import RedisUnavailable
+from ttsyncd.topology import RedisClient, open_client
 
 # The reason in an ssl error as redis-py passes it on, e.g. "[SSL: CERTIFICATE_VERIFY_FAILED]
 # certificate verify failed: ...": it names no credentials.
@@ -30,14 +31,15 @@ def tls_failure(error: Exception) -> str | None:
     return None
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A client that answered PING; starts the embedded server when the town uses it."""
+def connect(settings: Settings) -> RedisClient:
+    """A client that answered PING (of a Cluster, when the server is a cluster node); starts the
+    embedded server when the town uses it."""
     endpoint = settings.endpoint
     if endpoint.managed and endpoint.unix_socket is not None:
         ensure_embedded(endpoint.unix_socket)
-    client = endpoint.client()
     where = endpoint.redacted()
     try:
+        client = open_client(endpoint)
         client.ping()
     except redis.AuthenticationError:
         raise RedisUnavailable(
@@ -60,6 +62,8 @@ def connect(settings: Settings) -> redis.Redis:
         raise RedisUnavailable(
             f"cannot reach Redis at {where} ({type(error).__name__}): is it running?"
         ) from None
+    except redis.RedisClusterException as error:  # e.g. `cluster = true` on a plain server
+        raise RedisUnavailable(f"Redis at {where} is not a usable cluster: {error}") from None
     return client
 
 

@@ -26,9 +26,14 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 import structlog
 import watchfiles
-from redis.asyncio.keyspace_notifications import AsyncKeyspaceNotifications
+from redis.asyncio.keyspace_notifications import (
+    AsyncClusterKeyspaceNotifications,
+    AsyncKeyspaceNotifications,
+)
 from redis.keyspace_notifications import KeyspaceChannel
 
 from ttsyncd import commands, control, log, planfile, systemd
@@ -42,8 +47,16 @@ from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
 from ttsyncd.notifications import notifications_arrive
 from ttsyncd.planfile import Plan, PlanReader
-from ttsyncd.store import glob_escape
-from ttsyncd.topology import topology_of
+from ttsyncd.store import NotReplicated, glob_escape
+from ttsyncd.topology import (
+    AsyncRedisClient,
+    RedisClient,
+    current_primaries,
+    current_topology,
+    open_async_client,
+    primary_clients,
+    topology_of,
+)
 
 logger = structlog.get_logger("ttsyncd.daemon")
 
@@ -56,6 +69,12 @@ ALL_CLASSES = set("g$lshzxetd")
 WATCHFILES_STEP_MS = 10
 RECONNECT_BACKOFF = (0.1, 5.0)  # first and longest wait between reconnect attempts, seconds
 SHUTDOWN_FLUSH_S = 4.0  # SIGTERM: flush pending work, and exit within 5 s
+HEALTH_CHECK_S = 1.0  # how often the session checks Redis is there and its primaries the same
+
+
+class TopologyChanged(redis.ConnectionError):
+    """The primary the session listens to is no longer the one (a Sentinel failover, a
+    Cluster's primaries changing): reconnect, resubscribe and sync in full, as after a loss."""
 
 
 def merged_notify_flags(current: str, needed: str = NEEDED_FLAGS) -> str:
@@ -120,10 +139,11 @@ class Daemon:
         self.mode = mode  # foreground | background | systemd
         self.plan_reader = PlanReader(settings.tasks_file)
         self.state_store = state_store_for(settings)
-        self.client: redis.Redis | None = None
+        self.client: RedisClient | None = None
         self.mirror: TownMirror | None = None
         self.connected = False
         self.notifications = "keyspace"
+        self.topology = topology_of(settings.endpoint)
         self.pending = Pending(reload=True, must_sync=True)
         self.owed_push = self.owed_pull = False
         self.unsynced = Unsynced()
@@ -264,12 +284,22 @@ class Daemon:
 
     async def redis_session(self) -> None:
         """Stay connected: notifications on, subscribed, mirror loaded; after any loss, back
-        off, reconnect and sync in full, so edits made during the outage arrive."""
+        off, reconnect and sync in full, so edits made during the outage arrive. A failover
+        takes the same path: the new primary gets notifications turned on and a full sync."""
         backoff = RECONNECT_BACKOFF[0]
         while True:
-            aclient = self.settings.endpoint.async_client()
+            aclient: AsyncRedisClient | None = None
             try:
-                await self.connect_and_listen(aclient)
+                client = await asyncio.to_thread(connect, self.settings)
+                cluster = isinstance(client, redis.cluster.RedisCluster)
+                aclient = open_async_client(self.settings.endpoint, cluster)
+                if isinstance(aclient, redis.asyncio.cluster.RedisCluster):
+                    await aclient.initialize()  # its slot map, before anyone asks for nodes
+                await self.connect_and_listen(client, aclient)
+            except TopologyChanged as change:
+                logger.warning("Redis topology changed, reconnecting", change=str(change))
+                self.connected = False
+                backoff = RECONNECT_BACKOFF[0]
             except (redis.ConnectionError, redis.TimeoutError, OSError, RedisUnavailable) as e:
                 if self.connected:
                     logger.warning("lost Redis, reconnecting", error=type(e).__name__)
@@ -281,29 +311,30 @@ class Daemon:
                 self.last_error = f"Redis session failed: {error}"
                 logger.error("Redis session failed, retrying", error=str(error))
             finally:
-                await aclient.aclose()
+                if aclient is not None:
+                    await aclient.aclose()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, RECONNECT_BACKOFF[1])
 
-    async def connect_and_listen(self, aclient: redis.asyncio.Redis) -> None:
-        client = await asyncio.to_thread(connect, self.settings)
+    async def connect_and_listen(self, client: RedisClient, aclient: AsyncRedisClient) -> None:
         keyspace = await asyncio.to_thread(enable_notifications, client)
+        topology = await asyncio.to_thread(current_topology, client)
         town, db = self.settings.town_name, self.settings.endpoint.db
-        if not keyspace:  # CONFIG refused: a managed service may have them on all the same
+        if not keyspace and isinstance(client, redis.Redis):
+            # CONFIG refused: a managed service may have them on all the same. (Not probed on a
+            # Cluster: one key's events come from one node only; it polls.)
+            assert isinstance(aclient, redis.asyncio.Redis)
             keyspace = await notifications_arrive(aclient, client, town, db)
         async with self.sync_lock:
             if self.client is not None and self.client is not client:
                 self.client.close()
             self.client = client
             self.mirror = TownMirror(client, town)
+            self.topology = topology
+        notifications: Notifications | None = None
         if keyspace:
             self.notifications = "keyspace"
-            notifications = AsyncKeyspaceNotifications(aclient)
-            # Subscribe first, load the mirror second: nothing falls between the two.
-            await notifications.subscribe(
-                KeyspaceChannel(glob_escape(f"tt:{town}:task:") + "*", db),
-                KeyspaceChannel(glob_escape(agent_key_prefix(town)) + "*", db),
-            )
+            notifications = await subscribe(aclient, town, db)
         elif self.notifications != "polling":
             self.notifications = "polling"
             logger.warning(
@@ -315,23 +346,39 @@ class Daemon:
         self.connected = True
         if self.last_error and self.last_error.startswith("Redis unreachable"):
             self.last_error = None
-        logger.info("connected to Redis", notifications=self.notifications)
-        if not keyspace:
-            await self.poll(client)
+        logger.info("connected to Redis", notifications=self.notifications,
+                    topology=topology.describe())  # fmt: skip
+        if notifications is None:
+            await self.poll(client, aclient)
             return
+        next_check = time.monotonic() + HEALTH_CHECK_S
         while True:
-            # get_message raises ConnectionError when the connection goes.
+            # get_message raises ConnectionError when the connection goes (a Cluster's
+            # notifications resubscribe by themselves instead: see FollowingClusterNotifications).
             message = await notifications.get_message(timeout=1.0)
-            if message is None:
-                await aclient.ping()  # notice a silent loss within a second or so
-                continue
-            key = message.key if isinstance(message.key, str) else message.key.decode()
-            self.request(keys={key})
+            if message is not None:
+                key = message.key if isinstance(message.key, str) else message.key.decode()
+                self.request(keys={key})
+            if message is None or time.monotonic() >= next_check:
+                await self.check_session(aclient, notifications)
+                next_check = time.monotonic() + HEALTH_CHECK_S
 
-    async def poll(self, client: redis.Redis) -> None:
+    async def check_session(
+        self, aclient: AsyncRedisClient, notifications: Notifications | None = None
+    ) -> None:
+        """Notice a silent loss within a second or so, and a primary that is no longer ours."""
+        await aclient.ping()
+        if isinstance(notifications, FollowingClusterNotifications) and notifications.refreshed:
+            raise TopologyChanged("the cluster's notifications were resubscribed")
+        now = await current_primaries(aclient)
+        if now != self.topology.primaries:
+            raise TopologyChanged(f"primaries were {self.topology.primaries}, now {now}")
+
+    async def poll(self, client: RedisClient, aclient: AsyncRedisClient) -> None:
         while True:
             await asyncio.sleep(self.settings.sync.poll_interval_ms / 1000)
             await asyncio.to_thread(client.ping)  # raise here, in the session, when Redis goes
+            await self.check_session(aclient)
             self.request(reload=True)
 
     def request(
@@ -433,7 +480,10 @@ class Daemon:
                 scope = self.unsynced.scope()
                 report = await asyncio.to_thread(town.sync, push=push, pull=pull, scope=scope)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-                self.retry_later(work, f"Redis unreachable during sync ({type(error).__name__})")
+                why = f"Redis unreachable during sync ({type(error).__name__})"
+                if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
+                    why = str(error)
+                self.retry_later(work, why)
                 return
             except TtsyncdError as error:
                 # A broken save, a refused deletion: nothing was written; report and wait.
@@ -569,7 +619,7 @@ class Daemon:
             "town_dir": str(settings.town_dir),
             "tasks_file": str(settings.tasks_file),
             "redis": settings.endpoint.redacted(),
-            "topology": topology_of(settings.endpoint).to_json(),
+            "topology": self.topology.to_json(),
             "mode": self.mode,
             "notifications": self.notifications,
             "redis_connected": self.connected,
@@ -593,17 +643,56 @@ class Daemon:
         return f"{self.syncs} syncs, last {last}; notifications: {self.notifications}"
 
 
-def enable_notifications(client: redis.Redis) -> bool:
-    """Add the flags ttsyncd needs to notify-keyspace-events; False where CONFIG is refused
-    (managed Redis, `rename-command CONFIG ""`, an ACL without it)."""
+def enable_notifications(client: RedisClient) -> bool:
+    """Add the flags ttsyncd needs to notify-keyspace-events on every primary (a Cluster's
+    nodes each have their own); False where CONFIG is refused (managed Redis,
+    `rename-command CONFIG ""`, an ACL without it)."""
     try:
-        current = str(client.config_get("notify-keyspace-events").get("notify-keyspace-events", ""))
-        wanted = merged_notify_flags(current)
-        if wanted != current:
-            client.config_set("notify-keyspace-events", wanted)
+        for primary in primary_clients(client):
+            events = primary.config_get("notify-keyspace-events")
+            current = str(events.get("notify-keyspace-events", ""))
+            wanted = merged_notify_flags(current)
+            if wanted != current:
+                primary.config_set("notify-keyspace-events", wanted)
     except redis.ResponseError:
         return False
     return True
+
+
+class FollowingClusterNotifications(AsyncClusterKeyspaceNotifications):
+    """redis-py's Cluster notifications, which resubscribe on their own after a node's
+    connection fails (or its primary changes). Notifications sent meanwhile are lost, and a
+    new primary has notify-keyspace-events still off: so a resubscription is reported, and
+    the session starts over (notifications on, subscribed, full sync)."""
+
+    refreshed = False
+
+    async def refresh_subscriptions(self) -> None:
+        self.refreshed = True
+        await super().refresh_subscriptions()  # type: ignore[no-untyped-call]
+
+
+Notifications = AsyncKeyspaceNotifications | FollowingClusterNotifications
+
+
+async def subscribe(aclient: AsyncRedisClient, town: str, db: int) -> Notifications:
+    """Subscribed to the town's task and agent keys (in the endpoint's db: a Cluster has only
+    0), on every primary of a Cluster."""
+    channels = (
+        KeyspaceChannel(glob_escape(f"tt:{town}:task:") + "*", db),
+        KeyspaceChannel(glob_escape(agent_key_prefix(town)) + "*", db),
+    )
+    # Subscribe first, load the mirror second (the caller): nothing falls between the two.
+    if isinstance(aclient, redis.asyncio.cluster.RedisCluster):
+        cluster = FollowingClusterNotifications(aclient)
+        await cluster.subscribe(*channels)
+        # subscribe() skips a node it cannot reach (to retry later): make sure none was.
+        await cluster.refresh_subscriptions()
+        cluster.refreshed = False
+        return cluster
+    single = AsyncKeyspaceNotifications(aclient)
+    await single.subscribe(*channels)
+    return single
 
 
 def run_foreground(settings: Settings, reload_settings: Callable[[], Settings], mode: str,

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
-import redis
 import structlog
 
 from ttsyncd import planfile
@@ -25,7 +24,15 @@ from ttsyncd.merge import Conflict, Delete, MergeResult, Op, Options, Upsert, me
 from ttsyncd.model import Record
 from ttsyncd.planfile import AddEntry, FileEdit, Plan, PlanReader, RemoveEntry, UpdateEntry
 from ttsyncd.state import StateStore, SyncState, append_conflicts
-from ttsyncd.store import LiveRead, RedisSource, Snapshot, TaskWrite, apply_writes
+from ttsyncd.store import (
+    LiveRead,
+    RedisSource,
+    Snapshot,
+    TaskWrite,
+    apply_writes,
+    confirm_replicated,
+)
+from ttsyncd.topology import RedisClient
 from ttsyncd.views import agent_uuids, file_view, redis_view
 
 log = structlog.get_logger("ttsyncd.engine")
@@ -109,7 +116,7 @@ class Decision:
 
 def sync(
     settings: Settings,
-    client: redis.Redis,
+    client: RedisClient,
     *,
     push: bool,
     pull: bool,
@@ -179,6 +186,7 @@ def sync(
             uuids=replaced(old.uuids, touched, decided.uuids),
             redis_epoch=epoch,
         )
+        confirm_replicated(client, settings.town_name, epoch)  # behind Sentinel
         state_store.save(new_state, touched if old is state else None)
         report.settled = [c for c in recorded if c.winner is not None]
         break

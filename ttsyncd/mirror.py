@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import redis
-
 from ttsyncd.codec import RedisTask, agent_key_prefix, decode_task
 from ttsyncd.identity import IdentityIndex
 from ttsyncd.store import (
@@ -21,10 +19,11 @@ from ttsyncd.store import (
     read_hashes,
     read_snapshot,
 )
+from ttsyncd.topology import RedisClient
 
 
 class TownMirror:
-    def __init__(self, client: redis.Redis, town: str) -> None:
+    def __init__(self, client: RedisClient, town: str) -> None:
         self.client = client
         self.town = town
         self.task_prefix = f"tt:{town}:task:"

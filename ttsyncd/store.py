@@ -4,17 +4,22 @@ guarded on what was read.
 Each task write is one Lua script rather than WATCH/MULTI/EXEC: it is just as atomic (nobody sees
 the HDEL without the HSET), it carries the guard ("the hash still holds what the merge read") in
 the same round trip, and many of them pipeline into one round trip, where WATCH needs a round
-trip per key. It touches one key, so it also works on Redis Cluster.
+trip per key. It touches one key, so it also works on Redis Cluster, where redis-py's cluster
+pipeline sends each node its own keys' scripts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import redis
+import redis.cluster
+import redis.sentinel
+import structlog
 from redis.client import NEVER_DECODE
 
 from ttsyncd.codec import (
@@ -26,7 +31,11 @@ from ttsyncd.codec import (
     decode_task,
     is_uuid,
 )
+from ttsyncd.errors import RedisUnavailable
 from ttsyncd.identity import Identified, identify
+from ttsyncd.topology import RedisClient
+
+log = structlog.get_logger("ttsyncd.store")
 
 SCAN_COUNT: Final = 1000
 PIPELINE_CHUNK: Final = 2000
@@ -55,6 +64,9 @@ if ndel > 0 then redis.call('HDEL', KEYS[1], unpack(ARGV, p + 2, p + 1 + ndel)) 
 redis.call('HSET', KEYS[1], unpack(ARGV, p + 2 + ndel))
 return 1
 """
+GUARDED_WRITE_SHA: Final = hashlib.sha1(GUARDED_WRITE.encode()).hexdigest()
+# Behind Sentinel: how long a sync waits for the replicas to acknowledge what it read and wrote.
+REPLICA_WAIT_MS: Final = 1000
 
 
 @dataclass
@@ -82,23 +94,30 @@ class TaskWrite:
     backlog_remove: bool = False  # LREM it before the task goes
 
 
-def scan_keys(client: redis.Redis, pattern: str) -> tuple[list[str], list[str]]:
+def scan_keys(client: RedisClient, pattern: str) -> tuple[list[str], list[str]]:
     """(the keys matching `pattern`, and those whose name is not UTF-8, shown escaped).
 
     Read as bytes (NEVER_DECODE) and decoded here: one undecodable key name must not stop
-    a sync of the whole town."""
+    a sync of the whole town. On a Cluster, redis-py's scan_iter scans every primary."""
     keys: list[str] = []
     undecodable: list[str] = []
-    cursor: int | bytes = 0
-    while True:
-        cursor, batch = client.execute_command(  # type: ignore[no-untyped-call]
-            "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT, **{NEVER_DECODE: []}
-        )
+
+    def take(batch: Iterable[bytes]) -> None:
         for raw in batch:
             try:
                 keys.append(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 undecodable.append(raw.decode("utf-8", "backslashreplace"))
+
+    if isinstance(client, redis.cluster.RedisCluster):
+        take(client.scan_iter(match=pattern, count=SCAN_COUNT, **{NEVER_DECODE: []}))  # type: ignore[arg-type]
+        return keys, undecodable
+    cursor: int | bytes = 0
+    while True:
+        cursor, batch = client.execute_command(  # type: ignore[no-untyped-call]
+            "SCAN", cursor, "MATCH", pattern, "COUNT", SCAN_COUNT, **{NEVER_DECODE: []}
+        )
+        take(batch)
         if int(cursor) == 0:
             return keys, undecodable
 
@@ -113,14 +132,14 @@ def chunks(items: Sequence[str], size: int = PIPELINE_CHUNK) -> Iterator[Sequenc
         yield items[start : start + size]
 
 
-def hgetall_many(client: redis.Redis, keys: Sequence[str]) -> list[dict[str, str] | str]:
+def hgetall_many(client: RedisClient, keys: Sequence[str]) -> list[dict[str, str] | str]:
     """HGETALL of every key, pipelined: each hash decoded, or why it cannot be read (a wrong
     type, bytes that are not UTF-8)."""
     replies: list[dict[str, str] | str] = []
     for batch in chunks(keys):
         pipe = client.pipeline(transaction=False)
         for key in batch:
-            pipe.execute_command("HGETALL", key, **{NEVER_DECODE: []})  # type: ignore[no-untyped-call]
+            pipe.execute_command("HGETALL", key, **{NEVER_DECODE: []})
         replies.extend(decoded_hash(reply) for reply in pipe.execute(raise_on_error=False))
     return replies
 
@@ -145,13 +164,13 @@ def epoch_key(town: str) -> str:
     return f"tt:{town}:ttsyncd:epoch"
 
 
-def ensure_epoch(client: redis.Redis, town: str) -> str:
+def ensure_epoch(client: RedisClient, town: str) -> str:
     """The marker's token, set first if missing (NX: every daemon of the town agrees on it)."""
     client.set(epoch_key(town), uuid.uuid4().hex, nx=True)
     return str(client.get(epoch_key(town)))
 
 
-def read_snapshot(client: redis.Redis, town: str) -> Snapshot:
+def read_snapshot(client: RedisClient, town: str) -> Snapshot:
     """Every task hash of the town and every agent's name: SCAN, then pipelined HGETALLs."""
     task_prefix = f"tt:{town}:task:"
     found, undecodable = scan_keys(client, glob_escape(task_prefix) + "*")
@@ -166,7 +185,7 @@ def read_snapshot(client: redis.Redis, town: str) -> Snapshot:
 
 
 def read_hashes(
-    client: redis.Redis, task_keys: Sequence[str], agent_keys: Sequence[str]
+    client: RedisClient, task_keys: Sequence[str], agent_keys: Sequence[str]
 ) -> Snapshot:
     """These task and agent hashes, in pipelined round trips; a missing key is left out."""
     snapshot = Snapshot()
@@ -201,7 +220,7 @@ def guarded_write_args(write: TaskWrite) -> list[str]:
     return args
 
 
-def apply_writes(client: redis.Redis, town: str, writes: Sequence[TaskWrite]) -> list[TaskWrite]:
+def apply_writes(client: RedisClient, town: str, writes: Sequence[TaskWrite]) -> list[TaskWrite]:
     """Apply every write whose hash still holds what was read; return the ones that changed.
 
     Backlog order keeps a claimable id from ever naming a missing task: LREM before a delete,
@@ -209,8 +228,11 @@ def apply_writes(client: redis.Redis, town: str, writes: Sequence[TaskWrite]) ->
     """
     if not writes:
         return []
+    if isinstance(client, redis.cluster.RedisCluster):
+        return apply_writes_to_cluster(client, town, writes)
     script = client.register_script(GUARDED_WRITE)
     backlog = backlog_key(town)
+    # One round trip: on one connection Redis runs the LREMs before the scripts' DELs.
     pipe = client.pipeline(transaction=False)
     leaving = [w for w in writes if w.backlog_remove]
     for write in leaving:
@@ -219,19 +241,152 @@ def apply_writes(client: redis.Redis, town: str, writes: Sequence[TaskWrite]) ->
         script(keys=[write.key], args=guarded_write_args(write), client=pipe)
     replies = pipe.execute()
     removed_from_backlog = {w.task_uuid for w, n in zip(leaving, replies, strict=False) if n}
-    written = replies[len(leaving) :]
-    changed = [w for w, ok in zip(writes, written, strict=True) if not ok]
-    # The guard let only the one writer that created the task through, so a plain RPUSH
-    # cannot double it (an LREM per task first would scan the list: quadratic on a cold push).
-    created = [w for w, ok in zip(writes, written, strict=True) if ok and not w.expected]
-    claimable = [w.task_uuid for w in created if w.backlog_add]
-    claimable += [w.task_uuid for w in changed if w.task_uuid in removed_from_backlog]
+    changed, claimable = outcome(writes, replies[len(leaving) :], removed_from_backlog)
     follow_up = client.pipeline(transaction=False)
     for batch in chunks(claimable):
         follow_up.rpush(backlog, *batch)
     if len(follow_up):
         follow_up.execute()
     return changed
+
+
+def outcome(
+    writes: Sequence[TaskWrite], written: Sequence[Any], removed_from_backlog: set[str]
+) -> tuple[list[TaskWrite], list[str]]:
+    """(the writes whose hash had changed, the task uuids to RPUSH onto the backlog)."""
+    changed = [w for w, ok in zip(writes, written, strict=True) if not ok]
+    # The guard let only the one writer that created the task through, so a plain RPUSH
+    # cannot double it (an LREM per task first would scan the list: quadratic on a cold push).
+    created = [w for w, ok in zip(writes, written, strict=True) if ok and not w.expected]
+    claimable = [w.task_uuid for w in created if w.backlog_add]
+    claimable += [w.task_uuid for w in changed if w.task_uuid in removed_from_backlog]
+    return changed, claimable
+
+
+def apply_writes_to_cluster(
+    client: redis.cluster.RedisCluster, town: str, writes: Sequence[TaskWrite]
+) -> list[TaskWrite]:
+    """apply_writes on a Redis Cluster. The backlog list hashes to a slot of its own, so one
+    pipeline would reach its node and the tasks' nodes in parallel, in no order: each step
+    here finishes before the next starts (LREM, then the task writes, then RPUSH). A crash
+    between two steps leaves a task off the backlog at worst, never a claimable id without
+    its task."""
+    backlog = backlog_key(town)
+    leaving = [w for w in writes if w.backlog_remove]
+    removed_from_backlog: set[str] = set()
+    if leaving:
+        pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+        for write in leaving:
+            pipe.lrem(backlog, 0, write.task_uuid)
+        replies = pipe.execute()
+        removed_from_backlog = {w.task_uuid for w, n in zip(leaving, replies, strict=True) if n}
+    written = guarded_writes_on_cluster(client, writes)
+    changed, claimable = outcome(writes, written, removed_from_backlog)
+    if claimable:
+        pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+        for batch in chunks(claimable):
+            pipe.rpush(backlog, *batch)
+        pipe.execute()
+    return changed
+
+
+def guarded_writes_on_cluster(
+    client: redis.cluster.RedisCluster, writes: Sequence[TaskWrite]
+) -> list[Any]:
+    """The guarded script for every write, in one cluster pipeline (redis-py groups the
+    commands per node and follows MOVED/ASK). redis-py's Script objects refuse cluster
+    pipelines, so EVALSHA goes out as a plain command, and a node that does not know the script
+    yet (a new or restarted primary) gets SCRIPT LOAD, which redis-py sends to every primary,
+    and its writes again."""
+    replies: list[Any] = [None] * len(writes)
+    todo = list(range(len(writes)))
+    for _attempt in range(3):
+        pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+        for n in todo:
+            write = writes[n]
+            pipe.execute_command("EVALSHA", GUARDED_WRITE_SHA, 1, write.key,
+                                 *guarded_write_args(write))  # fmt: skip
+        unknown = []
+        for n, reply in zip(todo, pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                unknown.append(n)
+            elif isinstance(reply, Exception):
+                raise reply
+            replies[n] = reply
+        if not unknown:
+            return replies
+        client.script_load(GUARDED_WRITE)
+        todo = unknown
+    raise redis.ResponseError("the cluster kept forgetting ttsyncd's write script")
+
+
+class NotReplicated(RedisUnavailable, redis.ConnectionError):
+    """The primary's replicas did not acknowledge in time: the daemon retries the sync (as
+    after a lost connection), a one-shot command exits 3."""
+
+
+def confirm_replicated(client: RedisClient, town: str, epoch: str) -> None:
+    """Behind Sentinel, before a sync saves its base: what it read and wrote is on the primary
+    Sentinel names now, and on every replica a failover could promote. Redis replicates
+    asynchronously, and a failover loses what the old primary acknowledged but had not passed
+    on: a SIGKILL just after a write; a handover, where the old primary takes writes for a
+    while after the promoted replica detached (and clients' pooled connections still reach it
+    until it is demoted). A base that counts such a write as done would read the new primary's
+    older data as an edit made in Redis, and delete or revert the file's entry. Unconfirmed,
+    the base stays as it was, so the next sync (on the new primary) still sees the file's
+    change to push.
+
+    WAIT counts the writes of its own connection, and the replication offset is global: a
+    write on this connection (the epoch marker set to what it holds) then WAIT covers
+    everything before it, this sync's writes included. Plain servers and Clusters skip this."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return
+    pool = client.connection_pool
+    if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        return
+    used = pool.master_address  # where this client's connections went
+    current = pool.get_master_address()  # type: ignore[no-untyped-call]
+    if used is not None and tuple(current) != tuple(used):
+        raise NotReplicated(
+            "the primary changed during the sync: its writes may be lost; syncing again"
+        )
+    replicas = promotable(pool)
+    if not replicas:
+        return  # none (the only replica died): nothing a failover could promote
+    pipe = client.pipeline(transaction=False)
+    pipe.set(epoch_key(town), epoch, xx=True)
+    pipe.execute_command("WAIT", len(replicas), REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
+    acknowledged = int(pipe.execute()[-1])
+    if acknowledged < len(replicas):
+        log.warning("the replicas did not acknowledge the sync in time",
+                    acknowledged=acknowledged, replicas=len(replicas))  # fmt: skip
+        raise NotReplicated(
+            f"{acknowledged} of {len(replicas)} replicas acknowledged within "
+            f"{REPLICA_WAIT_MS} ms: a failover could lose this sync's writes; syncing again"
+        )
+
+
+def promotable(pool: redis.sentinel.SentinelConnectionPool) -> list[str]:
+    """The replicas a failover may promote, as Sentinel lists them: the one it is promoting
+    (flagged `promoted`, whatever else it says meanwhile), and those up and replicating (link
+    ok). Not one that is down or not replicating yet (a demoted primary until Sentinel
+    converts it, a dead one after a failover): Sentinel does not pick those, and waiting for
+    them would stall every sync."""
+    for sentinel in pool.sentinel_manager.sentinels:
+        try:
+            replicas = sentinel.sentinel_slaves(pool.service_name)
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            continue
+        return [
+            f"{r['ip']}:{r['port']}"
+            for r in replicas
+            if "promoted" in str(r.get("flags", "")).split(",")
+            or (
+                not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"])
+                and r.get("master-link-status") == "ok"
+            )
+        ]
+    return []  # no sentinel answers: none can fail the primary over either
 
 
 def hash_after(write: TaskWrite) -> dict[str, str] | None:
@@ -260,7 +415,7 @@ class RedisSource(Protocol):
 class LiveRead:
     """The one-shot commands' source: every snapshot reads the whole town."""
 
-    def __init__(self, client: redis.Redis, town: str) -> None:
+    def __init__(self, client: RedisClient, town: str) -> None:
         self.client, self.town = client, town
 
     def snapshot(self) -> Snapshot:

@@ -10,12 +10,11 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-import redis
-
 from ttsyncd.codec import OPTIONAL_FIELDS, agent_key_prefix, encode_tags, rfc3339, task_key
+from ttsyncd.topology import RedisClient
 
 
-def set_task(client: redis.Redis, town: str, fields: Mapping[str, str]) -> None:
+def set_task(client: RedisClient, town: str, fields: Mapping[str, str]) -> None:
     """Store a task hash as tinytown does: HDEL unset optional fields, then HSET the others."""
     unset = [name for name in OPTIONAL_FIELDS if name not in fields]
     pipe = client.pipeline(transaction=False)
@@ -39,7 +38,7 @@ def new_task(description: str, tags: list[str], now: datetime | None = None) -> 
     }
 
 
-def start_task(client: redis.Redis, town: str, task_uuid: str, agent_uuid: str) -> None:
+def start_task(client: RedisClient, town: str, task_uuid: str, agent_uuid: str) -> None:
     """assign + start, as an agent picking the task up does: assigned_to, running, started_at."""
     fields = {str(k): str(v) for k, v in client.hgetall(task_key(town, task_uuid)).items()}
     stamp = rfc3339(datetime.now(UTC))
@@ -47,7 +46,7 @@ def start_task(client: redis.Redis, town: str, task_uuid: str, agent_uuid: str) 
     set_task(client, town, fields)
 
 
-def register_agent(client: redis.Redis, town: str, name: str) -> str:
+def register_agent(client: RedisClient, town: str, name: str) -> str:
     """An agent hash as `Channel::set_agent_state` stores it; returns its uuid."""
     agent_uuid = str(uuid.uuid4())
     stamp = rfc3339(datetime.now(UTC))

@@ -1,36 +1,137 @@
-"""What kind of Redis deployment serves the town, as `status` shows it.
+"""Which kind of Redis a town lives on — one server, a primary behind Sentinel, or a Redis
+Cluster — the client redis-py offers for each, and what `status` says about it.
 
-Only addresses, never credentials: `kind` is "standalone" for one server; a Sentinel-managed
-primary or a Redis Cluster fills in `primaries` (host:port) with the node(s) in charge.
+Failover and sharding stay redis-py's job: its Sentinel client asks the sentinels for the
+current primary whenever it connects (and drops a connection to a primary that was demoted), and
+its Cluster client routes each key to its node and follows MOVED/ASK. What ttsyncd adds is only
+what no client can do for it: turning keyspace notifications on for every primary, noticing
+that the primary it listens to is no longer the one (see `current_primaries`), and, behind
+Sentinel, saving a base only once the replicas hold it (store.confirm_replicated).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
+
+import redis
+import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
+import redis.sentinel
 
 from ttsyncd.config import Endpoint
+
+# A client of the town's Redis: one server (also a Sentinel-managed primary), or a Cluster.
+RedisClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
+AsyncRedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+
+STANDALONE: Final = "standalone"
+SENTINEL: Final = "sentinel"
+CLUSTER: Final = "cluster"
 
 
 @dataclass(frozen=True)
 class Topology:
-    kind: str = "standalone"
-    primaries: tuple[str, ...] = ()  # host:port, no credentials
+    """What `status` shows: the kind, and the primaries as host:port (no credentials ever)."""
 
-    def describe(self) -> str:
-        """One line for the text `status`, e.g. `standalone`."""
-        return f"{self.kind} ({', '.join(self.primaries)})" if self.primaries else self.kind
+    kind: str  # standalone | sentinel | cluster
+    primaries: tuple[str, ...] = ()  # sentinel: the current primary; cluster: every primary
+    service: str | None = None  # sentinel: the service name
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "primaries": list(self.primaries)}
+        service = {"service": self.service} if self.service is not None else {}
+        return {"kind": self.kind, "primaries": list(self.primaries), **service}
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Topology:
+        return Topology(str(data["kind"]), tuple(data.get("primaries") or ()), data.get("service"))
+
+    def describe(self) -> str:
+        """One line for `status`: addresses only, never a credential."""
+        if self.kind == SENTINEL:
+            primary = self.primaries[0] if self.primaries else "not known yet"
+            return f"sentinel (service {self.service!r}, primary {primary})"
+        if self.kind == CLUSTER:
+            if not self.primaries:
+                return "cluster (primaries not known yet)"
+            return f"cluster ({len(self.primaries)} primaries: {', '.join(self.primaries)})"
+        return STANDALONE
+
+
+def open_client(endpoint: Endpoint, *, timeout_s: float = 5.0) -> RedisClient:
+    """A client of `endpoint`'s Redis, not yet connected. A Cluster client when the endpoint says
+    so (`[redis] cluster = true`) or when its node reports `cluster_enabled:1`."""
+    client = endpoint.client(timeout_s=timeout_s)
+    if wants_cluster(endpoint, client):
+        client.close()
+        return endpoint.cluster_client(timeout_s=timeout_s)
+    return client
+
+
+def wants_cluster(endpoint: Endpoint, client: redis.Redis) -> bool:
+    if endpoint.cluster is not None:
+        return endpoint.cluster
+    if endpoint.is_sentinel or endpoint.unix_socket is not None:
+        return False  # Sentinel serves no cluster; a cluster announces TCP addresses
+    return is_cluster_node(client)
+
+
+def is_cluster_node(client: redis.Redis) -> bool:
+    """INFO cluster says `cluster_enabled:1` on a cluster node (and INFO may be refused)."""
+    try:
+        info: dict[str, Any] = client.info("cluster")
+    except redis.ResponseError:
+        return False
+    return str(info.get("cluster_enabled", 0)) == "1"
+
+
+def open_async_client(endpoint: Endpoint, cluster: bool) -> AsyncRedisClient:
+    """The asyncio client for keyspace notifications, of the same kind as the sync one."""
+    return endpoint.async_cluster_client() if cluster else endpoint.async_client()
+
+
+def primary_clients(client: RedisClient) -> list[redis.Redis]:
+    """A client of each primary: the server itself, or every primary node of a Cluster
+    (each node has its own notify-keyspace-events, and notifies only about its own keys)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        nodes = client.get_primaries()  # type: ignore[no-untyped-call]
+        return [client.get_redis_connection(node) for node in nodes]
+    return [client]
 
 
 def topology_of(endpoint: Endpoint) -> Topology:
-    """The topology an endpoint names. Every endpoint ttsyncd accepts so far is one server;
-    Sentinel and Cluster endpoints are told apart here."""
-    return Topology()
+    """The topology an endpoint names, before a connection says more (a Cluster is detected on
+    connecting, so a plain redis:// endpoint reads as standalone until then)."""
+    if endpoint.is_sentinel:
+        return Topology(SENTINEL, service=endpoint.service_name)
+    return Topology(CLUSTER if endpoint.cluster else STANDALONE)
 
 
 def describe(status_topology: dict[str, Any]) -> str:
     """`describe()` of a topology as the status JSON carries it."""
-    return Topology(status_topology["kind"], tuple(status_topology["primaries"])).describe()
+    return Topology.from_json(status_topology).describe()
+
+
+def current_topology(client: RedisClient) -> Topology:
+    """The topology as the client sees it now."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        primaries = client.get_primaries()  # type: ignore[no-untyped-call]
+        return Topology(CLUSTER, tuple(sorted(node.name for node in primaries)))
+    pool = client.connection_pool
+    if isinstance(pool, redis.sentinel.SentinelConnectionPool):
+        host, port = pool.get_master_address()  # type: ignore[no-untyped-call]
+        return Topology(SENTINEL, (f"{host}:{port}",), pool.service_name)
+    return Topology(STANDALONE)
+
+
+async def current_primaries(aclient: AsyncRedisClient) -> tuple[str, ...]:
+    """The primaries the asyncio client would use now: asks the sentinels, or the Cluster
+    client's slot map (which redis-py refreshes on MOVED and on connection errors)."""
+    if isinstance(aclient, redis.asyncio.cluster.RedisCluster):
+        return tuple(sorted(node.name for node in aclient.get_primaries()))
+    pool = aclient.connection_pool
+    if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+        host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
+        return (f"{host}:{port}",)
+    return ()
