@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +90,24 @@ def redis_pid(town: Path) -> int:
     return int((town / ".tt" / "redis.pid").read_text())
 
 
+def stop_embedded(town: Path) -> None:
+    """Stop the town's managed server before its directory goes: SIGTERM alone makes it save
+    on exit, and with the directory removed meanwhile the save fails and it never exits."""
+    if not (town / ".tt" / "redis.pid").exists():
+        return
+    pid = redis_pid(town)
+    with contextlib.suppress(redis.RedisError):
+        redis.Redis(unix_socket_path=str(town / ".tt" / "redis.sock")).shutdown(nosave=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+
+
 def test_embedded_default_starts_once_and_is_reused(tmp_path: Path) -> None:
     # A town whose tinytown.toml configures no Redis: ttsyncd runs the managed server itself.
     with tempfile.TemporaryDirectory(prefix="ttse-") as tmp:  # short path for the socket
@@ -104,9 +124,7 @@ def test_embedded_default_starts_once_and_is_reused(tmp_path: Path) -> None:
             client = redis.Redis(unix_socket_path=str(socket_path), decode_responses=True)
             assert len(client.keys("tt:embedded:task:*")) == 1
         finally:
-            pidfile = town / ".tt" / "redis.pid"
-            if pidfile.exists():
-                os.kill(redis_pid(town), signal.SIGTERM)
+            stop_embedded(town)
 
 
 def test_demo_runs_the_daemon_on_the_embedded_redis() -> None:
@@ -124,5 +142,4 @@ def test_demo_runs_the_daemon_on_the_embedded_redis() -> None:
             assert "Redis followed in" in done.stdout and "logout flows" in done.stdout
             assert "no change seen in time" not in done.stdout
         finally:
-            if (town / ".tt" / "redis.pid").exists():
-                os.kill(redis_pid(town), signal.SIGTERM)
+            stop_embedded(town)
