@@ -28,6 +28,7 @@ from ttsyncd.planfile import (
     _edit_with_tomlkit,
     _field_changes,
     _parse_whole,
+    _plain_table,
     _render_window,
     _resolve,
     _split,
@@ -854,3 +855,30 @@ def test_simple_line_edits_equal_tomlkits(
     simple = _edit_simple_lines(block, changes, indent)
     if simple is not None:
         assert simple == _edit_with_tomlkit(block, changes, indent)
+
+
+plain_pieces = st.sampled_from(
+    ["id", "description", "tags", " ", "\t", "=", " = ", '"', '\\"', "\\\\", "\\n", "\\u0041",
+     "\\x", "#", " # note", "[", "]", ",", '"a"', '"b c"', "\r", "\x01", "\x7f", "é", "'", ".",
+     "[[tasks]]", '"""', "-", "_", "1", "true"]
+)  # fmt: skip
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.one_of(
+        plan_files().map(lambda plan_file: plan_file[1]),
+        st.lists(st.lists(plain_pieces, max_size=8).map("".join), max_size=5).map(
+            lambda lines: ["[[tasks]]\n" + "".join(line + "\n" for line in lines)]
+        ),
+    )
+)
+def test_the_plain_reader_agrees_with_tomllib(blocks: list[str]) -> None:
+    """A segment the plain reader accepts is one tomllib reads the same; anything else it
+    leaves to tomllib."""
+    for block in blocks:
+        segment = block[block.index("[[tasks]]") :] if "[[tasks]]" in block else block
+        plain = _plain_table(segment)
+        if plain is None:
+            continue
+        assert tomllib.loads(segment) == {"tasks": [plain]}
