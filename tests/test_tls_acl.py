@@ -223,3 +223,23 @@ def test_a_permission_the_user_lacks_is_named_and_exits_3(tmp_path: Path) -> Non
     assert done.returncode == EXIT_REDIS, done.stderr
     assert f"Redis at unix://ttsyncd:***@{server.socket} refused a command" in done.stderr
     assert "Traceback" not in done.stderr and PASSWORD not in done.stderr
+
+
+def test_the_daemon_names_a_permission_the_user_lacks(tmp_path: Path) -> None:
+    """The daemon says what the one-shot command says (not "internal error"), and keeps
+    running until the ACL is fixed."""
+    with redis_server() as server:
+        line = readme_acl_line().replace(">CHANGE-ME", f">{PASSWORD}").replace(" +type", "")
+        server.client().execute_command(*shlex.split(line))
+        town = make_town(tmp_path / "town", TOWN, PLAN)
+        url = f"unix://ttsyncd:{PASSWORD}@{server.socket}"
+        daemon = Daemon(town, url, env={"REDIS_URL": url})
+        try:
+            daemon.wait_ready()
+            error = wait_until(lambda: (daemon.status() or {}).get("last_error"),
+                               what="the refusal in status")  # fmt: skip
+            assert f"Redis at unix://ttsyncd:***@{server.socket} refused a command" in error
+            assert "internal error" not in error and PASSWORD not in error
+        finally:
+            assert daemon.terminate() == 0
+        assert "Traceback" not in daemon.log()

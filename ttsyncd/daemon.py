@@ -40,7 +40,7 @@ from ttsyncd import commands, control, log, planfile, systemd
 from ttsyncd.codec import agent_key_prefix
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
-from ttsyncd.connection import connect
+from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.debounce import Quiescence
 from ttsyncd.engine import Scope, SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
@@ -489,9 +489,14 @@ class Daemon:
                 # A broken save, a refused deletion: nothing was written; report and wait.
                 self.fail(str(error))
                 return
+            except redis.ResponseError as error:
+                # An ACL refusal is the operator's to fix: the same line a one-shot command
+                # prints. Any other reply error is a bug, reported as one.
+                refused = refused_by_acl(error, self.settings.endpoint)
+                self.fail(str(refused) if refused else internal_error(error))
+                return
             except Exception as error:  # a bug must not stop the daemon: report it, go on
-                logger.exception("sync crashed")
-                self.fail(f"internal error: {type(error).__name__}: {error}")
+                self.fail(internal_error(error))
                 return
             finally:
                 self.first_sync_done.set()
@@ -693,6 +698,11 @@ async def subscribe(aclient: AsyncRedisClient, town: str, db: int) -> Notificati
     single = AsyncKeyspaceNotifications(aclient)
     await single.subscribe(*channels)
     return single
+
+
+def internal_error(error: Exception) -> str:
+    logger.error("sync crashed", exc_info=error)
+    return f"internal error: {type(error).__name__}: {error}"
 
 
 def run_foreground(settings: Settings, reload_settings: Callable[[], Settings], mode: str,
