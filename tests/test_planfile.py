@@ -882,3 +882,14 @@ def test_the_plain_reader_agrees_with_tomllib(blocks: list[str]) -> None:
         if plain is None:
             continue
         assert tomllib.loads(segment) == {"tasks": [plain]}
+
+
+def test_a_long_run_of_saves_keeps_the_parse_cache_bounded() -> None:
+    """A daemon re-reads its plan after every save; the parses of old entry texts go."""
+    text = "".join(f'[[tasks]]\nid = "t{n}"\ndescription = "task {n}"\n\n' for n in range(50))
+    plan = plan_of(text)
+    for save in range(3_000):
+        edited = plan.text.replace(f'"task {save % 50}', f'"task {save % 50}.{save}', 1)
+        plan = parse_plan(PATH, edited, previous=plan)
+    assert len(planfile._SEGMENTS) <= 2 * 50 + 1_000 + 1
+    assert plan == _parse_whole(PATH, plan.text)

@@ -280,7 +280,7 @@ class _Segment:
 # Parsed segments and preambles by their exact text (bounded: cleared when it grows past this).
 _SEGMENTS: dict[str, _Segment | None] = {}
 _PREAMBLES: dict[str, tuple[str | None] | None] = {}
-_CACHE_LIMIT = 50_000
+_CACHE_LIMIT = 50_000  # several plans' worth (tests, benchmarks); a daemon prunes to its own
 
 
 def forget_parses() -> None:
@@ -383,7 +383,19 @@ def _assemble(path: Path, text: str, starts: list[int], reuse: _Reuse) -> Plan |
         derived_from = (weakref.ref(previous), ids)
     plan = Plan(path, text, default_agent[0], entries, Layout(tuple(starts), tables), derived_from)
     vars(plan)["by_id"] = by_id  # seeds the cached property: it was just built
+    if len(_SEGMENTS) > 2 * count + 1_000:
+        _keep_only_segments_of(text, starts)
     return plan
+
+
+def _keep_only_segments_of(text: str, starts: Sequence[int]) -> None:
+    """Forget the parses of segments this plan no longer holds: every save of a long-running
+    daemon's plan leaves one behind, so the cache would grow without end."""
+    ends = [*starts[1:], len(text)]
+    current = {text[start:end] for start, end in zip(starts, ends, strict=True)}
+    for segment_text in [t for t in _SEGMENTS if t not in current]:
+        del _SEGMENTS[segment_text]
+    _PREAMBLES.clear()
 
 
 def _preamble(text: str) -> tuple[str | None] | None:
