@@ -378,3 +378,20 @@ def test_systemd_readiness_status_and_unit(tmp_path: Path, town: Path, server: R
         ["systemd-analyze", "verify", str(instance)], capture_output=True, text=True
     )
     assert verified.returncode == 0, verified.stderr
+
+
+def test_status_keeps_every_unknown_agent_across_later_syncs(
+    daemon: Daemon, server: RedisServer, town: Path
+) -> None:
+    """A later sync merges only what changed; status still lists every agent name no agent
+    hash carries, not only those of the tasks that sync merged."""
+    path = town / "tasks.toml"
+    rewrite_in_place(path, PLAN.replace('"Build the API"', '"Build the API"\nagent = "ghost"'))
+    wait_until(lambda: (daemon.status() or {}).get("unknown_agents") == {"api": "ghost"},
+               what="the unknown agent in status")  # fmt: skip
+    rewrite_in_place(path, path.read_text().replace("Write the docs", "Write the user docs"))
+    client = server.client()
+    wait_until(lambda: client.hget(key("docs"), "description") == "Write the user docs",
+               what="the second save in Redis")  # fmt: skip
+    daemon.wait_idle()
+    assert daemon.status()["unknown_agents"] == {"api": "ghost"}  # type: ignore[index]

@@ -188,6 +188,8 @@ def sync(
         )
         confirm_replicated(client, settings.town_name, epoch)  # behind Sentinel
         state_store.save(new_state, touched if old is state else None)
+        # Every agent name Redis cannot hold, not only those of the tasks this sync merged.
+        report.unresolved_agents = dict(new_state.unresolved_agents)
         report.settled = [c for c in recorded if c.winner is not None]
         break
     else:
