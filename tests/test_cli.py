@@ -324,3 +324,23 @@ def test_repair_keeps_the_newest_duplicate_and_cleans_the_backlog(
     assert "carry plan:docs" not in err
     code, out, _ = cli(town, redis_url, "repair")
     assert code == 0 and "0 duplicate task(s)" in out
+
+
+def test_resolve_touches_only_the_task_it_names(
+    town: Path, redis_url: str, rdb: redis.Redis
+) -> None:
+    """`resolve docs` settles docs; an entry added meanwhile waits for the next push."""
+    (town / "ttsyncd.toml").write_text('[sync]\npolicy = "manual"\n')
+    assert cli(town, redis_url, "push")[0] == 0
+    text = PLAN.replace("Document the login flow", "Docs (file)")
+    (town / "tasks.toml").write_text(text)
+    docs = rdb.hgetall(key("docs"))
+    set_task(rdb, TOWN, {**docs, "description": "Docs (redis)"})
+    assert cli(town, redis_url, "push")[0] == 1  # the conflict is left for the user
+    (town / "tasks.toml").write_text(text + '\n[[tasks]]\ndescription = "Brand new"\n')
+    code, out, _ = cli(town, redis_url, "resolve", "docs", "--take", "file")
+    assert code == 0, out
+    assert rdb.hget(key("docs"), "description") == "Docs (file)"
+    assert not rdb.exists(key("brand-new")), "resolve pushed a task it was not asked about"
+    assert cli(town, redis_url, "push")[0] == 0
+    assert rdb.exists(key("brand-new"))

@@ -235,22 +235,25 @@ def decide(
     }
     # A child of such a task keeps its parent link.
     hidden_parents = {known_uuid(plan_id): plan_id for plan_id in unreadable}
+    limit = only
     if scope is not None and only is None:
         # The daemon names what may have changed since its last sync. A task leaving a side
         # takes its children along (their parent link changes with it).
         leaving = {i for i in scope if i not in plan.by_id or i not in identified.by_plan_id}
         entries = plan.entries if leaving else ()
-        only = scope | {
+        limit = scope | {
             e.plan_id for e in entries if e.plan_id is not None and e.record.parent in leaving
         }
     redis_records = redis_view(
-        identified, snapshot.agent_names, state.unresolved_agents, hidden_parents, only
+        identified, snapshot.agent_names, state.unresolved_agents, hidden_parents, limit
     )
-    view = file_view(plan, None if only is None else only | redis_records.keys())
-    if only is None:
-        touched = frozenset(set(state.base) | set(view.records) | set(redis_records))
+    view = file_view(plan, None if limit is None else limit | redis_records.keys())
+    if only is not None:  # `resolve`: those tasks and no other
+        touched = only
+    elif limit is not None:  # a scope, and what it drags along: cycles, entries with no id
+        touched = frozenset(limit | redis_records.keys() | view.records.keys())
     else:
-        touched = frozenset(only | redis_records.keys() | view.records.keys())
+        touched = frozenset(set(state.base) | set(view.records) | set(redis_records))
     touched -= unreadable
     base = within(state.base, touched)
     file_records = within(view.records, touched)

@@ -280,7 +280,9 @@ class _Segment:
 # Parsed segments and preambles by their exact text (bounded: cleared when it grows past this).
 _SEGMENTS: dict[str, _Segment | None] = {}
 _PREAMBLES: dict[str, tuple[str | None] | None] = {}
-_CACHE_LIMIT = 50_000  # several plans' worth (tests, benchmarks); a daemon prunes to its own
+# A valid parse prunes the cache to its own plan (_keep_only_segments_of); this bounds it
+# when saves keep failing to parse, which never reach that prune.
+_CACHE_LIMIT = 50_000
 
 
 def forget_parses() -> None:
