@@ -27,6 +27,9 @@ from ttsyncd.errors import ConfigError
 
 POLICIES: Final = ("owner", "file", "redis", "manual")
 DELETION_MODES: Final = ("delete", "cancel", "keep")
+# What a stale write (one made from a copy older than the other side's change it undoes) gets:
+# set aside and recorded (keep-newer), or applied like any other change (apply).
+STALE_WRITE_MODES: Final = ("keep-newer", "apply")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS: Final = ("auto", "console", "json")
 
@@ -229,6 +232,8 @@ class SyncSettings:
     redis_debounce_ms: int = 50
     redis_max_wait_ms: int = 500
     poll_interval_ms: int = 2000
+    stale_writes: str = "keep-newer"
+    verify_interval_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -364,6 +369,12 @@ def _int_at_least(minimum: int) -> Check:
     return check
 
 
+def _seconds(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise _BadValue(f"must be a number of seconds above 0 (got {value!r})")
+    return float(value)
+
+
 def _fraction(value: object) -> float:
     if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
         raise _BadValue(f"must be a number between 0 and 1 (got {value!r})")
@@ -387,6 +398,8 @@ _CONFIG_SCHEMA: Final[dict[str, dict[str, Check]]] = {
         "redis_debounce_ms": _int_at_least(0),
         "redis_max_wait_ms": _int_at_least(0),
         "poll_interval_ms": _int_at_least(1),  # 0 would poll in a busy loop
+        "stale_writes": _one_of(STALE_WRITE_MODES),
+        "verify_interval_s": _seconds,
     },
     "log": {"level": _one_of(LOG_LEVELS), "format": _one_of(LOG_FORMATS)},
 }
