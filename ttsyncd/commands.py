@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ttsyncd.config import Settings
-from ttsyncd.engine import SyncReport, state_store_for, sync
+from ttsyncd.engine import SyncReport, set_aside_line, state_store_for, sync
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN
 from ttsyncd.identity import identify
-from ttsyncd.merge import Side
+from ttsyncd.merge import ENTRY, Side
 from ttsyncd.planfile import PlanReader
 from ttsyncd.state import StateStore, append_conflicts, read_conflicts
 from ttsyncd.store import RedisSource, TaskWrite, apply_writes, read_snapshot
@@ -79,7 +79,9 @@ def push_or_pull(town: Town, command: str, *, force: bool, dry_run: bool) -> Out
         out.stdout.append(PULL_LINE.format(n=report.redis_tasks, file=name))
         out.stdout.append(report.to_file.summary())
     out.stderr = warnings(report)
-    out.code = EXIT_PLAN if report.pending else EXIT_OK
+    out.code = EXIT_PLAN if report.pending or report.refused else EXIT_OK
+    if report.refused is not None:
+        out.stderr.append(f"ttsyncd: {report.refused.message}")
     return out
 
 
@@ -105,6 +107,7 @@ def warnings(report: SyncReport) -> list[str]:
         f"see `ttsyncd conflicts`"
         for c in report.pending
     )
+    lines.extend(set_aside_line(c) for c in report.set_aside)
     return [f"warning: {line}" for line in lines]
 
 
@@ -126,18 +129,34 @@ def check(town: Town) -> Output:
 
 
 def resolve(town: Town, plan_id: str, take: str) -> Output:
-    """Make the task equal on both sides to the side taken, and record the choice."""
+    """Settle one task on purpose: make it equal on both sides to the side taken, and record
+    the choice. A stale write set aside from that side is applied (its values pinned on both
+    sides); a held or refused deletion goes through with --take file."""
     settings = town.settings
-    waiting = town.state().load().pending.get(plan_id, [])
-    report = town.sync(
-        push=take == "file", pull=take == "redis", force=True, only=frozenset({plan_id})
-    )
+    state = town.state().load()
+    waiting = state.pending.get(plan_id, [])
+    set_aside = state.set_aside.get(plan_id, [])
     chosen: Side = "file" if take == "file" else "redis"
+    pins = {
+        c.field: c.file if chosen == "file" else c.redis
+        for c in set_aside
+        if c.kind == "stale" and c.field != ENTRY and c.from_side == chosen
+    }
+    refused = state.refused is not None and plan_id in state.refused.plan_ids
+    whole_task = waiting or refused or any(c.field == ENTRY for c in set_aside)
+    only = frozenset({plan_id})
+    if pins and not whole_task:
+        pinned = {plan_id: (chosen, pins)}
+        report = town.sync(push=True, pull=True, only=only, pins=pinned, resolving=True)
+    else:
+        report = town.sync(
+            push=chosen == "file", pull=chosen == "redis", force=True, only=only, resolving=True
+        )
+    changed = report.to_redis if chosen == "file" else report.to_file
     append_conflicts(
-        settings.state_dir, [replace(c, winner=chosen) for c in waiting],
+        settings.state_dir, [replace(c, winner=chosen) for c in [*waiting, *set_aside]],
         policy="manual", now=datetime.now(UTC),
     )  # fmt: skip
-    changed = report.to_redis if take == "file" else report.to_file
     return Output([f"{plan_id}: took the {take}'s values ({changed.summary()})"])
 
 
@@ -190,8 +209,28 @@ def conflicts(settings: Settings, *, as_json: bool, store: StateStore | None = N
 
 
 def format_conflict(entry: dict[str, Any]) -> str:
+    when, plan_id, field = entry.get("time", ""), entry["plan_id"], entry["field"]
+    kind = entry.get("kind", "conflict")
+    if kind == "held":
+        return (
+            f"{when}  {plan_id}: held (removed from the file while {entry['redis']} in Redis): "
+            f"not deleted; `ttsyncd resolve {plan_id} --take file` deletes it"
+        )
+    if kind == "stale":
+        side = entry.get("from_side") or "file"
+        if field == ENTRY:
+            return (
+                f"{when}  {plan_id}: stale removal from the {side} (a copy older than the "
+                f"task): not deleted; `ttsyncd resolve {plan_id} --take {side}` deletes it"
+            )
+        newer = "redis" if side == "file" else "file"
+        return (
+            f"{when}  {plan_id}.{field}: stale write from the {side}: {side}={entry[side]!r} "
+            f"undoes {newer}={entry[newer]!r}, kept {entry.get('winner') or newer}; "
+            f"`ttsyncd resolve {plan_id} --take {side}` applies it"
+        )
     winner = entry.get("winner") or "left for you: ttsyncd resolve ID --take file|redis"
     return (
-        f"{entry.get('time', '')}  {entry['plan_id']}.{entry['field']}: "
+        f"{when}  {plan_id}.{field}: "
         f"file={entry['file']!r} redis={entry['redis']!r} base={entry['base']!r} -> {winner}"
     )

@@ -20,10 +20,16 @@ from ttsyncd.codec import encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
 from ttsyncd.errors import PlanError, SyncRefused
 from ttsyncd.identity import Identified, task_uuid_for
-from ttsyncd.merge import Conflict, Delete, MergeResult, Op, Options, Upsert, merge
+from ttsyncd.merge import ENTRY, Conflict, Delete, MergeResult, Op, Options, Pins, Upsert, merge
 from ttsyncd.model import Record
 from ttsyncd.planfile import AddEntry, FileEdit, Plan, PlanReader, RemoveEntry, UpdateEntry
-from ttsyncd.state import StateStore, SyncState, append_conflicts
+from ttsyncd.state import (
+    RefusedDeletions,
+    StateStore,
+    SyncState,
+    append_conflicts,
+    plan_digest,
+)
 from ttsyncd.store import (
     LiveRead,
     RedisSource,
@@ -63,6 +69,8 @@ class SyncReport:
     to_file: Counts = field(default_factory=Counts)
     settled: list[Conflict] = field(default_factory=list)
     pending: list[Conflict] = field(default_factory=list)
+    set_aside: list[Conflict] = field(default_factory=list)  # stale and held writes seen
+    refused: RefusedDeletions | None = None  # deletions the guard holds back
     unreadable: dict[str, str] = field(default_factory=dict)
     duplicates: dict[str, list[str]] = field(default_factory=dict)  # plan id -> extra uuids
     unresolved_agents: dict[str, str] = field(default_factory=dict)
@@ -112,6 +120,7 @@ class Decision:
     uuids: dict[str, str]  # plan id -> task uuid of every task in the new base
     touched: frozenset[str]  # plan ids this sync merged; every other one's state carries over
     state: SyncState  # the state it merged from (empty when Redis is not the one agreed with)
+    refused: frozenset[str]  # deletions held back now (the guard), besides any carried over
 
 
 def sync(
@@ -124,6 +133,8 @@ def sync(
     dry_run: bool = False,
     only: frozenset[str] | None = None,
     scope: Scope | None = None,
+    pins: Pins | None = None,
+    resolving: bool = False,
     plan_reader: PlanReader | None = None,
     redis_source: RedisSource | None = None,
     state_store: StateStore | None = None,
@@ -134,6 +145,8 @@ def sync(
     `only` limits it to those plan ids (`resolve`): every other task keeps its base as it is.
     `scope` (the daemon) names the plan ids that may have changed since the last sync: only
     they, and what they drag along, are merged.
+    `resolving` (with `only`): the user settled those tasks; `pins` gives values both sides
+    must take (a set-aside write applied on purpose).
     The daemon passes its cached plan reader and Redis mirror; one-shot commands read both.
     """
     plan_reader = plan_reader or PlanReader(settings.tasks_file)
@@ -142,7 +155,7 @@ def sync(
     started = time.perf_counter()
     options = Options(
         policy=settings.sync.policy, deletions=settings.sync.deletions,
-        push=push, pull=pull, force=force,
+        push=push, pull=pull, force=force, stale=settings.sync.stale_writes == "keep-newer",
     )  # fmt: skip
     recorded: list[Conflict] = []
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -151,15 +164,16 @@ def sync(
         snapshot = redis_source.snapshot()
         state = state_store.load()
         may_differ = scope.with_file_changes(plan) if scope is not None else None
-        decided = decide(settings, plan, snapshot, state, options, report, only, may_differ)
-        check_deletions(settings, plan, state, decided.merged, force)
+        decided = decide(settings, plan, snapshot, state, options, report, only, may_differ, pins)
+        check_file_deletions(settings, state, decided.merged, force)
         new_plan = render_checked(plan, decided.edits)
         if dry_run:
             report.settled = decided.merged.settled
+            report.refused = refusal(settings, state, decided, plan)
             break
         # Record conflicts before writing their winners: a crash in between must not lose
         # the losing value. (A retry that settles them again does not record them twice.)
-        found = [*decided.merged.settled, *decided.merged.new_pending]
+        found = [*decided.merged.settled, *decided.merged.new_pending, *decided.merged.set_aside]
         fresh = [c for c in found if c not in recorded]
         append_conflicts(settings.state_dir, fresh, policy=settings.sync.policy, now=clock())
         recorded.extend(fresh)
@@ -179,13 +193,23 @@ def sync(
             report.file_written = True
         report.plan = new_plan or plan
         touched, old = decided.touched, decided.state
+        report.refused = refusal(settings, old, decided, report.plan)
+        new_base = replaced(old.base, touched, decided.merged.base)
         new_state = SyncState(
-            base=replaced(old.base, touched, decided.merged.base),
+            base=new_base,
             unresolved_agents=replaced(old.unresolved_agents, touched, decided.unresolved_agents),
             pending=replaced(old.pending, touched, decided.merged.pending),
             uuids=replaced(old.uuids, touched, decided.uuids),
             redis_epoch=epoch,
+            set_aside=still_set_aside(
+                old.set_aside,
+                decided.merged.set_aside,
+                new_base,
+                only if resolving and only is not None else frozenset(),
+            ),
+            refused=report.refused,
         )
+        log_changes(decided.merged)
         confirm_replicated(client, settings.town_name, epoch)  # behind Sentinel
         state_store.save(new_state, touched if old is state else None)
         # Every agent name Redis cannot hold, not only those of the tasks this sync merged.
@@ -207,6 +231,7 @@ def decide(
     report: SyncReport,
     only: frozenset[str] | None = None,
     scope: frozenset[str] | None = None,
+    pins: Pins | None = None,
 ) -> Decision:
     town = settings.town_name
     identified = snapshot.identify()
@@ -236,6 +261,8 @@ def decide(
     # A child of such a task keeps its parent link.
     hidden_parents = {known_uuid(plan_id): plan_id for plan_id in unreadable}
     limit = only
+    if scope is not None and state.refused is not None:
+        scope = scope | state.refused.plan_ids  # judged again on every sync (the guard)
     if scope is not None and only is None:
         # The daemon names what may have changed since its last sync. A task leaving a side
         # takes its children along (their parent link changes with it).
@@ -258,8 +285,10 @@ def decide(
     base = within(state.base, touched)
     file_records = within(view.records, touched)
     redis_records = within(redis_records, touched)
-    merged = merge(base, file_records, redis_records, options, state.pending)
+    merged = merge(base, file_records, redis_records, options, state.pending, pins)
+    refused = hold_back_deletions(settings, plan, state, merged, options.force)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
+    report.set_aside = [*merged.set_aside, *merged.set_aside_later]
     report.waiting_push = frozenset(merged.waiting_push)
     report.waiting_pull = frozenset(merged.waiting_pull)
     writes, unresolved = redis_writes(
@@ -275,7 +304,7 @@ def decide(
         else known_uuid(plan_id)
         for plan_id in merged.base
     }
-    return Decision(merged, writes, edits, unresolved, uuids, touched, state)
+    return Decision(merged, writes, edits, unresolved, uuids, touched, state, refused)
 
 
 def state_store_for(settings: Settings) -> StateStore:
@@ -446,29 +475,133 @@ def describe(merged: MergeResult) -> list[str]:
         for conflicts in merged.pending.values()
         for c in conflicts
     )
+    lines.extend(set_aside_line(c) for c in [*merged.set_aside, *merged.set_aside_later])
     return lines
 
 
-def check_deletions(
-    settings: Settings, plan: Plan, state: SyncState, merged: MergeResult, force: bool
+def set_aside_line(c: Conflict) -> str:
+    """One stale or held write set aside, in words."""
+    if c.kind == "held":
+        return (
+            f"held {c.plan_id}: removed from the file while {c.redis} in Redis; not deleted, "
+            f"its entry goes back (`ttsyncd resolve {c.plan_id} --take file` deletes it)"
+        )
+    if c.field == ENTRY:
+        return (
+            f"stale {c.plan_id}: removed from the file by a copy older than the task; not "
+            f"deleted (`ttsyncd resolve {c.plan_id} --take file` deletes it)"
+        )
+    stale, kept = (c.file, c.redis) if c.from_side == "file" else (c.redis, c.file)
+    return (
+        f"stale {c.plan_id}.{c.field}: the {c.from_side}'s {stale!r} undoes the newer "
+        f"{kept!r}; kept {kept!r} (`ttsyncd resolve {c.plan_id} --take {c.from_side}` "
+        "applies it)"
+    )
+
+
+def check_file_deletions(
+    settings: Settings, state: SyncState, merged: MergeResult, force: bool
 ) -> None:
-    """Refuse a sync that would delete a large share of the synced tasks, unless forced."""
-    if force:
-        return
-    for side, ops in (("Redis", merged.redis_ops), ("tasks.toml", merged.file_ops)):
-        deleting = sum(1 for op in ops if isinstance(op, Delete) and op.mode == "delete")
-        if not deleting:
-            continue
-        synced = live_tasks(state)
-        if not plan.entries and side == "Redis":
-            raise SyncRefused(
-                f"{settings.tasks_file} has no tasks: refusing to delete {deleting} task(s) "
-                "from Redis; run with --force if that is what you want"
-            )
-        too_many = settings.sync.max_delete_fraction * synced
-        if deleting > settings.sync.max_delete_min and deleting > too_many:
-            raise SyncRefused(
-                f"refusing to delete {deleting} of {synced} synced tasks from {side} "
-                f"(more than max_delete_fraction={settings.sync.max_delete_fraction} and "
-                f"max_delete_min={settings.sync.max_delete_min}); run with --force to apply"
-            )
+    """Refuse a sync that would remove a large share of the synced tasks from the file (Redis
+    lost them), unless forced."""
+    deleting = sum(1 for op in merged.file_ops if isinstance(op, Delete))
+    synced = live_tasks(state)
+    if not force and too_many(settings, deleting, synced):
+        raise SyncRefused(
+            f"refusing to delete {deleting} of {synced} synced tasks from tasks.toml "
+            f"(more than max_delete_fraction={settings.sync.max_delete_fraction} and "
+            f"max_delete_min={settings.sync.max_delete_min}); run with --force to apply"
+        )
+
+
+def too_many(settings: Settings, deleting: int, synced: int) -> bool:
+    limits = settings.sync
+    return deleting > limits.max_delete_min and deleting > limits.max_delete_fraction * synced
+
+
+def hold_back_deletions(
+    settings: Settings, plan: Plan, state: SyncState, merged: MergeResult, force: bool
+) -> frozenset[str]:
+    """The deletion guard, a state and not an event: the task deletions from Redis it holds
+    back now (taken out of `merged`, whose base keeps those tasks). A mass deletion, or any
+    deletion by an empty plan, is refused; once refused, none of those deletions happens
+    while the plan's text stays the one they were refused for, whatever else changes (an
+    agent touching one of them must not bring the rest under the threshold). A new save is
+    judged afresh; --force (and `resolve`) lifts it."""
+    deleting = {
+        op.plan_id for op in merged.redis_ops if isinstance(op, Delete) and op.mode == "delete"
+    }
+    if force or not deleting:
+        return frozenset()
+    standing = state.refused is not None and state.refused.plan_digest == plan_digest(plan.text)
+    if not standing and plan.entries and not too_many(settings, len(deleting), live_tasks(state)):
+        return frozenset()
+    merged.redis_ops = [
+        op for op in merged.redis_ops if not (isinstance(op, Delete) and op.plan_id in deleting)
+    ]
+    for plan_id in deleting:
+        merged.base[plan_id] = state.base[plan_id]
+    return frozenset(deleting)
+
+
+def refusal(
+    settings: Settings, state: SyncState, decided: Decision, plan: Plan
+) -> RefusedDeletions | None:
+    """The refusal that stands after this sync, for the plan text it leaves (its own write is
+    no new save): what it held back, and what an earlier refusal holds that it did not merge."""
+    carried: frozenset[str] = frozenset()
+    if state.refused is not None and decided.state is state:
+        carried = state.refused.plan_ids - decided.touched
+    held_back = decided.refused | carried
+    if not held_back:
+        return None
+    synced = live_tasks(state)
+    if not plan.entries:
+        message = (
+            f"{settings.tasks_file} has no tasks: refusing to delete {len(held_back)} task(s) "
+            "from Redis; run `ttsyncd push --force` if that is what you want"
+        )
+    else:
+        message = (
+            f"refusing to delete {len(held_back)} of {synced} synced tasks from Redis (more "
+            f"than max_delete_fraction={settings.sync.max_delete_fraction} and "
+            f"max_delete_min={settings.sync.max_delete_min}): "
+            f"{', '.join(sorted(held_back)[:20])}{' ...' if len(held_back) > 20 else ''}; "
+            "save tasks.toml again to have it judged afresh, or run `ttsyncd push --force`"
+        )
+    return RefusedDeletions(held_back, plan_digest(plan.text), message)
+
+
+def still_set_aside(
+    before: Mapping[str, list[Conflict]],
+    found: list[Conflict],
+    base: Mapping[str, object],
+    resolved: AbstractSet[str],
+) -> dict[str, list[Conflict]]:
+    """The set-aside writes `resolve` can still apply: the latest per task and field, kept
+    until resolved or the task is gone."""
+    kept = {k: list(v) for k, v in before.items() if k not in resolved}
+    for conflict in found:
+        same = [c for c in kept.get(conflict.plan_id, []) if c.field != conflict.field]
+        kept[conflict.plan_id] = [*same, conflict]
+    return {k: v for k, v in kept.items() if k in base}
+
+
+def log_changes(merged: MergeResult) -> None:
+    """Name every deletion and every write set aside (they are the ones people ask about)."""
+    for side, ops in (("redis", merged.redis_ops), ("file", merged.file_ops)):
+        deleted = sorted(op.plan_id for op in ops if isinstance(op, Delete))
+        if deleted:
+            log.warning("deleted tasks", side=side, plan_ids=deleted)
+    for c in merged.set_aside:
+        if c.kind == "held":
+            log.warning(
+                "held task not deleted: its entry goes back into the file",
+                plan_id=c.plan_id, status=c.redis,
+            )  # fmt: skip
+        else:
+            log.warning(
+                "stale write set aside", plan_id=c.plan_id, field=c.field,
+                from_side=c.from_side, stale=c.file if c.from_side == "file" else c.redis,
+                kept=c.redis if c.from_side == "file" else c.file,
+            )  # fmt: skip

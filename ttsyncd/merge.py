@@ -6,12 +6,37 @@ on both is already agreed; different changes are a conflict the policy settles, 
 both values. A sync may run in one direction only (push or pull): a change that belongs to the
 other direction waits, and the base keeps the old value for it, so nothing is lost or recorded
 twice.
+
+Stale writes. Both sides have writers that work from old copies: an editor buffer loaded before
+the daemon's last pull, `git checkout` of an older tasks.toml, and tinytown itself, which writes
+a task back whole from the hash it read earlier. Such a write looks like a change (it differs
+from the base) that happens to undo the other side's latest changes. The base keeps each task's
+recent history (which side changed which fields, and what they held before), and these
+invariants hold:
+
+- S1. A write by side T is stale when, for some point p in the task's history, every field
+  the other side S changed after p (and still holds) is changed by the write, and some of them
+  go back to what they held at p. Exactly those fields are set aside: the newer values stay and
+  go back to T; the write's other fields merge as usual (the user's edit of another field, the
+  agent's new state). A deletion from the file of a task Redis created and the file never
+  changed is stale too (a copy older than the task).
+- S2. A write from the latest copy is never stale: it cannot hold a value the other side
+  replaced after it was read, unless it sets that value anew, and deliberate reverts are
+  partial (a re-opened task keeps its result) or undo the writer's own side (a user returning
+  to an earlier text of their own; tinytown's requeue, exempt by name below).
+- S3. Setting aside changes nothing the base agreed on: a stale write is recorded (kind
+  "stale", with both values) when the sync that restores the newer values runs, and
+  `resolve --take` pins the stale value on both sides on purpose.
+
+Tasks an agent holds. A task assigned or running in Redis whose entry left the file is not
+deleted (H1): its entry comes back and the refusal is recorded (kind "held"). `--force` or
+`resolve --take file` deletes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 from ttsyncd.model import FIELDS, Record, Value
@@ -20,6 +45,26 @@ Side = Literal["file", "redis"]
 
 # Under the default `owner` policy the file owns the planning fields and Redis the execution ones.
 FILE_OWNED: Final = frozenset({"description", "tags", "parent", "agent"})
+# States in which an agent holds a task: its entry leaving the file does not delete it (H1).
+HELD_STATES: Final = frozenset({"assigned", "running"})
+# Changes a task's history keeps, newest last: enough for an editor buffer or a branch several
+# agent steps behind (assign, start, complete, ...).
+HISTORY_LIMIT: Final = 8
+ENTRY: Final = "entry"  # the `field` of a record about the whole task (held, stale deletion)
+
+
+def other_side(side: Side) -> Side:
+    return "redis" if side == "file" else "file"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One side's change to a task, as a sync carried it to the other side: the fields it
+    changed and the values they held before. `before` is empty for the task's creation."""
+
+    side: Side
+    before: Mapping[str, Value]
+    created: bool = False
 
 
 @dataclass(frozen=True)
@@ -29,16 +74,29 @@ class BaseTask:
 
     fields: Mapping[str, Value]
     tombstone: bool = False  # removed from the file under `cancel`/`keep`: ignore it in Redis
+    history: tuple[Change, ...] = ()  # the latest changes, oldest first (S1)
+
+    def after(self, agreed: Mapping[str, Value], changes: Iterable[Change]) -> BaseTask:
+        """The base once `changes` (already in `agreed`) are agreed on."""
+        history = (*self.history, *(c for c in changes if c.before or c.created))
+        return BaseTask(dict(agreed), self.tombstone, history[-HISTORY_LIMIT:])
 
 
 @dataclass(frozen=True)
 class Conflict:
+    """Two sides' values for one field, and what became of them. `kind`: "conflict" (both
+    sides changed it), "stale" (a write from an old copy, set aside) or "held" (an entry
+    removed from the file while an agent holds its task); for the last two, `from_side` is
+    the side whose write was set aside."""
+
     plan_id: str
     field: str
     base: Value
     file: Value
     redis: Value
     winner: Side | None  # None: left for the user (`manual` policy)
+    kind: str = "conflict"
+    from_side: Side | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +106,7 @@ class Options:
     push: bool = True  # apply file-side changes to Redis
     pull: bool = True  # apply Redis-side changes to the file
     force: bool = False  # make the target equal the source (one direction only)
+    stale: bool = True  # set stale writes aside (S1); False applies them like any change
 
 
 @dataclass(frozen=True)
@@ -64,6 +123,9 @@ class Delete:
 
 
 Op = Upsert | Delete
+# plan id -> (the side whose write it was, field -> value both sides must take): `resolve`
+# applying a set-aside write on purpose.
+Pins = Mapping[str, tuple[Side, Mapping[str, Value]]]
 
 
 @dataclass
@@ -74,6 +136,11 @@ class MergeResult:
     settled: list[Conflict] = field(default_factory=list)  # conflicts the policy settled now
     pending: dict[str, list[Conflict]] = field(default_factory=dict)  # left for the user
     new_pending: list[Conflict] = field(default_factory=list)  # pending ones not known before
+    # Stale and held writes set aside, whose newer values this sync restores (recorded once,
+    # by the sync that restores them) ...
+    set_aside: list[Conflict] = field(default_factory=list)
+    # ... and those a one-way sync saw but leaves for the other direction to restore.
+    set_aside_later: list[Conflict] = field(default_factory=list)
     # Tasks with changes this sync's direction left for the other one: a one-way sync that
     # saw them tells its caller, so the other direction is not forgotten.
     waiting_push: set[str] = field(default_factory=set)
@@ -82,6 +149,12 @@ class MergeResult:
     def wait_for(self, direction: Side, plan_id: str) -> None:
         """`direction` names the side whose change waits: "file" waits for a push."""
         (self.waiting_push if direction == "file" else self.waiting_pull).add(plan_id)
+
+    def can_write(self, options: Options, side: Side) -> bool:
+        return options.pull if side == "file" else options.push
+
+    def set_aside_write(self, conflict: Conflict, restored_now: bool) -> None:
+        (self.set_aside if restored_now else self.set_aside_later).append(conflict)
 
 
 def winner_for(policy: str, field_name: str) -> Side | None:
@@ -100,13 +173,16 @@ def merge(
     redis: Mapping[str, Record],
     options: Options,
     known_pending: Mapping[str, list[Conflict]] | None = None,
+    pins: Pins | None = None,
 ) -> MergeResult:
     result = MergeResult()
     known_pending = known_pending or {}
+    pins = pins or {}
     for plan_id in sorted(set(base) | set(file) | set(redis)):
         merge_task(
-            plan_id, base.get(plan_id), file.get(plan_id), redis.get(plan_id), options, result
-        )
+            plan_id, base.get(plan_id), file.get(plan_id), redis.get(plan_id), options, result,
+            pins.get(plan_id),
+        )  # fmt: skip
     for plan_id, conflicts in result.pending.items():
         already = known_pending.get(plan_id, [])
         result.new_pending.extend(c for c in conflicts if c not in already)
@@ -120,6 +196,7 @@ def merge_task(
     redis: Record | None,
     options: Options,
     result: MergeResult,
+    pinned: tuple[Side, Mapping[str, Value]] | None = None,
 ) -> None:
     if base is not None and base.tombstone:
         if redis is None:
@@ -133,7 +210,7 @@ def merge_task(
     elif file is None and redis is None:
         return
     elif file is not None and redis is not None:
-        merge_fields(plan_id, base, file, redis, options, result)
+        merge_fields(plan_id, base, file, redis, options, result, pinned or ("file", {}))
     elif base is None:
         copy_new(plan_id, file, redis, options, result)
     else:
@@ -144,100 +221,188 @@ def copy_new(
     plan_id: str, file: Record | None, redis: Record | None, options: Options, result: MergeResult
 ) -> None:
     """A task on one side only, never agreed on: copy it to the other side."""
-    if file is not None:
-        if options.push:
-            result.redis_ops.append(Upsert(plan_id, file, created=True))
-            result.base[plan_id] = BaseTask(file.as_fields())
-        else:
-            result.wait_for("file", plan_id)
-    elif redis is not None:
-        if options.pull:
-            result.file_ops.append(Upsert(plan_id, redis, created=True))
-            result.base[plan_id] = BaseTask(redis.as_fields())
-        else:
-            result.wait_for("redis", plan_id)
+    source: Side = "file" if file is not None else "redis"
+    record = file if file is not None else redis
+    assert record is not None
+    target = other_side(source)
+    if not result.can_write(options, target):
+        result.wait_for(source, plan_id)
+        return
+    ops = result.redis_ops if target == "redis" else result.file_ops
+    ops.append(Upsert(plan_id, record, created=True))
+    result.base[plan_id] = BaseTask({}).after(record.as_fields(), [Change(source, {}, True)])
 
 
 def merge_deletion(
     plan_id: str, base: BaseTask, file: Record | None, redis: Record | None, options: Options,
     result: MergeResult,
 ) -> None:  # fmt: skip
-    """Deleted on one side: delete on the other, unless the other side modified it."""
+    """Deleted on one side: delete on the other, unless the other side modified it (then it
+    comes back), an agent holds it (H1), or the deletion is stale (S1)."""
     result.base[plan_id] = base  # unless settled below, it waits for the other direction
-    if file is None:
-        assert redis is not None
-        if not unchanged(base, redis):  # modified in Redis: back into the file
-            if not options.pull:
-                result.wait_for("redis", plan_id)
-                return
-            result.file_ops.append(Upsert(plan_id, redis, created=True))
-            result.base[plan_id] = BaseTask(redis.as_fields())
-        elif not options.push:
-            result.wait_for("file", plan_id)
-        else:
-            result.redis_ops.append(Delete(plan_id, options.deletions))
-            if options.deletions == "delete":
-                del result.base[plan_id]
-            else:
-                result.base[plan_id] = BaseTask(base.fields, tombstone=True)
-    elif not unchanged(base, file):  # modified in the file: back into Redis
-        if not options.push:
-            result.wait_for("file", plan_id)
+    remaining: Side = "redis" if file is None else "file"
+    record = redis if file is None else file
+    assert record is not None
+    if not unchanged(base, record):  # modified on the side that has it: it comes back
+        if not result.can_write(options, other_side(remaining)):
+            result.wait_for(remaining, plan_id)
             return
-        result.redis_ops.append(Upsert(plan_id, file, created=True))
-        result.base[plan_id] = BaseTask(file.as_fields())
-    elif not options.pull:
-        result.wait_for("redis", plan_id)
-    else:
+        ops = result.file_ops if remaining == "redis" else result.redis_ops
+        ops.append(Upsert(plan_id, record, created=True))
+        changed = {f: base.fields.get(f) for f in FIELDS if base.fields.get(f) != record.get(f)}
+        result.base[plan_id] = base.after(record.as_fields(), [Change(remaining, changed)])
+        return
+    if remaining == "redis":
+        refusal = deletion_refused(plan_id, base, record, options)
+        if refusal is not None:  # the entry goes back into the file; Redis is left as it is
+            restored_now = options.pull
+            result.set_aside_write(refusal, restored_now)
+            if restored_now:
+                result.file_ops.append(Upsert(plan_id, record, created=True))
+            else:
+                result.wait_for("redis", plan_id)
+            return
+    if not result.can_write(options, remaining):
+        result.wait_for(other_side(remaining), plan_id)
+    elif remaining == "file":
         result.file_ops.append(Delete(plan_id))
         del result.base[plan_id]
+    else:
+        result.redis_ops.append(Delete(plan_id, options.deletions))
+        if options.deletions == "delete":
+            del result.base[plan_id]
+        else:
+            result.base[plan_id] = replace(base, tombstone=True)
+
+
+def deletion_refused(
+    plan_id: str, base: BaseTask, redis: Record, options: Options
+) -> Conflict | None:
+    """Why the removal of an entry from the file must not reach Redis (H1, S1), if it must not."""
+    if options.deletions == "keep":
+        return None  # Redis is left alone anyway
+    if redis.status in HELD_STATES:
+        kind = "held"
+    elif options.stale and created_by_redis_only(base):
+        kind = "stale"  # the file's copy is older than the task
+    else:
+        return None
+    return Conflict(plan_id, ENTRY, base=None, file=None, redis=redis.status, winner="redis",
+                    kind=kind, from_side="file")  # fmt: skip
+
+
+def created_by_redis_only(base: BaseTask) -> bool:
+    """Redis created the task and the file never changed it since: a file without it is a
+    copy from before it existed."""
+    history = base.history
+    return bool(history) and history[0].created and all(c.side == "redis" for c in history)
 
 
 def unchanged(base: BaseTask, record: Record) -> bool:
     return all(f in base.fields and base.fields[f] == record.get(f) for f in FIELDS)
 
 
+def is_requeue(current: Mapping[str, Value], redis: Record) -> bool:
+    """tinytown's requeue (assigned or running -> pending, unassigned): Redis undoing its own
+    change on purpose, never a stale write (S2), though it may look like one."""
+    return (
+        current.get("status") in HELD_STATES and redis.status == "pending" and redis.agent is None
+    )
+
+
+def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
+    """The fields of `side`'s `record` that are a stale write (S1): a copy from some point p
+    of the task's history, with every field the other side changed since p changed, and
+    those that went back to their value at p set aside. Of all points, the one that sets
+    aside the most fields (the oldest, on a tie)."""
+    history, current = base.history, base.fields
+    if not history:
+        return frozenset()
+    changed = {f for f in FIELDS if f in current and record.get(f) != current[f]}
+    if side == "redis" and is_requeue(current, record):
+        changed -= {"status", "agent"}
+    if not changed:
+        return frozenset()
+    newest_change = {f: i for i, change in enumerate(history) for f in change.before}
+    at_p = dict(current)  # the task's fields at point p: before history[k]
+    best: frozenset[str] = frozenset()
+    for k in range(len(history) - 1, -1, -1):
+        at_p.update(history[k].before)
+        by_other = {f for f, i in newest_change.items() if i >= k and history[i].side != side}
+        if not by_other or not by_other <= changed:
+            continue
+        went_back = frozenset(f for f in by_other if record.get(f) == at_p[f])
+        if len(went_back) >= len(best) and went_back:
+            best = went_back
+    return best
+
+
 def merge_fields(
     plan_id: str, base: BaseTask | None, file: Record, redis: Record, options: Options,
-    result: MergeResult,
+    result: MergeResult, pinned: tuple[Side, Mapping[str, Value]],
 ) -> None:  # fmt: skip
+    pin_side, pins = pinned
     base_fields: Mapping[str, Value] = base.fields if base else {}
+    stale: dict[Side, frozenset[str]] = {"file": frozenset(), "redis": frozenset()}
+    if options.stale and base is not None:
+        stale = {"file": stale_fields(base, file, "file"),
+                 "redis": stale_fields(base, redis, "redis")}  # fmt: skip
     agreed: dict[str, Value] = {}
-    to_file: dict[str, Value] = {}
-    to_redis: dict[str, Value] = {}
+    came_from: dict[Side, dict[str, Value]] = {"file": {}, "redis": {}}  # field -> before
     settled: list[Conflict] = []
     open_conflicts: list[Conflict] = []
+    set_aside: list[tuple[Conflict, bool]] = []
+    waiting: set[str] = set()  # fields whose change waits for the other direction
     for name in FIELDS:
-        file_value, redis_value = file.get(name), redis.get(name)
         known = name in base_fields
         base_value = base_fields.get(name)
-        if file_value == redis_value:
+        # A stale value counts as unchanged: the newer one stands (S1).
+        file_value = base_value if name in stale["file"] else file.get(name)
+        redis_value = base_value if name in stale["redis"] else redis.get(name)
+        for side in ("file", "redis"):
+            if name in stale[side]:
+                write = file.get(name) if side == "file" else redis.get(name)
+                conflict = Conflict(
+                    plan_id, name, base_value,
+                    write if side == "file" else base_value,
+                    write if side == "redis" else base_value,
+                    winner=other_side(side), kind="stale", from_side=side,
+                )  # fmt: skip
+                set_aside.append((conflict, result.can_write(options, side)))
+        if name in pins:
+            agreed[name] = pins[name]
+            if pins[name] != base_value:
+                came_from[pin_side][name] = base_value
+        elif file_value == redis_value:
             agreed[name] = file_value
         elif known and file_value == base_value:
             if options.pull:
-                to_file[name] = agreed[name] = redis_value
+                agreed[name] = redis_value
+                came_from["redis"][name] = base_value
             else:
                 agreed[name] = base_value
+                waiting.add(name)
                 result.wait_for("redis", plan_id)
         elif known and redis_value == base_value:
             if options.push:
-                to_redis[name] = agreed[name] = file_value
+                agreed[name] = file_value
+                came_from["file"][name] = base_value
             else:
                 agreed[name] = base_value
+                waiting.add(name)
                 result.wait_for("file", plan_id)
         else:
             winner = winner_for(options.policy, name)
             conflict = Conflict(plan_id, name, base_value, file_value, redis_value, winner)
             if winner is None:
                 open_conflicts.append(conflict)
-            elif winner == "file" and options.push:
-                to_redis[name] = agreed[name] = file_value
-                settled.append(conflict)
-            elif winner == "redis" and options.pull:
-                to_file[name] = agreed[name] = redis_value
+            elif result.can_write(options, other_side(winner)):
+                agreed[name] = file_value if winner == "file" else redis_value
+                came_from[winner][name] = base_value
                 settled.append(conflict)
             else:
                 result.wait_for(winner, plan_id)  # settled by the other direction, later
+                waiting.add(name)
                 if known:
                     agreed[name] = base_value
     if open_conflicts:
@@ -246,8 +411,18 @@ def merge_fields(
         if base is not None:
             result.base[plan_id] = base
         return
+    for conflict, restored_now in set_aside:
+        result.set_aside_write(conflict, restored_now)
+        if not restored_now:
+            result.wait_for(other_side(conflict.from_side or "file"), plan_id)
     result.settled.extend(settled)
-    result.base[plan_id] = BaseTask(agreed)
+    changes = [Change("file", came_from["file"]), Change("redis", came_from["redis"])]
+    result.base[plan_id] = (base or BaseTask({})).after(agreed, changes)
+    # Each side gets every agreed value it does not hold; a field whose change waits for the
+    # other direction stays as it is on both sides.
+    decided = {n: v for n, v in agreed.items() if n not in waiting}
+    to_file = {n: v for n, v in decided.items() if file.get(n) != v} if options.pull else {}
+    to_redis = {n: v for n, v in decided.items() if redis.get(n) != v} if options.push else {}
     if to_file:
         result.file_ops.append(Upsert(plan_id, file.with_fields(to_file), created=False))
     if to_redis:
@@ -260,6 +435,7 @@ def force_task(
 ) -> None:  # fmt: skip
     """`--force`: the target becomes equal to the source, deletions included."""
     source, target = (file, redis) if options.push else (redis, file)
+    source_side: Side = "file" if options.push else "redis"
     ops = result.redis_ops if options.push else result.file_ops
     if source is None:
         if target is not None:
@@ -270,8 +446,8 @@ def force_task(
         return
     if source != target:
         ops.append(Upsert(plan_id, source, created=target is None))
-    result.base[plan_id] = BaseTask(source.as_fields())
-
-
-def deletions_of(ops: Iterable[Op]) -> int:
-    return sum(1 for op in ops if isinstance(op, Delete))
+    before = base.fields if base else {}
+    changed = {f: before.get(f) for f in FIELDS if f in before and before[f] != source.get(f)}
+    result.base[plan_id] = (base or BaseTask({})).after(
+        source.as_fields(), [Change(source_side, changed, created=base is None)]
+    )

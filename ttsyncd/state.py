@@ -14,10 +14,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ttsyncd.merge import BaseTask, Conflict
+from ttsyncd.merge import BaseTask, Change, Conflict
 from ttsyncd.model import Value
 
-STATE_VERSION = 1
+# 2: tasks carry their recent history (stale writes), `set_aside` and `refused_deletions`.
+# A version 1 base loads as one with no history.
+STATE_VERSION = 2
 CONFLICTS_FILE = "conflicts.jsonl"
 
 
@@ -31,6 +33,24 @@ class SyncState:
     # plan id -> task uuid: which hash a synced entry is, even when that hash cannot be read.
     uuids: dict[str, str] = field(default_factory=dict)
     redis_epoch: str | None = None  # the marker of the Redis this base was agreed with
+    # plan id -> the latest stale or held writes set aside for it, one per field, until
+    # `resolve` applies or dismisses them.
+    set_aside: dict[str, list[Conflict]] = field(default_factory=dict)
+    refused: RefusedDeletions | None = None  # a mass deletion refused, until the file changes
+
+
+@dataclass(frozen=True)
+class RefusedDeletions:
+    """Deletions the guard refused, and the plan text (its digest) they were refused for: the
+    refusal stands, whatever else happens, until the user saves another text."""
+
+    plan_ids: frozenset[str]
+    plan_digest: str
+    message: str
+
+
+def plan_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def state_file(state_dir: Path, town: str, endpoint_identity: str) -> Path:
@@ -107,6 +127,15 @@ def task_entry(state: SyncState, plan_id: str) -> dict[str, Any] | None:
         "fields": dict(task.fields),
         **({"uuid": state.uuids[plan_id]} if plan_id in state.uuids else {}),
         **({"tombstone": True} if task.tombstone else {}),
+        **({"history": [history_entry(c) for c in task.history]} if task.history else {}),
+    }
+
+
+def history_entry(change: Change) -> dict[str, Any]:
+    return {
+        "side": change.side,
+        "before": dict(change.before),
+        **({"created": True} if change.created else {}),
     }
 
 
@@ -117,6 +146,7 @@ def journal_delta(
     tasks: dict[str, Any] = {}
     pending: dict[str, Any] = {}
     agents: dict[str, Any] = {}
+    set_aside: dict[str, Any] = {}
     for plan_id in touched:
         before, after = task_entry(old, plan_id), task_entry(new, plan_id)
         if before != after:
@@ -126,14 +156,39 @@ def journal_delta(
             pending[plan_id] = None if conflicts is None else [asdict(c) for c in conflicts]
         if old.unresolved_agents.get(plan_id) != new.unresolved_agents.get(plan_id):
             agents[plan_id] = new.unresolved_agents.get(plan_id)
-    if not (tasks or pending or agents or old.redis_epoch != new.redis_epoch):
+        if old.set_aside.get(plan_id) != new.set_aside.get(plan_id):
+            records = new.set_aside.get(plan_id)
+            set_aside[plan_id] = None if records is None else [asdict(c) for c in records]
+    refused_changed = old.refused != new.refused
+    same_epoch = old.redis_epoch == new.redis_epoch
+    if not (tasks or pending or agents or set_aside or refused_changed) and same_epoch:
         return None
     return {
         "tasks": tasks,
         "pending": pending,
         "unresolved_agents": agents,
         "redis_epoch": new.redis_epoch,
+        "set_aside": set_aside,
+        **({"refused": refused_json(new.refused)} if refused_changed else {}),
     }
+
+
+def refused_json(refused: RefusedDeletions | None) -> dict[str, Any] | None:
+    if refused is None:
+        return None
+    return {
+        "plan_ids": sorted(refused.plan_ids),
+        "plan_digest": refused.plan_digest,
+        "message": refused.message,
+    }
+
+
+def refused_from(saved: Any) -> RefusedDeletions | None:
+    if not isinstance(saved, dict):
+        return None
+    return RefusedDeletions(
+        frozenset(saved["plan_ids"]), str(saved["plan_digest"]), str(saved["message"])
+    )
 
 
 def replay_journal(path: Path, state: SyncState, generation: int) -> int:
@@ -167,6 +222,12 @@ def replay_journal(path: Path, state: SyncState, generation: int) -> int:
             state.unresolved_agents.pop(plan_id, None)
             if name is not None:
                 state.unresolved_agents[plan_id] = name
+        for plan_id, records in delta.get("set_aside", {}).items():
+            state.set_aside.pop(plan_id, None)
+            if records is not None:
+                state.set_aside[plan_id] = [conflict(c) for c in records]
+        if "refused" in delta:
+            state.refused = refused_from(delta["refused"])
         state.redis_epoch = delta["redis_epoch"]
     return applied
 
@@ -184,6 +245,14 @@ def base_task(entry: dict[str, Any]) -> BaseTask:
     return BaseTask(
         {name: freeze(value) for name, value in entry["fields"].items()},
         tombstone=entry.get("tombstone", False),
+        history=tuple(
+            Change(
+                change["side"],
+                {name: freeze(value) for name, value in change["before"].items()},
+                bool(change.get("created", False)),
+            )
+            for change in entry.get("history", ())
+        ),
     )
 
 
@@ -203,9 +272,14 @@ def load_state(path: Path) -> tuple[SyncState, int]:
         plan_id: [conflict(c) for c in items] for plan_id, items in data.get("pending", {}).items()
     }
     uuids = {k: entry["uuid"] for k, entry in tasks.items() if isinstance(entry.get("uuid"), str)}
+    set_aside = {
+        plan_id: [conflict(c) for c in items]
+        for plan_id, items in data.get("set_aside", {}).items()
+    }
     state = SyncState(
-        base, dict(data.get("unresolved_agents", {})), pending, uuids, data.get("redis_epoch")
-    )
+        base, dict(data.get("unresolved_agents", {})), pending, uuids, data.get("redis_epoch"),
+        set_aside, refused_from(data.get("refused")),
+    )  # fmt: skip
     return state, int(data.get("generation", 0))
 
 
@@ -221,6 +295,8 @@ def save_state(
         "redis_epoch": state.redis_epoch,
         "unresolved_agents": state.unresolved_agents,
         "pending": {k: [asdict(c) for c in v] for k, v in state.pending.items()},
+        "set_aside": {k: [asdict(c) for c in v] for k, v in state.set_aside.items()},
+        "refused": refused_json(state.refused),
     }
     write_private(path, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
