@@ -14,16 +14,20 @@ from the base) that happens to undo the other side's latest changes. The base ke
 recent history (which side changed which fields, and what they held before), and these
 invariants hold:
 
-- S1. A write by side T is stale when, for some point p in the task's history, every field
-  the other side S changed after p (and still holds) is changed by the write, and some of them
-  go back to what they held at p. Exactly those fields are set aside: the newer values stay and
-  go back to T; the write's other fields merge as usual (the user's edit of another field, the
-  agent's new state). A deletion from the file of a task Redis created and the file never
-  changed is stale too (a copy older than the task).
+- S1. A write by side T is stale when it is consistent with a copy from some point p in the
+  task's history (every field changed since p holds its value at p, or a new value of the
+  writer's) and some field the other side S changed since p (and still holds) is back at its
+  value at p. Exactly those fields are set aside: the newer values stay and go back to T; the
+  write's other fields merge as usual (the user's edit of another field, the agent's new
+  state). A deletion from the file of a task Redis created and the file never changed is
+  stale too (a copy older than the task).
 - S2. A write from the latest copy is never stale: it cannot hold a value the other side
   replaced after it was read, unless it sets that value anew, and deliberate reverts are
   partial (a re-opened task keeps its result) or undo the writer's own side (a user returning
-  to an earlier text of their own; tinytown's requeue, exempt by name below).
+  to an earlier text of their own). On the Redis side the state is never stale (tinytown sets
+  it only by a lifecycle step, meant even on an old copy), nor is the agent its requeue clears.
+  What values cannot tell apart is read as stale: a user setting a task back to the exact
+  state of before the agent's last step, when that step changed nothing else.
 - S3. Setting aside changes nothing the base agreed on: a stale write is recorded (kind
   "stale", with both values) when the sync that restores the newer values runs, and
   `resolve --take` pins the stale value on both sides on purpose.
@@ -311,28 +315,37 @@ def is_requeue(current: Mapping[str, Value], redis: Record) -> bool:
 
 
 def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
-    """The fields of `side`'s `record` that are a stale write (S1): a copy from some point p
-    of the task's history, with every field the other side changed since p changed, and
-    those that went back to their value at p set aside. Of all points, the one that sets
-    aside the most fields (the oldest, on a tie)."""
+    """The fields of `side`'s `record` that are a stale write (S1): the write is consistent
+    with a copy from some point p of the task's history (each field changed since p holds
+    p's value or a new one), and the other side's fields back at p's value are set aside.
+    Of all points, the one that sets aside the most fields (the oldest, on a tie)."""
     history, current = base.history, base.fields
     if not history:
         return frozenset()
     changed = {f for f in FIELDS if f in current and record.get(f) != current[f]}
-    if side == "redis" and is_requeue(current, record):
-        changed -= {"status", "agent"}
-    if not changed:
+    meant: set[str] = set()  # the writer's own new values, whatever they are
+    if side == "redis":
+        # tinytown writes a state only by a lifecycle step (assign, start, complete, fail,
+        # cancel, requeue) on its copy: the state is always meant, even from an old copy.
+        meant.add("status")
+        if is_requeue(current, record):
+            meant.add("agent")
+    if not changed - meant:
         return frozenset()
     newest_change = {f: i for i, change in enumerate(history) for f in change.before}
     at_p = dict(current)  # the task's fields at point p: before history[k]
+    changed_since_p: set[str] = set()
     best: frozenset[str] = frozenset()
     for k in range(len(history) - 1, -1, -1):
         at_p.update(history[k].before)
-        by_other = {f for f, i in newest_change.items() if i >= k and history[i].side != side}
-        if not by_other or not by_other <= changed:
+        changed_since_p.update(history[k].before)
+        # A copy from p holds p's value in every field changed since, unless its writer set a
+        # new one: a write that holds a later value is from a later copy.
+        if not all(record.get(f) == at_p[f] or f in changed | meant for f in changed_since_p):
             continue
-        went_back = frozenset(f for f in by_other if record.get(f) == at_p[f])
-        if len(went_back) >= len(best) and went_back:
+        by_other = {f for f, i in newest_change.items() if i >= k and history[i].side != side}
+        went_back = frozenset(f for f in (by_other & changed) - meant if record.get(f) == at_p[f])
+        if went_back and len(went_back) >= len(best):
             best = went_back
     return best
 
