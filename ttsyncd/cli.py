@@ -193,6 +193,11 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         "left for you",
         f"  last error:    {status['last_error'] or 'none'}",
         *(
+            [f"  refused:       {', '.join(status['refused_deletions'])} (not deleted)"]
+            if status.get("refused_deletions")
+            else []
+        ),
+        *(
             f"  duplicates:    plan:{plan_id} is carried by {len(extra) + 1} tasks "
             "(`ttsyncd repair` keeps the newest)"
             for plan_id, extra in sorted(status.get("duplicates", {}).items())

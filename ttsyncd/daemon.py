@@ -551,7 +551,12 @@ class Daemon:
 
     def record(self, report: SyncReport, *, push: bool, pull: bool) -> None:
         self.syncs += 1
-        self.last_error = None
+        # A refused deletion stands until the file changes again: it stays the error till then.
+        refused = report.refused
+        self.last_error = refused.message if refused else None
+        before = self.last_report.refused if self.last_report else None
+        if refused and (before is None or before.plan_ids != refused.plan_ids):
+            logger.warning("deletions refused", plan_ids=sorted(refused.plan_ids))
         self.last_report = report
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -568,7 +573,8 @@ class Daemon:
             "sync", direction=direction,
             to_redis=report.to_redis.summary(), to_file=report.to_file.summary(),
             redis_writes=report.redis_writes, file_written=report.file_written,
-            conflicts=len(report.settled), duration_ms=report.duration_ms,
+            conflicts=len(report.settled), set_aside=len(report.set_aside),
+            duration_ms=report.duration_ms,
         )  # fmt: skip
         systemd.notify(f"STATUS={self.status_line()}")
 
@@ -618,6 +624,7 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         settings = self.settings
         lists = commands.conflict_lists(settings, self.state_store)
+        refused = self.last_report.refused if self.last_report else None
         return {
             "pid": os.getpid(),
             "town": settings.town_name,
@@ -638,6 +645,7 @@ class Daemon:
             "unknown_agents": self.last_report.unresolved_agents if self.last_report else {},
             "conflicts": len(lists["recorded"]),
             "conflicts_pending": len(lists["pending"]),
+            "refused_deletions": sorted(refused.plan_ids) if refused else [],
             "last_error": self.last_error,
         }
 

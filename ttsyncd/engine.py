@@ -214,7 +214,7 @@ def sync(
         state_store.save(new_state, touched if old is state else None)
         # Every agent name Redis cannot hold, not only those of the tasks this sync merged.
         report.unresolved_agents = dict(new_state.unresolved_agents)
-        report.settled = [c for c in recorded if c.winner is not None]
+        report.settled = [c for c in recorded if c.winner is not None and c.kind == "conflict"]
         break
     else:
         raise SyncRefused(f"both sides kept changing during {MAX_ATTEMPTS} attempts; try again")

@@ -234,7 +234,10 @@ def copy_new(
         return
     ops = result.redis_ops if target == "redis" else result.file_ops
     ops.append(Upsert(plan_id, record, created=True))
-    result.base[plan_id] = BaseTask({}).after(record.as_fields(), [Change(source, {}, True)])
+    # Only a task Redis created needs its creation remembered (a stale file without it is
+    # older than the task); the file's own tasks keep no history until they change.
+    creation = [Change(source, {}, created=True)] if source == "redis" else []
+    result.base[plan_id] = BaseTask({}).after(record.as_fields(), creation)
 
 
 def merge_deletion(
@@ -461,6 +464,7 @@ def force_task(
         ops.append(Upsert(plan_id, source, created=target is None))
     before = base.fields if base else {}
     changed = {f: before.get(f) for f in FIELDS if f in before and before[f] != source.get(f)}
+    created = base is None and source_side == "redis"  # as in copy_new
     result.base[plan_id] = (base or BaseTask({})).after(
-        source.as_fields(), [Change(source_side, changed, created=base is None)]
+        source.as_fields(), [Change(source_side, changed, created=created)]
     )
