@@ -79,9 +79,12 @@ def push_or_pull(town: Town, command: str, *, force: bool, dry_run: bool) -> Out
         out.stdout.append(PULL_LINE.format(n=report.redis_tasks, file=name))
         out.stdout.append(report.to_file.summary())
     out.stderr = warnings(report)
-    out.code = EXIT_PLAN if report.pending or report.refused else EXIT_OK
-    if report.refused is not None:
+    out.code = EXIT_PLAN if report.pending else EXIT_OK
+    if report.refused is not None and pushing:  # the push's own work is refused
         out.stderr.append(f"ttsyncd: {report.refused.message}")
+        out.code = EXIT_PLAN
+    elif report.refused is not None:
+        out.stderr.append(f"warning: {report.refused.message}")
     return out
 
 

@@ -20,7 +20,18 @@ from ttsyncd.codec import encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
 from ttsyncd.errors import PlanError, SyncRefused
 from ttsyncd.identity import Identified, task_uuid_for
-from ttsyncd.merge import ENTRY, Conflict, Delete, MergeResult, Op, Options, Pins, Upsert, merge
+from ttsyncd.merge import (
+    ENTRY,
+    BaseTask,
+    Conflict,
+    Delete,
+    MergeResult,
+    Op,
+    Options,
+    Pins,
+    Upsert,
+    merge,
+)
 from ttsyncd.model import Record
 from ttsyncd.planfile import AddEntry, FileEdit, Plan, PlanReader, RemoveEntry, UpdateEntry
 from ttsyncd.state import (
@@ -169,7 +180,9 @@ def sync(
         new_plan = render_checked(plan, decided.edits)
         if dry_run:
             report.settled = decided.merged.settled
-            report.refused = refusal(settings, state, decided, plan)
+            report.refused = refusal(
+                settings, decided.state, decided.refused, plan, plan, decided.merged.base
+            )
             break
         # Record conflicts before writing their winners: a crash in between must not lose
         # the losing value. (A retry that settles them again does not record them twice.)
@@ -193,8 +206,8 @@ def sync(
             report.file_written = True
         report.plan = new_plan or plan
         touched, old = decided.touched, decided.state
-        report.refused = refusal(settings, old, decided, report.plan)
         new_base = replaced(old.base, touched, decided.merged.base)
+        report.refused = refusal(settings, old, decided.refused, plan, report.plan, new_base)
         new_state = SyncState(
             base=new_base,
             unresolved_agents=replaced(old.unresolved_agents, touched, decided.unresolved_agents),
@@ -545,18 +558,25 @@ def hold_back_deletions(
 
 
 def refusal(
-    settings: Settings, state: SyncState, decided: Decision, plan: Plan
+    settings: Settings,
+    state: SyncState,
+    held_back: frozenset[str],
+    read: Plan,
+    left: Plan,
+    base: Mapping[str, BaseTask],
 ) -> RefusedDeletions | None:
-    """The refusal that stands after this sync, for the plan text it leaves (its own write is
-    no new save): what it held back, and what an earlier refusal holds that it did not merge."""
-    carried: frozenset[str] = frozenset()
-    if state.refused is not None and decided.state is state:
-        carried = state.refused.plan_ids - decided.touched
-    held_back = decided.refused | carried
+    """The refusal that stands once a sync that read the plan `read` leaves `left` (its own
+    write is no new save): what it held back, and what a standing refusal still holds (tasks
+    still out of the file and in the base) though this sync did not come to delete them (a
+    pull, or a scope without them)."""
+    refused = state.refused
+    if refused is not None and refused.plan_digest == plan_digest(read.text):
+        in_file = left.by_id
+        held_back |= {i for i in refused.plan_ids if i in base and i not in in_file}
     if not held_back:
         return None
     synced = live_tasks(state)
-    if not plan.entries:
+    if not left.entries:
         message = (
             f"{settings.tasks_file} has no tasks: refusing to delete {len(held_back)} task(s) "
             "from Redis; run `ttsyncd push --force` if that is what you want"
@@ -569,7 +589,7 @@ def refusal(
             f"{', '.join(sorted(held_back)[:20])}{' ...' if len(held_back) > 20 else ''}; "
             "save tasks.toml again to have it judged afresh, or run `ttsyncd push --force`"
         )
-    return RefusedDeletions(held_back, plan_digest(plan.text), message)
+    return RefusedDeletions(held_back, plan_digest(left.text), message)
 
 
 def still_set_aside(
