@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 import redis.asyncio
@@ -95,6 +95,20 @@ class SyncStamp:
     unchanged: int
 
 
+# What an error is about, which says what clears it: `redis`, the session (a connection made
+# again); `sync`, a sync that failed (the next one that completes); `watch`, the file watcher
+# (watching again); `reload`, a SIGHUP whose configuration was refused (a reload that works).
+ErrorKind = Literal["redis", "sync", "watch", "reload"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The daemon's last error, as `status` shows it, with its kind."""
+
+    kind: ErrorKind
+    message: str
+
+
 @dataclass
 class Pending:
     """Work waiting for the syncer."""
@@ -158,7 +172,7 @@ class Daemon:
         self.last_sync: SyncStamp | None = None
         self.last_push: SyncStamp | None = None
         self.last_pull: SyncStamp | None = None
-        self.last_error: str | None = None
+        self.problem: Problem | None = None
         self.last_report: SyncReport | None = None  # duplicates, unreadable hashes, agents
         self.workers: dict[str, asyncio.Task[None]] = {}
 
@@ -248,7 +262,7 @@ class Daemon:
         try:
             settings = await asyncio.to_thread(self.reload_settings)
         except TtsyncdError as error:
-            self.last_error = f"reload failed: {error}"
+            self.report_problem("reload", f"reload failed: {error}")
             logger.error("reload failed, keeping the old configuration", error=str(error))
             systemd.notify("READY=1")
             return
@@ -268,6 +282,7 @@ class Daemon:
         if redis_changed:
             self.connected = False
             self.spawn("redis", self.redis_session())
+        self.clear_problem("reload")
         self.wake.set()
         logger.info("configuration reloaded", redis=settings.endpoint.redacted())
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
@@ -305,10 +320,12 @@ class Daemon:
                     logger.warning("lost Redis, reconnecting", error=type(e).__name__)
                     backoff = RECONNECT_BACKOFF[0]  # it was up: a blip, not a long outage
                 self.connected = False
-                self.last_error = f"Redis unreachable at {self.settings.endpoint.redacted()}"
+                self.report_problem(
+                    "redis", f"Redis unreachable at {self.settings.endpoint.redacted()}"
+                )
             except redis.RedisError as error:  # e.g. a refused SUBSCRIBE: keep trying, say why
                 self.connected = False
-                self.last_error = f"Redis session failed: {error}"
+                self.report_problem("redis", f"Redis session failed: {error}")
                 logger.error("Redis session failed, retrying", error=str(error))
             finally:
                 if aclient is not None:
@@ -344,8 +361,7 @@ class Daemon:
             )
         self.request(reload=True, must_sync=True)
         self.connected = True
-        if self.last_error and self.last_error.startswith("Redis unreachable"):
-            self.last_error = None
+        self.clear_problem("redis")
         logger.info("connected to Redis", notifications=self.notifications,
                     topology=topology.describe())  # fmt: skip
         if notifications is None:
@@ -423,7 +439,7 @@ class Daemon:
                     if await self.file_differs():  # else: the echo of our own write
                         self.request(file=True, at=changed_at)
             except OSError as error:  # the directory went away: wait for it to come back
-                self.last_error = f"cannot watch {path.parent}: {error}"
+                self.report_problem("watch", f"cannot watch {path.parent}: {error}")
                 logger.error("file watcher failed, retrying", error=str(error))
                 await asyncio.sleep(1.0)
 
@@ -537,21 +553,33 @@ class Daemon:
         pending.reload = pending.pull = pending.must_sync = False
         return work
 
+    @property
+    def last_error(self) -> str | None:
+        return self.problem.message if self.problem else None
+
+    def report_problem(self, kind: ErrorKind, message: str) -> None:
+        self.problem = Problem(kind, message)
+
+    def clear_problem(self, *kinds: ErrorKind) -> None:
+        """The cause of these kinds of error is gone: forget the last error if it is one."""
+        if self.problem is not None and self.problem.kind in kinds:
+            self.problem = None
+
     def fail(self, error: str) -> None:
-        self.last_error = error
+        self.report_problem("sync", error)
         logger.error("sync failed", error=error)
         systemd.notify(f"STATUS=error: {error.splitlines()[0]}")
         self.first_sync_done.set()
 
     def retry_later(self, work: Pending, why: str) -> None:
-        self.last_error = why
+        self.report_problem("redis", why)
         logger.warning("sync deferred", error=why)
         self.request(keys=work.keys, file=work.file, reload=True, must_sync=True)
         self.retry_at = time.monotonic() + 1.0
 
     def record(self, report: SyncReport, *, push: bool, pull: bool) -> None:
         self.syncs += 1
-        self.last_error = None
+        self.clear_problem("sync", "redis", "watch")  # it read the file and reached Redis
         self.last_report = report
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -639,6 +667,7 @@ class Daemon:
             "conflicts": len(lists["recorded"]),
             "conflicts_pending": len(lists["pending"]),
             "last_error": self.last_error,
+            "last_error_kind": self.problem.kind if self.problem else None,
         }
 
     def status_line(self) -> str:
