@@ -97,6 +97,94 @@ def test_undoing_a_save_back_to_the_daemons_own_write_is_synced(
     assert daemon.status()["last_error"] is None  # type: ignore[index]
 
 
+# --- 2. symlinks
+
+
+@pytest.fixture
+def linked_town(tmp_path: Path) -> Path:
+    """A town whose tasks.toml is a symlink to a plan kept in another directory (repo)."""
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    (plans / "flow-plan.toml").write_text(PLAN)
+    town = make_town(tmp_path / "town", TOWN, PLAN)
+    (town / "tasks.toml").unlink()
+    (town / "tasks.toml").symlink_to(plans / "flow-plan.toml")
+    return town
+
+
+def test_a_symlinked_plan_syncs_every_way_it_is_saved_and_stays_a_link(
+    linked_town: Path, server: RedisServer
+) -> None:
+    link = linked_town / "tasks.toml"
+    target = link.resolve()
+    client = server.client()
+    running = Daemon(linked_town, server.url)
+    try:
+        running.wait_ready()
+        rewrite_in_place(target, PLAN.replace("Write the docs", "Edited at the target"))
+        wait_until(lambda: client.hget(key("docs"), "description") == "Edited at the target",
+                   what="an in-place edit of the target")  # fmt: skip
+        write_temp_and_rename(target, PLAN.replace("Write the docs", "Renamed over the target"))
+        wait_until(lambda: client.hget(key("docs"), "description") == "Renamed over the target",
+                   what="a write-temp-and-rename of the target")  # fmt: skip
+        rewrite_in_place(link, PLAN.replace("Write the docs", "Written through the link"))
+        wait_until(lambda: client.hget(key("docs"), "description") == "Written through the link",
+                   what="an in-place write through the link")  # fmt: skip
+        running.wait_idle()
+        inode = target.stat().st_ino
+        redis_edit(server, "api", state="completed", result="pulled")
+        wait_until(lambda: 'result = "pulled"' in target.read_text(), what="the pull")
+        assert link.is_symlink() and link.resolve() == target  # still the same link
+        assert target.stat().st_ino != inode  # the target was replaced (write-temp-and-rename)
+        assert not [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp")]
+        assert running.status()["last_error"] is None  # type: ignore[index]
+    finally:
+        assert running.terminate() == 0
+
+
+def test_a_relinked_plan_is_followed_to_its_new_target(
+    linked_town: Path, server: RedisServer, tmp_path: Path
+) -> None:
+    link = linked_town / "tasks.toml"
+    other = tmp_path / "other-repo" / "plan.toml"
+    other.parent.mkdir()
+    other.write_text(PLAN.replace("Write the docs", "From the other repo"))
+    client = server.client()
+    running = Daemon(linked_town, server.url)
+    try:
+        running.wait_ready()
+        fresh = linked_town / ".tasks.toml.new"
+        fresh.symlink_to(other)
+        os.replace(fresh, link)  # `ln -sfn`, atomically
+        wait_until(lambda: client.hget(key("docs"), "description") == "From the other repo",
+                   what="the new target's plan")  # fmt: skip
+        running.wait_idle()
+        rewrite_in_place(other, PLAN.replace("Write the docs", "Edited in the other repo"))
+        wait_until(lambda: client.hget(key("docs"), "description") == "Edited in the other repo",
+                   what="an edit of the new target")  # fmt: skip
+    finally:
+        assert running.terminate() == 0
+
+
+def test_a_town_reached_through_a_symlinked_directory_syncs(
+    town: Path, server: RedisServer, tmp_path: Path
+) -> None:
+    through = tmp_path / "link-to-town"
+    through.symlink_to(town)
+    client = server.client()
+    running = Daemon(through, server.url)
+    try:
+        running.wait_ready()
+        write_temp_and_rename(through / "tasks.toml", PLAN.replace("Write the docs", "Via link"))
+        wait_until(lambda: client.hget(key("docs"), "description") == "Via link",
+                   what="a save through the linked directory")  # fmt: skip
+        rewrite_in_place(town / "tasks.toml", PLAN.replace("Write the docs", "Via the real dir"))
+        wait_until(lambda: client.hget(key("docs"), "description") == "Via the real dir",
+                   what="a save in the real directory")  # fmt: skip
+    finally:
+        assert running.terminate() == 0
+
+
 # --- 3. last_error clears with its cause
 
 

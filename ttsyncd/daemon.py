@@ -418,28 +418,45 @@ class Daemon:
 
     async def watch_file(self) -> None:
         """watchfiles on the plan's directory, so every way of saving is seen (rewrite in
-        place, write-temp-and-rename, delete-and-recreate). watchfiles hands changes over
-        within a few ms; the file side's debounce is ours, so `status` can show it as pending
-        and SIGTERM can flush it."""
-        path = self.settings.tasks_file
-
-        def is_plan(_change: watchfiles.Change, changed: str) -> bool:
-            return Path(changed).name == path.name
-
+        place, write-temp-and-rename, delete-and-recreate). A plan that is a symlink is watched
+        in the link's directory and in its target's (plans kept in another folder or repo);
+        when the link is pointed elsewhere the watch moves with it. watchfiles hands changes
+        over within a few ms; the file side's debounce is ours, so `status` can show it as
+        pending and SIGTERM can flush it."""
+        link = self.settings.tasks_file
+        restarted = False
         while not self.stopping.is_set():
+            target = Path(os.path.realpath(link))
+            wanted = {Path(os.path.realpath(link.parent)), target.parent}
+            directories = sorted(d for d in wanted if d.is_dir())
+            names = {link.name, target.name}
+
+            def is_plan(_change: watchfiles.Change, changed: str, names: set[str] = names) -> bool:
+                return Path(changed).name in names
+
             try:
-                async for _changes in watchfiles.awatch(
-                    path.parent, watch_filter=is_plan, recursive=False,
+                if not directories:
+                    raise FileNotFoundError(f"no such directory: {link.parent}")
+                changes = watchfiles.awatch(
+                    *directories, watch_filter=is_plan, recursive=False,
                     stop_event=self.stopping, step=WATCHFILES_STEP_MS,
                     debounce=self.settings.sync.file_max_wait_ms,
-                ):  # fmt: skip
-                    # watchfiles hands changes over once the directory has been quiet for a
-                    # step: the quiet period the debounce waits for began that long ago.
-                    changed_at = time.monotonic() - WATCHFILES_STEP_MS / 1000
-                    if await self.file_differs():  # else: the echo of our own write
-                        self.request(file=True, at=changed_at)
+                )  # fmt: skip
+                self.clear_problem("watch")
+                if restarted and await self.file_differs():  # a save while the watch moved
+                    self.request(file=True)
+                restarted = True
+                async with contextlib.aclosing(changes):
+                    async for _changes in changes:
+                        # watchfiles hands changes over once the directory has been quiet for a
+                        # step: the quiet period the debounce waits for began that long ago.
+                        changed_at = time.monotonic() - WATCHFILES_STEP_MS / 1000
+                        if await self.file_differs():  # else: the echo of our own write
+                            self.request(file=True, at=changed_at)
+                        if Path(os.path.realpath(link)) != target:
+                            break  # the link points elsewhere now: watch its new target
             except OSError as error:  # the directory went away: wait for it to come back
-                self.report_problem("watch", f"cannot watch {path.parent}: {error}")
+                self.report_problem("watch", f"cannot watch {link.parent}: {error}")
                 logger.error("file watcher failed, retrying", error=str(error))
                 await asyncio.sleep(1.0)
 
@@ -579,7 +596,7 @@ class Daemon:
 
     def record(self, report: SyncReport, *, push: bool, pull: bool) -> None:
         self.syncs += 1
-        self.clear_problem("sync", "redis", "watch")  # it read the file and reached Redis
+        self.clear_problem("sync", "redis")  # a completed sync reached Redis too
         self.last_report = report
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
 
