@@ -5,6 +5,7 @@ own; asserts on what is written and on counts, never on milliseconds."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.daemon_harness import Daemon, RedisServer, redis_server, wait_until
-from tests.helpers import make_town
+from tests.helpers import make_town, run_cli
 from ttsyncd.codec import task_key
 from ttsyncd.identity import task_uuid_for
 from ttsyncd.tinytown import set_task
@@ -227,3 +228,55 @@ def test_redis_coming_back_clears_a_redis_error(tmp_path: Path) -> None:
             assert status["redis_connected"]
         finally:
             assert running.terminate() == 0
+
+
+# --- 4. anti-entropy
+
+
+def verify_found(daemon: Daemon) -> list[str]:
+    """What each verify pass that found the sides out of sync found, from the daemon's log."""
+    found = []
+    for line in daemon.log().splitlines():
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("event") == "verify: out of sync":
+            found.append(event["found"])
+    return found
+
+
+def test_verify_syncs_what_the_watchers_missed(
+    town: Path, server: RedisServer, tmp_path: Path
+) -> None:
+    (town / "ttsyncd.toml").write_text("[sync]\nverify_interval_s = 0.3\n")
+    path = town / "tasks.toml"
+    client = server.client()
+    running = Daemon(town, server.url)
+    try:
+        running.wait_ready()
+        # A file change the watcher cannot see: written through a hard link in another
+        # directory (inotify reports it to that directory's watchers only).
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        os.link(path, elsewhere / "plan.toml")
+        rewrite_in_place(elsewhere / "plan.toml", PLAN.replace("Write the docs", "Unseen edit"))
+        wait_until(lambda: client.hget(key("docs"), "description") == "Unseen edit",
+                   what="the verify pass to push the unseen edit")  # fmt: skip
+        assert verify_found(running) == ["file differed"]
+        # A Redis change made while keyspace notifications were off.
+        flags = client.config_get("notify-keyspace-events")["notify-keyspace-events"]
+        client.config_set("notify-keyspace-events", "")
+        redis_edit(server, "api", state="completed", result="unnotified")
+        client.config_set("notify-keyspace-events", flags)
+        wait_until(lambda: 'result = "unnotified"' in path.read_text(),
+                   what="the verify pass to pull the unnotified change")  # fmt: skip
+        assert verify_found(running) == ["file differed", "redis differed"]
+        status = wait_until(lambda: (s := running.status()) and s["verify"]["last"] and s,
+                            what="a verify pass in status")  # fmt: skip
+        assert status["verify"]["interval_s"] == 0.3
+        assert status["verify"]["found"] in {"in sync", "redis differed"}
+        wait_until(lambda: (running.status() or {}).get("verify", {}).get("found") == "in sync",
+                   what="a later pass finding both sides in sync")  # fmt: skip
+        assert verify_found(running) == ["file differed", "redis differed"]  # nothing more
+        shown = run_cli(town, "status", redis_url=None).stdout
+        assert "  verify:        every 0.3 s; last " in shown
+    finally:
+        assert running.terminate() == 0

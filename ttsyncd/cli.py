@@ -167,6 +167,13 @@ def show_status(settings: Settings, *, as_json: bool) -> int:
     return EXIT_OK
 
 
+def verify_lines(verify: dict[str, Any] | None) -> list[str]:
+    if not verify:
+        return []
+    last = f"last {verify['last']}: {verify['found']}" if verify["last"] else "not yet"
+    return [f"  verify:        every {verify['interval_s']:g} s; {last}"]
+
+
 def status_lines(status: dict[str, Any]) -> list[str]:
     def stamp(entry: dict[str, Any] | None) -> str:
         if not entry:
@@ -192,6 +199,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         f"  conflicts:     {status['conflicts']} recorded, {status['conflicts_pending']} "
         "left for you",
         f"  last error:    {status['last_error'] or 'none'}",
+        *verify_lines(status.get("verify")),
         *(
             f"  duplicates:    plan:{plan_id} is carried by {len(extra) + 1} tasks "
             "(`ttsyncd repair` keeps the newest)"

@@ -83,6 +83,15 @@ def merged_notify_flags(current: str, needed: str = NEEDED_FLAGS) -> str:
     return current + "".join(flag for flag in needed if flag not in present)
 
 
+# What an anti-entropy pass found, by (file differed, Redis differed).
+VERIFY_FOUND = {
+    (False, False): "in sync",
+    (True, False): "file differed",
+    (False, True): "redis differed",
+    (True, True): "file and redis differed",
+}
+
+
 @dataclass
 class SyncStamp:
     """One sync, as `status` reports it."""
@@ -175,6 +184,8 @@ class Daemon:
         self.problem: Problem | None = None
         self.last_report: SyncReport | None = None  # duplicates, unreadable hashes, agents
         self.workers: dict[str, asyncio.Task[None]] = {}
+        self.verified_at: str | None = None  # the last anti-entropy pass, and what it found
+        self.verify_found: str | None = None
 
     def new_quiescences(self) -> tuple[Quiescence, Quiescence]:
         """The debounce of each side: (file, Redis)."""
@@ -208,6 +219,7 @@ class Daemon:
         self.spawn("file", self.watch_file())
         self.spawn("syncer", self.syncer())
         self.spawn("watchdog", self.watchdog())
+        self.spawn("verify", self.verify())
         logger.info(
             "ttsyncd started", town=self.settings.town_name, pid=os.getpid(),
             tasks_file=str(self.settings.tasks_file), redis=self.settings.endpoint.redacted(),
@@ -617,6 +629,53 @@ class Daemon:
         )  # fmt: skip
         systemd.notify(f"STATUS={self.status_line()}")
 
+    # ------------------------------------------------------------------------ anti-entropy
+
+    async def verify(self) -> None:
+        """While idle, every `verify_interval_s`: check that the file and Redis still hold what
+        was last synced, and sync in full if not. A safety net under the watchers: a change
+        they could not see (a notification lost, a write through a hard link) is synced late,
+        never lost."""
+        while True:
+            await asyncio.sleep(self.settings.sync.verify_interval_s)
+            if self.idle() and not self.sync_lock.locked():
+                async with self.sync_lock:
+                    if self.idle():  # still, now that no sync can start
+                        await self.verify_once()
+
+    def idle(self) -> bool:
+        """Connected, first sync done, and no sync waiting or owed."""
+        pending = self.pending
+        waiting = pending.file or pending.keys or pending.reload or pending.pull
+        return (
+            self.connected and self.first_sync_done.is_set()
+            and not (waiting or pending.must_sync or self.owed_push or self.owed_pull)
+        )  # fmt: skip
+
+    async def verify_once(self) -> None:
+        """One pass; the caller holds the sync lock. The file: its text against the last text
+        read or written. Redis: the whole town read again into the mirror, which says whether
+        anything differs from what notifications had kept it at."""
+        mirror, reader = self.mirror, self.plan_reader
+        assert mirror is not None
+
+        def check() -> tuple[bool, bool]:
+            try:
+                file_differed = not reader.is_known(planfile.read_text(reader.path))
+            except TtsyncdError:
+                file_differed = True  # not UTF-8: let the sync report it
+            return file_differed, mirror.reload()
+
+        try:
+            file_differed, redis_differed = await asyncio.to_thread(check)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return  # the Redis session notices and reconnects (and then syncs in full)
+        self.verified_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self.verify_found = VERIFY_FOUND[file_differed, redis_differed]
+        if file_differed or redis_differed:
+            logger.warning("verify: out of sync", found=self.verify_found)
+            self.request(file=file_differed, reload=True, must_sync=True)
+
     # ------------------------------------------------------------------------ control
 
     async def handle(self, message: dict[str, Any]) -> Any:
@@ -685,6 +744,11 @@ class Daemon:
             "conflicts_pending": len(lists["pending"]),
             "last_error": self.last_error,
             "last_error_kind": self.problem.kind if self.problem else None,
+            "verify": {
+                "last": self.verified_at,
+                "found": self.verify_found,
+                "interval_s": settings.sync.verify_interval_s,
+            },
         }
 
     def status_line(self) -> str:
