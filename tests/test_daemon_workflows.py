@@ -7,13 +7,21 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.daemon_harness import Daemon, RedisServer, redis_server, wait_until
-from tests.helpers import make_town, run_cli
+from tests.daemon_harness import (
+    QUIET_S,
+    Daemon,
+    FileWrites,
+    RedisServer,
+    redis_server,
+    wait_until,
+)
+from tests.helpers import make_town, run_cli, write_counts
 from ttsyncd.codec import task_key
 from ttsyncd.identity import task_uuid_for
 from ttsyncd.tinytown import set_task
@@ -280,3 +288,103 @@ def test_verify_syncs_what_the_watchers_missed(
         assert "  verify:        every 0.3 s; last " in shown
     finally:
         assert running.terminate() == 0
+
+
+# --- 5. pause for git
+
+
+def marker(town: Path) -> Path:
+    return town / ".tt" / "ttsyncd" / "paused"
+
+
+def test_pause_holds_both_sides_and_resume_converges(
+    daemon: Daemon, server: RedisServer, town: Path
+) -> None:
+    path = town / "tasks.toml"
+    client = server.client()
+    paused = run_cli(town, "pause", redis_url=None)
+    assert paused.returncode == 0, paused.stderr
+    since = daemon.status()["paused"]["since"]  # type: ignore[index]
+    assert f"paused since {since}" in paused.stdout
+    assert marker(town).read_text().strip() == since
+    write_temp_and_rename(path, PLAN.replace("Build the API", "API edited while paused"))
+    redis_edit(server, "docs", state="completed", result="done while paused")
+    # Both sides are still watched: the events accumulate.
+    wait_until(lambda: (s := daemon.status()) and s["pending_events"]["file"]
+               and s["pending_events"]["redis"], what="both events pending")  # fmt: skip
+    client.config_resetstat()
+    writes = FileWrites(path)
+    time.sleep(QUIET_S)
+    writes.stop()
+    assert write_counts(client) == {}
+    assert writes.count_since(0) == 1  # the version the test wrote, nothing after it
+    assert client.hget(key("api"), "description") == "Build the API"
+    assert "done while paused" not in path.read_text()
+    refused = run_cli(town, "push", redis_url=None)
+    assert refused.returncode == 1
+    assert f"paused since {since}; `ttsyncd resume` first" in refused.stderr
+    assert run_cli(town, "pull", redis_url=None).returncode == 1
+    dry = run_cli(town, "push", "--dry-run", redis_url=None)
+    assert dry.returncode == 0, dry.stderr
+    assert write_counts(client) == {}
+    shown = run_cli(town, "status", redis_url=None).stdout
+    assert f"  paused:        since {since}" in shown
+    resumed = run_cli(town, "resume", redis_url=None)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    # resume syncs before it answers: both sides already hold both edits.
+    assert client.hget(key("api"), "description") == "API edited while paused"
+    assert 'result = "done while paused"' in path.read_text()
+    assert daemon.status()["paused"] is None  # type: ignore[index]
+    assert not marker(town).exists()
+    assert "paused:" not in run_cli(town, "status", redis_url=None).stdout
+
+
+def test_sigterm_while_paused_writes_nothing_and_a_restart_starts_paused(
+    town: Path, server: RedisServer
+) -> None:
+    path = town / "tasks.toml"
+    client = server.client()
+    first = Daemon(town, server.url)
+    first.wait_ready()
+    assert run_cli(town, "pause", redis_url=None).returncode == 0
+    since = first.status()["paused"]["since"]  # type: ignore[index]
+    write_temp_and_rename(path, PLAN.replace("Build the API", "Edited mid-checkout"))
+    wait_until(lambda: (first.status() or {"pending_events": {}})["pending_events"].get("file"),
+               what="the save pending")  # fmt: skip
+    client.config_resetstat()
+    assert first.terminate() == 0
+    assert write_counts(client) == {}  # no flush while paused
+    assert client.hget(key("api"), "description") == "Build the API"
+    second = Daemon(town, server.url)  # as systemd restarts it
+    try:
+        status = wait_until(second.status, 20.0, "the restarted daemon")
+        assert status["paused"] == {"since": since} and status["syncs"] == 0
+        time.sleep(QUIET_S)
+        assert write_counts(client) == {}
+        assert run_cli(town, "resume", redis_url=None).returncode == 0
+        assert client.hget(key("api"), "description") == "Edited mid-checkout"
+        assert second.status()["syncs"] == 1  # type: ignore[index]
+    finally:
+        assert second.terminate() == 0
+
+
+def test_pause_and_resume_with_no_daemon_running(town: Path, server: RedisServer) -> None:
+    paused = run_cli(town, "pause", redis_url=None)
+    assert paused.returncode == 0, paused.stderr
+    assert "no daemon running; it will start paused" in paused.stdout
+    assert marker(town).exists()
+    started = run_cli(town, "start", redis_url=server.url)
+    assert started.returncode == 0, started.stderr
+    try:
+        status = run_cli(town, "status", "--json", redis_url=None)
+        assert json.loads(status.stdout)["paused"]["since"] == marker(town).read_text().strip()
+        assert server.client().keys("*") == []  # nothing pushed
+    finally:
+        assert run_cli(town, "stop", redis_url=None).returncode == 0
+    resumed = run_cli(town, "resume", redis_url=None)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "no daemon running" in resumed.stdout
+    assert not marker(town).exists()
+    help_text = run_cli(town, "--help", redis_url=None).stdout
+    assert "pause" in help_text and "resume" in help_text

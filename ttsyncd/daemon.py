@@ -36,7 +36,7 @@ from redis.asyncio.keyspace_notifications import (
 )
 from redis.keyspace_notifications import KeyspaceChannel
 
-from ttsyncd import commands, control, log, planfile, systemd
+from ttsyncd import background, commands, control, log, planfile, systemd
 from ttsyncd.codec import agent_key_prefix
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
@@ -70,6 +70,10 @@ WATCHFILES_STEP_MS = 10
 RECONNECT_BACKOFF = (0.1, 5.0)  # first and longest wait between reconnect attempts, seconds
 SHUTDOWN_FLUSH_S = 4.0  # SIGTERM: flush pending work, and exit within 5 s
 HEALTH_CHECK_S = 1.0  # how often the session checks Redis is there and its primaries the same
+
+
+class Paused(TtsyncdError):
+    """A command that would write, sent to a paused daemon."""
 
 
 class TopologyChanged(redis.ConnectionError):
@@ -184,6 +188,9 @@ class Daemon:
         self.problem: Problem | None = None
         self.last_report: SyncReport | None = None  # duplicates, unreadable hashes, agents
         self.workers: dict[str, asyncio.Task[None]] = {}
+        # `ttsyncd pause`: when it began; None when syncing. Kept in a marker file, so a daemon
+        # restarted in the middle of a checkout starts paused.
+        self.paused_since = background.paused_since(settings)
         self.verified_at: str | None = None  # the last anti-entropy pass, and what it found
         self.verify_found: str | None = None
 
@@ -224,6 +231,10 @@ class Daemon:
             "ttsyncd started", town=self.settings.town_name, pid=os.getpid(),
             tasks_file=str(self.settings.tasks_file), redis=self.settings.endpoint.redacted(),
         )  # fmt: skip
+        if self.paused_since:
+            logger.warning("started paused: nothing is synced until `ttsyncd resume`",
+                           since=self.paused_since)  # fmt: skip
+            self.first_sync_done.set()  # ready: serving, watching, and holding everything
         ready = asyncio.ensure_future(self.first_sync_done.wait())
         await asyncio.wait([ready, asyncio.ensure_future(self.stopping.wait())],
                            return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
@@ -253,9 +264,12 @@ class Daemon:
         self.stopping.set()
 
     async def flush(self) -> None:
-        """Sync once more if anything is waiting (SIGTERM must not drop a debounced edit)."""
+        """Sync once more if anything is waiting (SIGTERM must not drop a debounced edit);
+        paused, nothing: what waits is synced after `resume`, by this daemon or the next."""
         async with self.sync_lock:
             pass  # let a sync under way finish
+        if self.paused_since:
+            return
         if await self.file_differs():  # a save the watcher has not even reported yet
             self.pending.file = True
         if self.connected and (self.pending.file or self.pending.keys):
@@ -488,8 +502,8 @@ class Daemon:
             await self.sync_pending()
 
     def seconds_until_due(self) -> float | None:
-        if not self.connected:
-            return None  # the Redis session wakes us once it is back
+        if not self.connected or self.paused_since:
+            return None  # the Redis session (or `resume`) wakes us
         now = time.monotonic()
         if self.pending.reload or self.pending.pull or self.pending.must_sync:
             return max(0.0, self.retry_at - now)
@@ -504,6 +518,8 @@ class Daemon:
         or that sees a change for the other direction (a pull reading a save the watcher has
         not reported yet) never makes the daemon forget that change."""
         async with self.sync_lock:
+            if self.paused_since:
+                return  # the work stays pending until `resume`
             work = self.take_due_work(everything)
             mirror, client = self.mirror, self.client
             assert mirror is not None and client is not None
@@ -648,7 +664,7 @@ class Daemon:
         pending = self.pending
         waiting = pending.file or pending.keys or pending.reload or pending.pull
         return (
-            self.connected and self.first_sync_done.is_set()
+            self.connected and self.first_sync_done.is_set() and not self.paused_since
             and not (waiting or pending.must_sync or self.owed_push or self.owed_pull)
         )  # fmt: skip
 
@@ -688,6 +704,10 @@ class Daemon:
         if command == "reload":
             await self.reload()
             return self.status()
+        if command == "pause":
+            return await self.pause()
+        if command == "resume":
+            return await self.resume()
         if command == "conflicts":
             as_json = bool(message.get("json"))
             return commands.conflicts(
@@ -697,9 +717,42 @@ class Daemon:
             return (await self.run_command(command, message)).to_json()
         raise ValueError(f"unknown command {command!r}")
 
+    async def pause(self) -> dict[str, Any]:
+        """Stop syncing and writing either side (for git): both are still watched, and what
+        changes waits. Once this answers, nothing more is written (a sync under way ends
+        first)."""
+        async with self.sync_lock:
+            already = self.paused_since is not None
+            self.paused_since = await asyncio.to_thread(background.mark_paused, self.settings)
+        if not already:
+            logger.info("paused", since=self.paused_since)
+            systemd.notify(f"STATUS={self.status_line()}")
+        return {"paused": {"since": self.paused_since}, "already": already}
+
+    async def resume(self) -> dict[str, Any]:
+        """Sync again: one sync right away, of everything that changed meanwhile (the merge
+        rules as ever), before answering."""
+        async with self.sync_lock:
+            since = self.paused_since
+            await asyncio.to_thread(background.clear_pause, self.settings)
+            self.paused_since = None
+            if since is None:
+                return {"resumed": False}
+            # Read both sides afresh: a long pause (a rebase) may hold more than the events say.
+            self.request(file=await self.file_differs(), reload=True)
+        logger.info("resumed", paused_since=since)
+        if self.connected:
+            await self.sync_pending(everything=True)
+        systemd.notify(f"STATUS={self.status_line()}")
+        return {"resumed": True, "paused_since": since, "synced": self.connected,
+                "last_error": self.last_error}  # fmt: skip
+
     async def run_command(self, command: str, message: dict[str, Any]) -> commands.Output:
         """push/pull/check/resolve for the CLI, through the daemon's own caches, between
-        its syncs."""
+        its syncs. Paused, the commands that write are refused (a dry run writes nothing)."""
+        writes = command in ("push", "pull", "resolve", "repair") and not message.get("dry_run")
+        if self.paused_since and writes:
+            raise Paused(f"paused since {self.paused_since}; `ttsyncd resume` first")
         if not self.connected or self.mirror is None or self.client is None:
             raise RedisUnavailable(f"Redis unreachable at {self.settings.endpoint.redacted()}")
         async with self.sync_lock:
@@ -742,6 +795,7 @@ class Daemon:
             "unknown_agents": self.last_report.unresolved_agents if self.last_report else {},
             "conflicts": len(lists["recorded"]),
             "conflicts_pending": len(lists["pending"]),
+            "paused": {"since": self.paused_since} if self.paused_since else None,
             "last_error": self.last_error,
             "last_error_kind": self.problem.kind if self.problem else None,
             "verify": {
@@ -752,6 +806,8 @@ class Daemon:
         }
 
     def status_line(self) -> str:
+        if self.paused_since:
+            return f"paused since {self.paused_since}"
         if self.last_error:
             return f"error: {self.last_error.splitlines()[0]}"
         last = self.last_sync.time if self.last_sync else "never"
