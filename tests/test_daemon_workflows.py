@@ -238,6 +238,29 @@ def test_redis_coming_back_clears_a_redis_error(tmp_path: Path) -> None:
             assert running.terminate() == 0
 
 
+def test_a_redis_session_error_clears_when_the_session_works_again(
+    town: Path, server: RedisServer
+) -> None:
+    """A refused SUBSCRIBE is a Redis session error that does not read "Redis unreachable":
+    it clears when the session connects, not only when a sync completes (paused, none does)."""
+    client = server.client()
+    client.execute_command("ACL", "SETUSER", "ttsyncd", "on", ">pw", "~*", "+@all",
+                           "resetchannels")  # fmt: skip
+    assert run_cli(town, "pause", redis_url=None).returncode == 0
+    running = Daemon(town, f"unix://ttsyncd:pw@{server.socket}")
+    try:
+        error = wait_until(lambda: (running.status() or {}).get("last_error"),
+                           what="the session error")  # fmt: skip
+        assert "Redis unreachable" not in error
+        assert running.status()["last_error_kind"] == "redis"  # type: ignore[index]
+        client.execute_command("ACL", "SETUSER", "ttsyncd", "allchannels")
+        status = wait_until(lambda: (s := running.status()) and s["last_error"] is None and s,
+                            what="the error cleared")  # fmt: skip
+        assert status["redis_connected"] and status["paused"] and status["syncs"] == 0
+    finally:
+        assert running.terminate() == 0
+
+
 # --- 4. anti-entropy
 
 
