@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import daemon
@@ -35,6 +36,44 @@ def pid_path(settings: Settings) -> Path:
 
 def log_path(settings: Settings) -> Path:
     return settings.town_dir / ".tt" / "ttsyncd.log"
+
+
+def pause_marker(settings: Settings) -> Path:
+    """Present while the town is paused (`ttsyncd pause`); it holds the ISO time it began. A
+    daemon (re)started while it exists, by systemd in the middle of a checkout, starts paused."""
+    return settings.state_dir / "paused"
+
+
+def paused_since(settings: Settings) -> str | None:
+    marker = pause_marker(settings)
+    try:
+        since = marker.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        since = ""
+    if not since:  # written by hand (`touch`): when it was made
+        with contextlib.suppress(OSError):
+            return datetime.fromtimestamp(marker.stat().st_mtime, UTC).isoformat(timespec="seconds")
+        return "an unknown time"
+    return since
+
+
+def mark_paused(settings: Settings) -> str:
+    """Pause the town (if it is not already); when the pause began."""
+    since = paused_since(settings)
+    if since is None:
+        since = datetime.now(UTC).isoformat(timespec="seconds")
+        settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pause_marker(settings).write_text(since + "\n", encoding="utf-8")
+    return since
+
+
+def clear_pause(settings: Settings) -> str | None:
+    """Unpause the town; when the pause had begun, None if it was not paused."""
+    since = paused_since(settings)
+    pause_marker(settings).unlink(missing_ok=True)
+    return since
 
 
 def running_pid(settings: Settings) -> int | None:

@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--dry-run", action="store_true", help="show what would change, write nothing"
         )
+    sub.add_parser(
+        "pause",
+        help="stop syncing and writing either side (before a rebase or a branch switch); "
+        "changes wait, also across a daemon restart",
+    )
+    sub.add_parser("resume", help="sync again after `pause`: one sync right away, then live")
     sub.add_parser("check", help="validate the plan and the town's Redis tasks, write nothing")
     repair = sub.add_parser("repair", help="delete duplicate tasks left by `tt sync push`")
     repair.add_argument("--dry-run", action="store_true", help="show what would be deleted")
@@ -104,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return background.stop(settings)
         if args.command == "status":
             return show_status(settings, as_json=args.json)
+        if args.command in ("pause", "resume"):
+            return pause_or_resume(settings, args.command)
         return one_shot(args, settings).show()
     except TtsyncdError as error:
         print(f"ttsyncd: {error}", file=sys.stderr)
@@ -151,6 +159,40 @@ def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
         raise refused from None
 
 
+def pause_or_resume(settings: Settings, command: str) -> int:
+    """Through the daemon if one serves the town; else the pause marker alone, which the
+    next daemon to start obeys."""
+    answer = control.request(control.socket_path(settings.town_dir), {"cmd": command})
+    if answer is None:
+        if command == "pause":
+            began = background.mark_paused(settings)
+            print(f"ttsyncd paused since {began}: no daemon running; it will start paused")
+        elif (since := background.clear_pause(settings)) is not None:
+            print(f"ttsyncd resumed (paused since {since}): no daemon running; "
+                  "it will start syncing")  # fmt: skip
+        else:
+            print("ttsyncd was not paused (no daemon running)")
+        return EXIT_OK
+    if not answer.get("ok"):
+        raise TtsyncdError(str(answer.get("error")))
+    result: dict[str, Any] = answer["result"]
+    if command == "pause":
+        since = result["paused"]["since"]
+        already = "already " if result["already"] else ""
+        print(f"ttsyncd {already}paused since {since}: nothing is synced or written until "
+              "`ttsyncd resume`")  # fmt: skip
+    elif not result["resumed"]:
+        print("ttsyncd was not paused")
+    elif not result["synced"]:
+        print(f"ttsyncd resumed (paused since {result['paused_since']}); Redis is unreachable: "
+              "it syncs once Redis is back")  # fmt: skip
+    else:
+        error = result["last_error"]
+        print(f"ttsyncd resumed (paused since {result['paused_since']}) and synced"
+              + (f"; last error: {error}" if error else ""))  # fmt: skip
+    return EXIT_OK
+
+
 def show_status(settings: Settings, *, as_json: bool) -> int:
     answer = control.request(control.socket_path(settings.town_dir), {"cmd": "status"}, 10.0)
     if answer is None:
@@ -167,6 +209,13 @@ def show_status(settings: Settings, *, as_json: bool) -> int:
     return EXIT_OK
 
 
+def verify_lines(verify: dict[str, Any] | None) -> list[str]:
+    if not verify:
+        return []
+    last = f"last {verify['last']}: {verify['found']}" if verify["last"] else "not yet"
+    return [f"  verify:        every {verify['interval_s']:g} s; {last}"]
+
+
 def status_lines(status: dict[str, Any]) -> list[str]:
     def stamp(entry: dict[str, Any] | None) -> str:
         if not entry:
@@ -179,8 +228,14 @@ def status_lines(status: dict[str, Any]) -> list[str]:
 
     connected = "connected" if status["redis_connected"] else "NOT CONNECTED"
     pending = status["pending_events"]
+    paused: dict[str, Any] | None = status.get("paused")
     return [
         f"ttsyncd {status['mode']} (pid {status['pid']}) for town {status['town']!r}",
+        *(
+            [f"  paused:        since {paused['since']} (`ttsyncd resume` to sync again)"]
+            if paused
+            else []
+        ),
         f"  tasks file:    {status['tasks_file']}",
         f"  redis:         {status['redis']} ({connected})",
         f"  topology:      {describe(status['topology'])}",
@@ -192,6 +247,7 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         f"  conflicts:     {status['conflicts']} recorded, {status['conflicts_pending']} "
         "left for you",
         f"  last error:    {status['last_error'] or 'none'}",
+        *verify_lines(status.get("verify")),
         *(
             [f"  refused:       {', '.join(status['refused_deletions'])} (not deleted)"]
             if status.get("refused_deletions")

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 import redis.asyncio
@@ -36,7 +36,7 @@ from redis.asyncio.keyspace_notifications import (
 )
 from redis.keyspace_notifications import KeyspaceChannel
 
-from ttsyncd import commands, control, log, planfile, systemd
+from ttsyncd import background, commands, control, log, planfile, systemd
 from ttsyncd.codec import agent_key_prefix
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
@@ -72,6 +72,10 @@ SHUTDOWN_FLUSH_S = 4.0  # SIGTERM: flush pending work, and exit within 5 s
 HEALTH_CHECK_S = 1.0  # how often the session checks Redis is there and its primaries the same
 
 
+class Paused(TtsyncdError):
+    """A command that would write, sent to a paused daemon."""
+
+
 class TopologyChanged(redis.ConnectionError):
     """The primary the session listens to is no longer the one (a Sentinel failover, a
     Cluster's primaries changing): reconnect, resubscribe and sync in full, as after a loss."""
@@ -81,6 +85,15 @@ def merged_notify_flags(current: str, needed: str = NEEDED_FLAGS) -> str:
     """`notify-keyspace-events` with the flags ttsyncd needs added and none removed."""
     present = set(current) | (ALL_CLASSES if "A" in current else set())
     return current + "".join(flag for flag in needed if flag not in present)
+
+
+# What an anti-entropy pass found, by (file differed, Redis differed).
+VERIFY_FOUND = {
+    (False, False): "in sync",
+    (True, False): "file differed",
+    (False, True): "redis differed",
+    (True, True): "file and redis differed",
+}
 
 
 @dataclass
@@ -93,6 +106,21 @@ class SyncStamp:
     updated: int
     deleted: int
     unchanged: int
+
+
+# What an error is about, which says what clears it: `redis`, the session (a connection made
+# again); `sync`, a sync that failed (the next one that completes); `watch`, the file watcher
+# (watching again); `reload`, a SIGHUP whose configuration was refused (a reload that works);
+# `refused`, deletions the guard holds back (a sync that finds the refusal lifted).
+ErrorKind = Literal["redis", "sync", "refused", "watch", "reload"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The daemon's last error, as `status` shows it, with its kind."""
+
+    kind: ErrorKind
+    message: str
 
 
 @dataclass
@@ -158,9 +186,14 @@ class Daemon:
         self.last_sync: SyncStamp | None = None
         self.last_push: SyncStamp | None = None
         self.last_pull: SyncStamp | None = None
-        self.last_error: str | None = None
+        self.problem: Problem | None = None
         self.last_report: SyncReport | None = None  # duplicates, unreadable hashes, agents
         self.workers: dict[str, asyncio.Task[None]] = {}
+        # `ttsyncd pause`: when it began; None when syncing. Kept in a marker file, so a daemon
+        # restarted in the middle of a checkout starts paused.
+        self.paused_since = background.paused_since(settings)
+        self.verified_at: str | None = None  # the last anti-entropy pass, and what it found
+        self.verify_found: str | None = None
 
     def new_quiescences(self) -> tuple[Quiescence, Quiescence]:
         """The debounce of each side: (file, Redis)."""
@@ -194,10 +227,15 @@ class Daemon:
         self.spawn("file", self.watch_file())
         self.spawn("syncer", self.syncer())
         self.spawn("watchdog", self.watchdog())
+        self.spawn("verify", self.verify())
         logger.info(
             "ttsyncd started", town=self.settings.town_name, pid=os.getpid(),
             tasks_file=str(self.settings.tasks_file), redis=self.settings.endpoint.redacted(),
         )  # fmt: skip
+        if self.paused_since:
+            logger.warning("started paused: nothing is synced until `ttsyncd resume`",
+                           since=self.paused_since)  # fmt: skip
+            self.first_sync_done.set()  # ready: serving, watching, and holding everything
         ready = asyncio.ensure_future(self.first_sync_done.wait())
         await asyncio.wait([ready, asyncio.ensure_future(self.stopping.wait())],
                            return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
@@ -227,9 +265,12 @@ class Daemon:
         self.stopping.set()
 
     async def flush(self) -> None:
-        """Sync once more if anything is waiting (SIGTERM must not drop a debounced edit)."""
+        """Sync once more if anything is waiting (SIGTERM must not drop a debounced edit);
+        paused, nothing: what waits is synced after `resume`, by this daemon or the next."""
         async with self.sync_lock:
             pass  # let a sync under way finish
+        if self.paused_since:
+            return
         if await self.file_differs():  # a save the watcher has not even reported yet
             self.pending.file = True
         if self.connected and (self.pending.file or self.pending.keys):
@@ -248,7 +289,7 @@ class Daemon:
         try:
             settings = await asyncio.to_thread(self.reload_settings)
         except TtsyncdError as error:
-            self.last_error = f"reload failed: {error}"
+            self.report_problem("reload", f"reload failed: {error}")
             logger.error("reload failed, keeping the old configuration", error=str(error))
             systemd.notify("READY=1")
             return
@@ -268,6 +309,7 @@ class Daemon:
         if redis_changed:
             self.connected = False
             self.spawn("redis", self.redis_session())
+        self.clear_problem("reload")
         self.wake.set()
         logger.info("configuration reloaded", redis=settings.endpoint.redacted())
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
@@ -305,10 +347,12 @@ class Daemon:
                     logger.warning("lost Redis, reconnecting", error=type(e).__name__)
                     backoff = RECONNECT_BACKOFF[0]  # it was up: a blip, not a long outage
                 self.connected = False
-                self.last_error = f"Redis unreachable at {self.settings.endpoint.redacted()}"
+                self.report_problem(
+                    "redis", f"Redis unreachable at {self.settings.endpoint.redacted()}"
+                )
             except redis.RedisError as error:  # e.g. a refused SUBSCRIBE: keep trying, say why
                 self.connected = False
-                self.last_error = f"Redis session failed: {error}"
+                self.report_problem("redis", f"Redis session failed: {error}")
                 logger.error("Redis session failed, retrying", error=str(error))
             finally:
                 if aclient is not None:
@@ -344,8 +388,7 @@ class Daemon:
             )
         self.request(reload=True, must_sync=True)
         self.connected = True
-        if self.last_error and self.last_error.startswith("Redis unreachable"):
-            self.last_error = None
+        self.clear_problem("redis")
         logger.info("connected to Redis", notifications=self.notifications,
                     topology=topology.describe())  # fmt: skip
         if notifications is None:
@@ -402,28 +445,45 @@ class Daemon:
 
     async def watch_file(self) -> None:
         """watchfiles on the plan's directory, so every way of saving is seen (rewrite in
-        place, write-temp-and-rename, delete-and-recreate). watchfiles hands changes over
-        within a few ms; the file side's debounce is ours, so `status` can show it as pending
-        and SIGTERM can flush it."""
-        path = self.settings.tasks_file
-
-        def is_plan(_change: watchfiles.Change, changed: str) -> bool:
-            return Path(changed).name == path.name
-
+        place, write-temp-and-rename, delete-and-recreate). A plan that is a symlink is watched
+        in the link's directory and in its target's (plans kept in another folder or repo);
+        when the link is pointed elsewhere the watch moves with it. watchfiles hands changes
+        over within a few ms; the file side's debounce is ours, so `status` can show it as
+        pending and SIGTERM can flush it."""
+        link = self.settings.tasks_file
+        restarted = False
         while not self.stopping.is_set():
+            target = Path(os.path.realpath(link))
+            wanted = {Path(os.path.realpath(link.parent)), target.parent}
+            directories = sorted(d for d in wanted if d.is_dir())
+            names = {link.name, target.name}
+
+            def is_plan(_change: watchfiles.Change, changed: str, names: set[str] = names) -> bool:
+                return Path(changed).name in names
+
             try:
-                async for _changes in watchfiles.awatch(
-                    path.parent, watch_filter=is_plan, recursive=False,
+                if not directories:
+                    raise FileNotFoundError(f"no such directory: {link.parent}")
+                changes = watchfiles.awatch(
+                    *directories, watch_filter=is_plan, recursive=False,
                     stop_event=self.stopping, step=WATCHFILES_STEP_MS,
                     debounce=self.settings.sync.file_max_wait_ms,
-                ):  # fmt: skip
-                    # watchfiles hands changes over once the directory has been quiet for a
-                    # step: the quiet period the debounce waits for began that long ago.
-                    changed_at = time.monotonic() - WATCHFILES_STEP_MS / 1000
-                    if await self.file_differs():  # else: the echo of our own write
-                        self.request(file=True, at=changed_at)
+                )  # fmt: skip
+                self.clear_problem("watch")
+                if restarted and await self.file_differs():  # a save while the watch moved
+                    self.request(file=True)
+                restarted = True
+                async with contextlib.aclosing(changes):
+                    async for _changes in changes:
+                        # watchfiles hands changes over once the directory has been quiet for a
+                        # step: the quiet period the debounce waits for began that long ago.
+                        changed_at = time.monotonic() - WATCHFILES_STEP_MS / 1000
+                        if await self.file_differs():  # else: the echo of our own write
+                            self.request(file=True, at=changed_at)
+                        if Path(os.path.realpath(link)) != target:
+                            break  # the link points elsewhere now: watch its new target
             except OSError as error:  # the directory went away: wait for it to come back
-                self.last_error = f"cannot watch {path.parent}: {error}"
+                self.report_problem("watch", f"cannot watch {link.parent}: {error}")
                 logger.error("file watcher failed, retrying", error=str(error))
                 await asyncio.sleep(1.0)
 
@@ -443,8 +503,8 @@ class Daemon:
             await self.sync_pending()
 
     def seconds_until_due(self) -> float | None:
-        if not self.connected:
-            return None  # the Redis session wakes us once it is back
+        if not self.connected or self.paused_since:
+            return None  # the Redis session (or `resume`) wakes us
         now = time.monotonic()
         if self.pending.reload or self.pending.pull or self.pending.must_sync:
             return max(0.0, self.retry_at - now)
@@ -459,6 +519,8 @@ class Daemon:
         or that sees a change for the other direction (a pull reading a save the watcher has
         not reported yet) never makes the daemon forget that change."""
         async with self.sync_lock:
+            if self.paused_since:
+                return  # the work stays pending until `resume`
             work = self.take_due_work(everything)
             mirror, client = self.mirror, self.client
             assert mirror is not None and client is not None
@@ -537,23 +599,37 @@ class Daemon:
         pending.reload = pending.pull = pending.must_sync = False
         return work
 
+    @property
+    def last_error(self) -> str | None:
+        return self.problem.message if self.problem else None
+
+    def report_problem(self, kind: ErrorKind, message: str) -> None:
+        self.problem = Problem(kind, message)
+
+    def clear_problem(self, *kinds: ErrorKind) -> None:
+        """The cause of these kinds of error is gone: forget the last error if it is one."""
+        if self.problem is not None and self.problem.kind in kinds:
+            self.problem = None
+
     def fail(self, error: str) -> None:
-        self.last_error = error
+        self.report_problem("sync", error)
         logger.error("sync failed", error=error)
         systemd.notify(f"STATUS=error: {error.splitlines()[0]}")
         self.first_sync_done.set()
 
     def retry_later(self, work: Pending, why: str) -> None:
-        self.last_error = why
+        self.report_problem("redis", why)
         logger.warning("sync deferred", error=why)
         self.request(keys=work.keys, file=work.file, reload=True, must_sync=True)
         self.retry_at = time.monotonic() + 1.0
 
     def record(self, report: SyncReport, *, push: bool, pull: bool) -> None:
         self.syncs += 1
-        # A refused deletion stands until the file changes again: it stays the error till then.
+        self.clear_problem("sync", "redis", "refused")  # a completed sync reached Redis too
+        # A refused deletion stands until the file is saved again: it stays the error till then.
         refused = report.refused
-        self.last_error = refused.message if refused else None
+        if refused is not None:
+            self.report_problem("refused", refused.message)
         before = self.last_report.refused if self.last_report else None
         if refused and (before is None or before.plan_ids != refused.plan_ids):
             logger.warning("deletions refused", plan_ids=sorted(refused.plan_ids))
@@ -578,6 +654,53 @@ class Daemon:
         )  # fmt: skip
         systemd.notify(f"STATUS={self.status_line()}")
 
+    # ------------------------------------------------------------------------ anti-entropy
+
+    async def verify(self) -> None:
+        """While idle, every `verify_interval_s`: check that the file and Redis still hold what
+        was last synced, and sync in full if not. A safety net under the watchers: a change
+        they could not see (a notification lost, a write through a hard link) is synced late,
+        never lost."""
+        while True:
+            await asyncio.sleep(self.settings.sync.verify_interval_s)
+            if self.idle() and not self.sync_lock.locked():
+                async with self.sync_lock:
+                    if self.idle():  # still, now that no sync can start
+                        await self.verify_once()
+
+    def idle(self) -> bool:
+        """Connected, first sync done, and no sync waiting or owed."""
+        pending = self.pending
+        waiting = pending.file or pending.keys or pending.reload or pending.pull
+        return (
+            self.connected and self.first_sync_done.is_set() and not self.paused_since
+            and not (waiting or pending.must_sync or self.owed_push or self.owed_pull)
+        )  # fmt: skip
+
+    async def verify_once(self) -> None:
+        """One pass; the caller holds the sync lock. The file: its text against the last text
+        read or written. Redis: the whole town read again into the mirror, which says whether
+        anything differs from what notifications had kept it at."""
+        mirror, reader = self.mirror, self.plan_reader
+        assert mirror is not None
+
+        def check() -> tuple[bool, bool]:
+            try:
+                file_differed = not reader.is_known(planfile.read_text(reader.path))
+            except TtsyncdError:
+                file_differed = True  # not UTF-8: let the sync report it
+            return file_differed, mirror.reload()
+
+        try:
+            file_differed, redis_differed = await asyncio.to_thread(check)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return  # the Redis session notices and reconnects (and then syncs in full)
+        self.verified_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+        self.verify_found = VERIFY_FOUND[file_differed, redis_differed]
+        if file_differed or redis_differed:
+            logger.warning("verify: out of sync", found=self.verify_found)
+            self.request(file=file_differed, reload=True, must_sync=True)
+
     # ------------------------------------------------------------------------ control
 
     async def handle(self, message: dict[str, Any]) -> Any:
@@ -590,6 +713,10 @@ class Daemon:
         if command == "reload":
             await self.reload()
             return self.status()
+        if command == "pause":
+            return await self.pause()
+        if command == "resume":
+            return await self.resume()
         if command == "conflicts":
             as_json = bool(message.get("json"))
             return commands.conflicts(
@@ -599,9 +726,42 @@ class Daemon:
             return (await self.run_command(command, message)).to_json()
         raise ValueError(f"unknown command {command!r}")
 
+    async def pause(self) -> dict[str, Any]:
+        """Stop syncing and writing either side (for git): both are still watched, and what
+        changes waits. Once this answers, nothing more is written (a sync under way ends
+        first)."""
+        async with self.sync_lock:
+            already = self.paused_since is not None
+            self.paused_since = await asyncio.to_thread(background.mark_paused, self.settings)
+        if not already:
+            logger.info("paused", since=self.paused_since)
+            systemd.notify(f"STATUS={self.status_line()}")
+        return {"paused": {"since": self.paused_since}, "already": already}
+
+    async def resume(self) -> dict[str, Any]:
+        """Sync again: one sync right away, of everything that changed meanwhile (the merge
+        rules as ever), before answering."""
+        async with self.sync_lock:
+            since = self.paused_since
+            await asyncio.to_thread(background.clear_pause, self.settings)
+            self.paused_since = None
+            if since is None:
+                return {"resumed": False}
+            # Read both sides afresh: a long pause (a rebase) may hold more than the events say.
+            self.request(file=await self.file_differs(), reload=True)
+        logger.info("resumed", paused_since=since)
+        if self.connected:
+            await self.sync_pending(everything=True)
+        systemd.notify(f"STATUS={self.status_line()}")
+        return {"resumed": True, "paused_since": since, "synced": self.connected,
+                "last_error": self.last_error}  # fmt: skip
+
     async def run_command(self, command: str, message: dict[str, Any]) -> commands.Output:
         """push/pull/check/resolve for the CLI, through the daemon's own caches, between
-        its syncs."""
+        its syncs. Paused, the commands that write are refused (a dry run writes nothing)."""
+        writes = command in ("push", "pull", "resolve", "repair") and not message.get("dry_run")
+        if self.paused_since and writes:
+            raise Paused(f"paused since {self.paused_since}; `ttsyncd resume` first")
         if not self.connected or self.mirror is None or self.client is None:
             raise RedisUnavailable(f"Redis unreachable at {self.settings.endpoint.redacted()}")
         async with self.sync_lock:
@@ -646,10 +806,19 @@ class Daemon:
             "conflicts": len(lists["recorded"]),
             "conflicts_pending": len(lists["pending"]),
             "refused_deletions": sorted(refused.plan_ids) if refused else [],
+            "paused": {"since": self.paused_since} if self.paused_since else None,
             "last_error": self.last_error,
+            "last_error_kind": self.problem.kind if self.problem else None,
+            "verify": {
+                "last": self.verified_at,
+                "found": self.verify_found,
+                "interval_s": settings.sync.verify_interval_s,
+            },
         }
 
     def status_line(self) -> str:
+        if self.paused_since:
+            return f"paused since {self.paused_since}"
         if self.last_error:
             return f"error: {self.last_error.splitlines()[0]}"
         last = self.last_sync.time if self.last_sync else "never"

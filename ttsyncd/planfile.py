@@ -168,28 +168,33 @@ def read_text(path: Path) -> str:
 
 class PlanReader:
     """Reads the plan, parsing it again only when its text changed, and then only the entries
-    whose text changed (a daemon reads it on every sync, and most syncs come from Redis)."""
+    whose text changed (a daemon reads it on every sync, and most syncs come from Redis).
+
+    `seen` is the text last read or written, whichever came last, whether it parsed or not:
+    the one text a file event may carry and still be no news. An older text (the daemon's
+    write before the user's last save, an undo, a checkout back) is a change like any other."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.last: Plan | None = None
-        self.written: str | None = None  # the text the daemon itself wrote last
+        self.last: Plan | None = None  # the last plan that parsed
+        self.seen: str | None = None
 
     def read(self) -> Plan:
         text = read_text(self.path)
+        self.seen = text  # before parsing: a save that fails to parse was seen all the same
         if self.last is None or self.last.text != text:
             self.last = parse_plan(self.path, text, previous=self.last)
         return self.last
 
     def wrote(self, plan: Plan) -> None:
         """The daemon wrote this plan: its echo is no change, and it needs no parse."""
-        self.written = plan.text
+        self.seen = plan.text
         self.last = plan
 
     def is_known(self, text: str) -> bool:
-        """True when `text` is what was last read or written: a file event with this content
-        is the echo of our own write (or no change at all)."""
-        return text == self.written or (self.last is not None and text == self.last.text)
+        """True when `text` is what was last read or written (the latest of the two): a file
+        event with this content is the echo of our own write, or no change at all."""
+        return text == self.seen
 
 
 def parse_plan(path: Path, text: str, previous: Plan | None = None) -> Plan:
