@@ -21,6 +21,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -108,11 +109,14 @@ def tasks_file(town: Path) -> Path:
 
 
 def wait_entry(path: Path, plan_id: str, what: str, **expected: object) -> None:
-    """Until the file's entry holds `expected` (a value None: the key is absent)."""
+    """Until the file's entry holds `expected` (None: the key is absent; a tuple: any of)."""
+
+    def matches(value: object, wanted: object) -> bool:
+        return value in wanted if isinstance(wanted, tuple) else value == wanted
 
     def holds() -> bool:
         entry = file_entry(path, plan_id)
-        return entry is not None and all(entry.get(k) == v for k, v in expected.items())
+        return entry is not None and all(matches(entry.get(k), v) for k, v in expected.items())
 
     wait_until(holds, CONVERGE_S, what)
 
@@ -224,9 +228,11 @@ def test_vim_saving_a_buffer_loaded_before_an_agents_start(
     script = tmp_path / "edit.vim"
     script.write_text(VIM_SCRIPT.format(loaded=loaded, go=go))
     backend = Agent(client, TOWN, "backend")
+    # vim asks "The file has been changed since reading it!!! Do you really want to write to
+    # it (y/n)?" even for `:w!`; in -Es mode it reads the answer from stdin: the user says y.
     editor = subprocess.Popen(
-        [vim, "-Nu", "NONE", "-n", "-Es", "-S", str(script), str(path)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [vim, "-Nu", "NONE", "-i", "NONE", "-n", "-Es", "-S", str(script), str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "HOME": str(tmp_path), "TERM": "dumb"},
     )  # fmt: skip
     try:
@@ -234,7 +240,7 @@ def test_vim_saving_a_buffer_loaded_before_an_agents_start(
         started = backend.start("api")
         wait_entry(path, "api", "the start pulled into the file", status="running")
         go.write_text("go")
-        output, _ = editor.communicate(timeout=CONVERGE_S)
+        output, _ = editor.communicate(input="y\n", timeout=CONVERGE_S)
     finally:
         if editor.poll() is None:
             editor.kill()
@@ -418,8 +424,6 @@ def test_a_held_task_removed_from_the_file_is_kept_until_resolved(
     held_hash = client.hgetall(key("api"))
     write_temp_and_rename(path, without_entries(path.read_text(), "api", "tests"))
     wait_until(lambda: not client.exists(key("tests")), CONVERGE_S, "the free task deleted")
-    deleted = [e for e in log_lines(daemon, "deleted") if "tests" in (e.get("plan_ids") or ())]
-    assert deleted, f"no 'deleted' log line names tests: {log_lines(daemon, 'deleted')}"
     wait_entry(path, "api", "the held entry back in the file", status="running", agent="backend")
     settle(daemon, client)
 
@@ -427,6 +431,8 @@ def test_a_held_task_removed_from_the_file_is_kept_until_resolved(
     assert "tests" not in file_entries(path)
     held = records_of(town, server.url, "held", "api", from_side="file")
     assert held, run_cli(town, "conflicts", "--json", redis_url=server.url).stdout
+    deleted = [e for e in log_lines(daemon, "deleted") if "tests" in (e.get("plan_ids") or ())]
+    assert deleted, f"no 'deleted' log line names tests: {log_lines(daemon, 'deleted')}"
 
     resolved = run_cli(town, "resolve", "api", "--take", "file", redis_url=server.url)
     assert resolved.returncode == 0, resolved.stderr
@@ -455,17 +461,19 @@ def ten_daemon(ten_town: Path, server: RedisServer) -> Iterator[Daemon]:
     assert running.terminate(timeout=10) == 0
 
 
-def wait_refused(daemon: Daemon, plan_ids: tuple[str, ...]) -> dict[str, object]:
-    def refused() -> dict[str, object] | None:
-        status = status_of(daemon)
-        return status if status.get("refused_deletions") == sorted(plan_ids) else None
+def wait_refused(daemon: Daemon) -> dict[str, Any]:
+    """Until status reports the refusal; returns that status (checked by the caller last, so
+    that a daemon which loses tasks fails on the loss, not on a missing status key)."""
 
-    try:
-        status = wait_until(refused, CONVERGE_S, "the refused deletions in status")
-    except AssertionError:
-        raise AssertionError(f"status: {status_of(daemon)}") from None
-    assert "refusing to delete" in str(status["last_error"]), status
-    return status
+    def refused() -> dict[str, Any] | None:
+        status = status_of(daemon)
+        return status if "refusing to delete" in str(status["last_error"]) else None
+
+    return wait_until(refused, CONVERGE_S, "the refusal in status")
+
+
+def assert_refusal_listed(status: dict[str, Any], plan_ids: tuple[str, ...]) -> None:
+    assert status.get("refused_deletions") == sorted(plan_ids), status
 
 
 def test_refused_deletions_stay_refused_while_an_agent_updates_one_of_them(
@@ -476,7 +484,7 @@ def test_refused_deletions_stay_refused_while_an_agent_updates_one_of_them(
     path = tasks_file(ten_town)
     worker = Agent(client, TOWN, "worker")
     write_temp_and_rename(path, without_entries(path.read_text(), *REMOVED))
-    wait_refused(ten_daemon, REMOVED)
+    refusal = wait_refused(ten_daemon)
     failures = len(log_lines(ten_daemon, "sync failed"))
     syncs = status_of(ten_daemon)["syncs"]
     worker.update("t5", complete("done by hand"))
@@ -498,6 +506,7 @@ def test_refused_deletions_stay_refused_while_an_agent_updates_one_of_them(
     still = set(REMOVED) - {"t5"}
     assert still <= set(status.get("refused_deletions") or ()), status
     assert client.hget(key("t5"), "state") == "completed"
+    assert_refusal_listed(refusal, REMOVED)
 
     forced = run_cli(ten_town, "push", "--force", redis_url=None)
     assert forced.returncode == 0, forced.stderr
@@ -515,7 +524,7 @@ def test_a_new_save_judges_refused_deletions_afresh(
     path = tasks_file(ten_town)
     original = path.read_text()
     write_temp_and_rename(path, without_entries(original, *REMOVED))
-    wait_refused(ten_daemon, REMOVED)
+    refusal = wait_refused(ten_daemon)
     write_temp_and_rename(path, without_entries(original, "t9", "t10"))
     wait_until(lambda: not client.exists(key("t9")) and not client.exists(key("t10")),
                CONVERGE_S, "the two deletions")  # fmt: skip
@@ -523,6 +532,7 @@ def test_a_new_save_judges_refused_deletions_afresh(
     assert not status_of(ten_daemon).get("refused_deletions")
     for plan_id in REMOVED:
         assert client.exists(key(plan_id)), f"{plan_id} was deleted"
+    assert_refusal_listed(refusal, REMOVED)
 
 
 # ---------------------------------------------------------------------------- 7. undo
@@ -563,7 +573,7 @@ def test_requeue_is_not_stale(
     backend.start("api")
     wait_entry(path, "api", "the start in the file", status="running", agent="backend")
     backend.update("api", requeue())
-    wait_entry(path, "api", "the requeue in the file", status=None, agent=None)
+    wait_entry(path, "api", "the requeue in the file", status=(None, "pending"), agent=None)
     settle(daemon, client)
     in_redis = client.hgetall(key("api"))
     assert in_redis["state"] == "pending", in_redis
