@@ -465,9 +465,9 @@ def wait_refused(daemon: Daemon) -> dict[str, Any]:
     """Until status reports the refusal; returns that status (checked by the caller last, so
     that a daemon which loses tasks fails on the loss, not on a missing status key)."""
 
-    def refused() -> dict[str, Any] | None:
+    def refused() -> dict[str, Any]:
         status = status_of(daemon)
-        return status if "refusing to delete" in str(status["last_error"]) else None
+        return status if "refusing to delete" in str(status["last_error"]) else {}
 
     return wait_until(refused, CONVERGE_S, "the refusal in status")
 
