@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import json
 import os
 import random
@@ -34,6 +35,18 @@ import tomlkit
 
 from tests.daemon_harness import QUIET_S, Daemon, FileWrites, redis_server, wait_until
 from tests.helpers import make_town, plan_records, run_cli, town_records, write_counts
+from tests.workflow_helpers import (
+    Step,
+    applied,
+    assign,
+    complete,
+    fail,
+    read_task,
+    register_agent,
+    requeue,
+    write_task,
+)
+from tests.workflow_helpers import start as start_step
 from ttsyncd.codec import backlog_key, rfc3339, task_key
 from ttsyncd.identity import task_uuid_for
 from ttsyncd.model import STATES, TERMINAL_STATES, Record, Value
@@ -785,3 +798,139 @@ def test_an_agent_update_made_while_the_plan_is_broken_reaches_the_file_once_it_
         final = settle(daemons, client, RACE_TOWN, PINNED_TIMEOUT_S)
     assert final["t3"].description == "Task 3, fixed"
     assert final["t2"].status == "completed"
+
+
+# ---------------------------------------------------------------------------- 4. stale copies
+# tinytown's agents as they really are: get_task, work a while, set_task of the whole hash,
+# with no second look. A copy read before the daemon pushed the user's new description writes
+# the old one back; the daemon must see the write as stale and keep the user's text, without
+# undoing any agent's lifecycle step.
+
+AGENTS_TOWN = "agents"
+AGENTS_TASKS = 4  # few tasks: each one's copies are often in flight when the user saves it
+
+
+def agents_plan() -> str:
+    parts = ['# Agents at work\n[meta]\ndescription = "agents"\n']
+    for n in range(1, AGENTS_TASKS + 1):
+        parts.append(f'\n[[tasks]]\nid = "w{n}"\ndescription = "Work {n}"\n')
+    return "".join(parts)
+
+
+@dataclass
+class AgentsJournal:
+    """The last value each side wrote per task, in the order the writes happened: agents
+    write under `lock`, so the order of their whole-hash writes is known."""
+
+    user_descriptions: dict[str, str] = field(default_factory=dict)
+    agent_states: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    agent_writes: int = 0
+    saves: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def lifecycle_step(fields: dict[str, str], agent_uuid: str, rng: random.Random, n: int) -> Step:
+    """The next step tinytown would take from the state the copy holds."""
+    state = fields["state"]
+    if state == "pending":
+        return assign(agent_uuid)
+    if state == "assigned":
+        return start_step()
+    if state == "running":
+        return complete(f"done #{n}") if rng.random() < 0.7 else fail(f"broke #{n}")
+    return requeue()  # completed, failed, cancelled: back to the queue
+
+
+def stale_copy_agent(
+    client: redis.Redis, name: str, rounds: int, rng: random.Random, journal: AgentsJournal
+) -> None:
+    agent_uuid = register_agent(client, AGENTS_TOWN, name)
+    for n in range(rounds):
+        plan_id = f"w{rng.randrange(1, AGENTS_TASKS + 1)}"
+        copy = read_task(client, AGENTS_TOWN, task_uuid_for(AGENTS_TOWN, plan_id))
+        assert copy, plan_id
+        time.sleep(rng.uniform(0.1, 0.5))  # the agent works; the copy ages
+        fields = applied(copy, lifecycle_step(copy, agent_uuid, rng, n))
+        with journal.lock:
+            write_task(client, AGENTS_TOWN, fields)
+            journal.agent_states[plan_id] = (fields["state"], fields.get("result"))
+            journal.agent_writes += 1
+        time.sleep(rng.uniform(0.0, 0.1))
+
+
+def describing_user(path: Path, rounds: int, rng: random.Random, journal: AgentsJournal) -> None:
+    """Saves new descriptions, from the file's text read fresh each time; the last save
+    rewords every task at once (while the agents are still at work)."""
+    for n in range(rounds):
+        last = n == rounds - 1
+        plan_ids = [f"w{k}" for k in range(1, AGENTS_TASKS + 1)] if last else [
+            f"w{rng.randrange(1, AGENTS_TASKS + 1)}"
+        ]  # fmt: skip
+        changes = {plan_id: f"user {plan_id} #{n}" for plan_id in plan_ids}
+
+        def edit(text: str, changes: dict[str, str] = changes) -> str | None:
+            for plan_id, description in changes.items():
+                edited = set_entry_fields(text, plan_id, {"description": description})
+                if edited is None:
+                    return None
+                text = edited
+            return text
+
+        saved = careful_save(path, edit, rng.choice(["rename", "in-place"]))
+        assert saved is not None
+        with journal.lock:
+            journal.user_descriptions.update(changes)
+            journal.saves += 1
+        time.sleep(rng.uniform(0.05, 0.25))
+
+
+def test_agents_writing_back_stale_copies_lose_no_edit_and_undo_no_step(
+    tmp_path: Path, long_run: bool
+) -> None:
+    agents, agent_rounds, user_rounds = (4, 80, 120) if long_run else (4, 12, 20)
+    rng, seed = seeded_rng("stale-copies")
+    started = time.monotonic()
+    town = make_town(tmp_path / "agents", AGENTS_TOWN, agents_plan())
+    path = town / "tasks.toml"
+    journal = AgentsJournal()
+    with redis_server() as server, running_daemons([town], server.url) as daemons:
+        client = server.client()
+        rngs = [random.Random(rng.random()) for _ in range(agents + 1)]
+        run_threads(
+            lambda: describing_user(path, user_rounds, rngs[0], journal),
+            *(
+                functools.partial(
+                    stale_copy_agent, client, f"agent-{k}", agent_rounds, rngs[k + 1], journal
+                )
+                for k in range(agents)
+            ),
+        )
+        final = settle(daemons, client, AGENTS_TOWN)
+        hashes = {
+            plan_id: read_task(client, AGENTS_TOWN, task_uuid_for(AGENTS_TOWN, plan_id))
+            for plan_id in final
+        }
+        recorded = recorded_conflicts(town, server.url)
+        status = daemons[0].status()
+    lost = [
+        f"the user saved {plan_id}.description = {text!r} last; final is "
+        f"{final[plan_id].description!r}"
+        for plan_id, text in sorted(journal.user_descriptions.items())
+        if final[plan_id].description != text
+    ]
+    lost += [
+        f"an agent wrote {plan_id} as {state}/{result!r} last; final is "
+        f"{hashes[plan_id]['state']}/{hashes[plan_id].get('result')!r}"
+        for plan_id, (state, result) in sorted(journal.agent_states.items())
+        if (hashes[plan_id]["state"], hashes[plan_id].get("result")) != (state, result)
+    ]
+    stale = sum(1 for record in recorded if record.get("kind") == "stale")
+    print(
+        f"[stale-copies] seed {seed}: {journal.agent_writes} whole-hash agent writes by "
+        f"{agents} agents, {journal.saves} saves; stale writes recognised {stale}; conflicts "
+        f"recorded {len(recorded)}; edits lost {len(lost)}; "
+        f"{time.monotonic() - started:.1f} s"
+    )
+    assert set(final) == {f"w{n}" for n in range(1, AGENTS_TASKS + 1)}
+    assert not lost, "\n".join(lost) + "\n" + log_tails(daemons)
+    assert status is not None and status["last_error"] is None, status
