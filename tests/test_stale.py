@@ -237,10 +237,14 @@ def test_a_pull_never_pulls_a_stale_write_back_and_the_push_restores_redis() -> 
     world.file[A] = world.file[A].with_fields({"description": "new words"})
     world.sync()
     world.redis[A] = copy.with_fields({"status": "running"})
+    # A pull cannot put the description back in Redis: the whole task waits, its new state
+    # too (taking it now would make the stale write look like a later copy).
     pulled = world.sync(Options(push=False))
-    assert world.file[A] == Record("new words", "running")
-    assert A in pulled.waiting_push and world.redis[A].description == "old words"
-    world.sync(Options(pull=False))
+    assert world.file[A] == Record("new words") and A in pulled.waiting_push
+    assert [c.field for c in pulled.set_aside_later] == ["description"]
+    pushed = world.sync(Options(pull=False))
+    assert world.redis[A] == Record("new words", "running") and A in pushed.waiting_pull
+    world.sync(Options(push=False))
     assert world.agreed() == Record("new words", "running")
     assert kinds(world) == [("stale", "description", "redis")]
 
@@ -297,7 +301,14 @@ REDIS_STEPS = ("assign", "start", "finish", "requeue")
 FILE_STEPS = ("new-values", "reopen", "own-earlier")
 PLANNING = ("description", "agent", "tags", "parent", "result", "status")
 
-Step = tuple[Side, str, bool, tuple[str, ...], int]
+Step = tuple[Side, str, bool, tuple[str, ...], int, str]
+# How the write is synced: both ways at once, or one way and then the other (a daemon's sync
+# after a file event pushes first; after a Redis one it pulls first; one-shot commands too).
+ORDERS = {
+    "both": [Options()],
+    "push-pull": [Options(pull=False), Options(push=False), Options(pull=False)],
+    "pull-push": [Options(push=False), Options(pull=False), Options(push=False)],
+}
 
 
 @st.composite
@@ -308,7 +319,8 @@ def histories(draw: st.DrawFn) -> list[Step]:
         side: Side = draw(st.sampled_from(["file", "redis"]))
         what = draw(st.sampled_from(FILE_STEPS if side == "file" else REDIS_STEPS))
         names = draw(st.lists(st.sampled_from(PLANNING), max_size=3, unique=True))
-        steps.append((side, what, draw(st.booleans()), tuple(names), draw(st.integers(1, 4))))
+        old, age = draw(st.booleans()), draw(st.integers(1, 4))
+        steps.append((side, what, old, tuple(names), age, draw(st.sampled_from(list(ORDERS)))))
     return steps
 
 
@@ -353,7 +365,7 @@ def test_random_histories_never_lose_the_newer_change_and_never_flag_a_fresh_wri
     truth = world.agreed().as_fields()
     copies: dict[Side, list[Record]] = {"file": [world.file[A]], "redis": [world.redis[A]]}
     own_descriptions = ["d0"]
-    for n, (side, what, from_old_copy, names, age) in enumerate(steps):
+    for n, (side, what, from_old_copy, names, age, order) in enumerate(steps):
         current = (world.file if side == "file" else world.redis)[A]
         older = copies[side][-min(age, len(copies[side]))]
         copy = older if from_old_copy else current
@@ -371,7 +383,8 @@ def test_random_histories_never_lose_the_newer_change_and_never_flag_a_fresh_wri
             world.redis[A] = record
         truth.update(values)  # type: ignore[arg-type]
         before = len(world.set_aside)
-        world.sync()
+        for options in ORDERS[order]:
+            world.sync(options)
         if copy is current:
             assert not world.set_aside[before:], (what, world.set_aside[before:])
         assert world.agreed().as_fields() == truth

@@ -157,9 +157,6 @@ class MergeResult:
     def can_write(self, options: Options, side: Side) -> bool:
         return options.pull if side == "file" else options.push
 
-    def set_aside_write(self, conflict: Conflict, restored_now: bool) -> None:
-        (self.set_aside if restored_now else self.set_aside_later).append(conflict)
-
 
 def winner_for(policy: str, field_name: str) -> Side | None:
     if policy == "owner":
@@ -262,11 +259,11 @@ def merge_deletion(
     if remaining == "redis":
         refusal = deletion_refused(plan_id, base, record, options)
         if refusal is not None:  # the entry goes back into the file; Redis is left as it is
-            restored_now = options.pull
-            result.set_aside_write(refusal, restored_now)
-            if restored_now:
+            if options.pull:
+                result.set_aside.append(refusal)
                 result.file_ops.append(Upsert(plan_id, record, created=True))
             else:
+                result.set_aside_later.append(refusal)
                 result.wait_for("redis", plan_id)
             return
     if not result.can_write(options, remaining):
@@ -363,11 +360,35 @@ def merge_fields(
     if options.stale and base is not None:
         stale = {"file": stale_fields(base, file, "file"),
                  "redis": stale_fields(base, redis, "redis")}  # fmt: skip
+    set_aside = [
+        Conflict(
+            plan_id,
+            name,
+            base_fields.get(name),
+            file.get(name) if side == "file" else base_fields.get(name),
+            redis.get(name) if side == "redis" else base_fields.get(name),
+            winner=other_side(side),
+            kind="stale",
+            from_side=side,
+        )
+        for side in ("file", "redis")
+        for name in FIELDS
+        if name in stale[side]
+    ]
+    if any(not result.can_write(options, c.from_side or "file") for c in set_aside):
+        # This direction cannot put the newer values back on the stale side: the whole task
+        # waits for the direction that can (S3), and meanwhile nothing of the stale write is
+        # taken, its new values either, which would make it look like a later copy.
+        result.set_aside_later.extend(set_aside)
+        for c in set_aside:
+            result.wait_for(other_side(c.from_side or "file"), plan_id)
+        if base is not None:
+            result.base[plan_id] = base
+        return
     agreed: dict[str, Value] = {}
     came_from: dict[Side, dict[str, Value]] = {"file": {}, "redis": {}}  # field -> before
     settled: list[Conflict] = []
     open_conflicts: list[Conflict] = []
-    set_aside: list[tuple[Conflict, bool]] = []
     waiting: set[str] = set()  # fields whose change waits for the other direction
     for name in FIELDS:
         known = name in base_fields
@@ -375,16 +396,6 @@ def merge_fields(
         # A stale value counts as unchanged: the newer one stands (S1).
         file_value = base_value if name in stale["file"] else file.get(name)
         redis_value = base_value if name in stale["redis"] else redis.get(name)
-        for side in ("file", "redis"):
-            if name in stale[side]:
-                write = file.get(name) if side == "file" else redis.get(name)
-                conflict = Conflict(
-                    plan_id, name, base_value,
-                    write if side == "file" else base_value,
-                    write if side == "redis" else base_value,
-                    winner=other_side(side), kind="stale", from_side=side,
-                )  # fmt: skip
-                set_aside.append((conflict, result.can_write(options, side)))
         if name in pins:
             agreed[name] = pins[name]
             if pins[name] != base_value:
@@ -427,10 +438,7 @@ def merge_fields(
         if base is not None:
             result.base[plan_id] = base
         return
-    for conflict, restored_now in set_aside:
-        result.set_aside_write(conflict, restored_now)
-        if not restored_now:
-            result.wait_for(other_side(conflict.from_side or "file"), plan_id)
+    result.set_aside.extend(set_aside)
     result.settled.extend(settled)
     changes = [Change("file", came_from["file"]), Change("redis", came_from["redis"])]
     result.base[plan_id] = (base or BaseTask({})).after(agreed, changes)
