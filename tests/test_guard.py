@@ -117,10 +117,9 @@ def test_an_entry_removed_while_an_agent_runs_its_task_comes_back(
         "t1: held (removed from the file while running in Redis)"
         in cli(town, redis_url, "conflicts")[1]
     )
-    # On purpose: resolve with the file's side deletes it.
-    (town / "tasks.toml").write_text(plan([i for i in IDS if i not in ("t1", "t2")]))
+    # On purpose: resolve with the file's side applies the removal, in Redis and the file.
     assert cli(town, redis_url, "resolve", "t1", "--take", "file")[0] == 0
-    assert not rdb.exists(key("t1"))
+    assert not rdb.exists(key("t1")) and 'id = "t1"' not in (town / "tasks.toml").read_text()
 
 
 def test_a_restored_old_plan_is_set_aside_and_resolve_applies_it(

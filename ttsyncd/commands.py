@@ -146,15 +146,18 @@ def resolve(town: Town, plan_id: str, take: str) -> Output:
         if c.kind == "stale" and c.field != ENTRY and c.from_side == chosen
     }
     refused = state.refused is not None and plan_id in state.refused.plan_ids
-    whole_task = waiting or refused or any(c.field == ENTRY for c in set_aside)
+    # A removal from the file set aside (held, or stale): taking the file's side applies it,
+    # out of Redis and out of the file its entry came back to.
+    removed = any(c.field == ENTRY for c in set_aside) and chosen == "file"
     only = frozenset({plan_id})
-    if pins and not whole_task:
+    if pins and not (waiting or refused or removed):
         pinned = {plan_id: (chosen, pins)}
         report = town.sync(push=True, pull=True, only=only, pins=pinned, resolving=True)
     else:
         report = town.sync(
-            push=chosen == "file", pull=chosen == "redis", force=True, only=only, resolving=True
-        )
+            push=chosen == "file", pull=chosen == "redis", force=True, only=only,
+            removing=only if removed else frozenset(), resolving=True,
+        )  # fmt: skip
     changed = report.to_redis if chosen == "file" else report.to_file
     append_conflicts(
         settings.state_dir, [replace(c, winner=chosen) for c in [*waiting, *set_aside]],

@@ -47,6 +47,7 @@ from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
 from ttsyncd.notifications import notifications_arrive
 from ttsyncd.planfile import Plan, PlanReader
+from ttsyncd.state import RefusedDeletions
 from ttsyncd.store import NotReplicated, glob_escape
 from ttsyncd.topology import (
     AsyncRedisClient,
@@ -611,6 +612,17 @@ class Daemon:
         if self.problem is not None and self.problem.kind in kinds:
             self.problem = None
 
+    def show_refusal(self, refused: RefusedDeletions | None) -> None:
+        """A refused deletion stands until the file is saved again (or --force, resolve): it
+        stays the last error till then, and is logged when it starts or changes."""
+        before = self.problem.message if self.problem and self.problem.kind == "refused" else None
+        self.clear_problem("refused")
+        if refused is None:
+            return
+        self.report_problem("refused", refused.message)
+        if refused.message != before:
+            logger.warning("deletions refused", plan_ids=sorted(refused.plan_ids))
+
     def fail(self, error: str) -> None:
         self.report_problem("sync", error)
         logger.error("sync failed", error=error)
@@ -625,14 +637,8 @@ class Daemon:
 
     def record(self, report: SyncReport, *, push: bool, pull: bool) -> None:
         self.syncs += 1
-        self.clear_problem("sync", "redis", "refused")  # a completed sync reached Redis too
-        # A refused deletion stands until the file is saved again: it stays the error till then.
-        refused = report.refused
-        if refused is not None:
-            self.report_problem("refused", refused.message)
-        before = self.last_report.refused if self.last_report else None
-        if refused and (before is None or before.plan_ids != refused.plan_ids):
-            logger.warning("deletions refused", plan_ids=sorted(refused.plan_ids))
+        self.clear_problem("sync", "redis")  # a completed sync reached Redis too
+        self.show_refusal(report.refused)
         self.last_report = report
         now = datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -779,12 +785,15 @@ class Daemon:
                     return commands.repair(town, dry_run=dry_run)
                 return commands.push_or_pull(town, command, force=force, dry_run=dry_run)
 
-            return await asyncio.to_thread(run)
+            output = await asyncio.to_thread(run)
+            if writes:  # a forced push or a resolve may have lifted (or made) a refusal
+                self.show_refusal(self.state_store.load().refused)
+            return output
 
     def status(self) -> dict[str, Any]:
         settings = self.settings
         lists = commands.conflict_lists(settings, self.state_store)
-        refused = self.last_report.refused if self.last_report else None
+        refused = self.state_store.load().refused
         return {
             "pid": os.getpid(),
             "town": settings.town_name,

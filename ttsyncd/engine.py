@@ -145,6 +145,7 @@ def sync(
     only: frozenset[str] | None = None,
     scope: Scope | None = None,
     pins: Pins | None = None,
+    removing: frozenset[str] = frozenset(),
     resolving: bool = False,
     plan_reader: PlanReader | None = None,
     redis_source: RedisSource | None = None,
@@ -157,7 +158,8 @@ def sync(
     `scope` (the daemon) names the plan ids that may have changed since the last sync: only
     they, and what they drag along, are merged.
     `resolving` (with `only`): the user settled those tasks; `pins` gives values both sides
-    must take (a set-aside write applied on purpose).
+    must take (a set-aside write applied on purpose); `removing`, entries to take out of the
+    file as well (a removal set aside, applied on purpose: with `force` and `push`).
     The daemon passes its cached plan reader and Redis mirror; one-shot commands read both.
     """
     plan_reader = plan_reader or PlanReader(settings.tasks_file)
@@ -175,7 +177,9 @@ def sync(
         snapshot = redis_source.snapshot()
         state = state_store.load()
         may_differ = scope.with_file_changes(plan) if scope is not None else None
-        decided = decide(settings, plan, snapshot, state, options, report, only, may_differ, pins)
+        decided = decide(
+            settings, plan, snapshot, state, options, report, only, may_differ, pins, removing
+        )
         check_file_deletions(settings, state, decided.merged, force)
         new_plan = render_checked(plan, decided.edits)
         if dry_run:
@@ -245,6 +249,7 @@ def decide(
     only: frozenset[str] | None = None,
     scope: frozenset[str] | None = None,
     pins: Pins | None = None,
+    removing: frozenset[str] = frozenset(),
 ) -> Decision:
     town = settings.town_name
     identified = snapshot.identify()
@@ -296,9 +301,10 @@ def decide(
         touched = frozenset(set(state.base) | set(view.records) | set(redis_records))
     touched -= unreadable
     base = within(state.base, touched)
-    file_records = within(view.records, touched)
+    file_records = within(view.records, touched.difference(removing))
     redis_records = within(redis_records, touched)
     merged = merge(base, file_records, redis_records, options, state.pending, pins)
+    merged.file_ops += [Delete(plan_id) for plan_id in sorted(removing) if plan_id in plan.by_id]
     refused = hold_back_deletions(settings, plan, state, merged, options.force)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
     report.set_aside = [*merged.set_aside, *merged.set_aside_later]
