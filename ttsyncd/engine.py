@@ -201,30 +201,25 @@ def sync(
         if changed:
             log.info("redis changed during sync, merging again", keys=len(changed))
             redis_source.changed_under_us(w.key for w in changed)
+            keep_what_landed(state_store, decided, changed, epoch)
             continue
         if new_plan is not None:
             if not planfile.write_atomic(settings.tasks_file, new_plan.text, plan.text):
                 log.info("tasks file changed during sync, merging again")
+                keep_what_landed(state_store, decided, [], epoch)
                 continue
             plan_reader.wrote(new_plan)
             report.file_written = True
         report.plan = new_plan or plan
         touched, old = decided.touched, decided.state
-        new_base = replaced(old.base, touched, decided.merged.base)
-        report.refused = refusal(settings, old, decided.refused, plan, report.plan, new_base)
-        new_state = SyncState(
-            base=new_base,
-            unresolved_agents=replaced(old.unresolved_agents, touched, decided.unresolved_agents),
-            pending=replaced(old.pending, touched, decided.merged.pending),
-            uuids=replaced(old.uuids, touched, decided.uuids),
-            redis_epoch=epoch,
-            set_aside=still_set_aside(
-                old.set_aside,
-                decided.merged.set_aside,
-                new_base,
-                only if resolving and only is not None else frozenset(),
-            ),
-            refused=report.refused,
+        new_state = advanced(old, decided, touched, epoch)
+        report.refused = refusal(settings, old, decided.refused, plan, report.plan, new_state.base)
+        new_state.refused = report.refused
+        new_state.set_aside = still_set_aside(
+            old.set_aside,
+            decided.merged.set_aside,
+            new_state.base,
+            only if resolving and only is not None else frozenset(),
         )
         log_changes(decided.merged)
         confirm_replicated(client, settings.town_name, epoch)  # behind Sentinel
@@ -237,6 +232,43 @@ def sync(
         raise SyncRefused(f"both sides kept changing during {MAX_ATTEMPTS} attempts; try again")
     report.duration_ms = round((time.perf_counter() - started) * 1000, 1)
     return report
+
+
+def advanced(old: SyncState, decided: Decision, ids: AbstractSet[str], epoch: str) -> SyncState:
+    """`old` with what `decided` agreed on for these tasks (the rest carries over)."""
+    merged = decided.merged
+    return SyncState(
+        base=replaced(old.base, ids, within(merged.base, ids)),
+        unresolved_agents=replaced(
+            old.unresolved_agents, ids, within(decided.unresolved_agents, ids)
+        ),
+        pending=replaced(old.pending, ids, within(merged.pending, ids)),
+        uuids=replaced(old.uuids, ids, within(decided.uuids, ids)),
+        redis_epoch=epoch,
+        set_aside=old.set_aside,
+        refused=old.refused,
+    )
+
+
+def keep_what_landed(
+    state_store: StateStore, decided: Decision, failed: list[TaskWrite], epoch: str
+) -> None:
+    """An attempt that merges again (a side changed under it) keeps in the base the tasks it
+    finished all the same: their Redis writes landed and the file needed nothing. Else the
+    base would miss those changes, and the history the stale rule reads would too."""
+    old = decided.state
+    if old is not state_store.load():
+        return  # another Redis than the base's: the retry starts over anyway
+    failed_uuids = {w.task_uuid for w in failed}
+    in_file = {op.plan_id for op in decided.merged.file_ops}
+    written = {op.plan_id for op in decided.merged.redis_ops}
+    done = frozenset(
+        plan_id
+        for plan_id in written - in_file
+        if decided.uuids.get(plan_id) not in failed_uuids and plan_id in decided.merged.base
+    )
+    if done:
+        state_store.save(advanced(old, decided, done, epoch), done)
 
 
 def decide(

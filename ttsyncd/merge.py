@@ -24,8 +24,9 @@ invariants hold:
 - S2. A write from the latest copy is never stale: it cannot hold a value the other side
   replaced after it was read, unless it sets that value anew, and deliberate reverts are
   partial (a re-opened task keeps its result) or undo the writer's own side (a user returning
-  to an earlier text of their own). On the Redis side the state is never stale (tinytown sets
-  it only by a lifecycle step, meant even on an old copy), nor is the agent its requeue clears.
+  to an earlier text of their own). On the Redis side, what tinytown's lifecycle step writes
+  is never stale (the state; the agent assign() sets and requeue() clears; the result of
+  complete(), fail() and cancel()): the step is meant even when applied to an old copy.
   What values cannot tell apart is read as stale: a user setting a task back to the exact
   state of before the agent's last step, when that step changed nothing else.
 - S3. Setting aside changes nothing the base agreed on: a stale write is recorded (kind
@@ -43,7 +44,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
-from ttsyncd.model import FIELDS, Record, Value
+from ttsyncd.model import FIELDS, TERMINAL_STATES, Record, Value
 
 Side = Literal["file", "redis"]
 
@@ -53,7 +54,7 @@ FILE_OWNED: Final = frozenset({"description", "tags", "parent", "agent"})
 HELD_STATES: Final = frozenset({"assigned", "running"})
 # Changes a task's history keeps, newest last: enough for an editor buffer or a branch several
 # agent steps behind (assign, start, complete, ...).
-HISTORY_LIMIT: Final = 8
+HISTORY_LIMIT: Final = 32
 ENTRY: Final = "entry"  # the `field` of a record about the whole task (held, stale deletion)
 
 
@@ -69,6 +70,13 @@ class Change:
     side: Side
     before: Mapping[str, Value]
     created: bool = False
+    # The other side's fields that had changed too when this change was taken (in the same
+    # sync, or waiting for the other direction): on that side they came first, though the
+    # history lists them later (S1 allows either order for them).
+    overtaken: frozenset[str] = frozenset()
+    # Taken from a write that was partly stale: its writer works from an old copy, and its
+    # next write from that copy still holds this change (S1 allows it).
+    from_stale: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,11 +87,19 @@ class BaseTask:
     fields: Mapping[str, Value]
     tombstone: bool = False  # removed from the file under `cancel`/`keep`: ignore it in Redis
     history: tuple[Change, ...] = ()  # the latest changes, oldest first (S1)
+    # The side whose changes still waiting for the other direction came from a partly stale
+    # write (its stale part set aside, the rest not taken yet): they are taken `from_stale`.
+    stale_writer: Side | None = None
 
-    def after(self, agreed: Mapping[str, Value], changes: Iterable[Change]) -> BaseTask:
+    def after(
+        self,
+        agreed: Mapping[str, Value],
+        changes: Iterable[Change],
+        stale_writer: Side | None = None,
+    ) -> BaseTask:
         """The base once `changes` (already in `agreed`) are agreed on."""
         history = (*self.history, *(c for c in changes if c.before or c.created))
-        return BaseTask(dict(agreed), self.tombstone, history[-HISTORY_LIMIT:])
+        return BaseTask(dict(agreed), self.tombstone, history[-HISTORY_LIMIT:], stale_writer)
 
 
 @dataclass(frozen=True)
@@ -306,12 +322,17 @@ def unchanged(base: BaseTask, record: Record) -> bool:
     return all(f in base.fields and base.fields[f] == record.get(f) for f in FIELDS)
 
 
-def is_requeue(current: Mapping[str, Value], redis: Record) -> bool:
-    """tinytown's requeue (assigned or running -> pending, unassigned): Redis undoing its own
-    change on purpose, never a stale write (S2), though it may look like one."""
-    return (
-        current.get("status") in HELD_STATES and redis.status == "pending" and redis.agent is None
-    )
+def written_by_step(redis: Record) -> frozenset[str]:
+    """The synced fields tinytown's lifecycle step that leaves a task in its state writes:
+    meant even on an old copy (S2). Every step sets the state; assign() sets the agent and
+    requeue() clears it; complete(), fail() and cancel() set the result. start() sets only
+    the state (and started_at, which is not synced)."""
+    fields = {"status"}
+    if redis.status in ("assigned", "pending"):
+        fields.add("agent")
+    if redis.status in TERMINAL_STATES:
+        fields.add("result")
+    return frozenset(fields)
 
 
 def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
@@ -323,25 +344,38 @@ def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
     if not history:
         return frozenset()
     changed = {f for f in FIELDS if f in current and record.get(f) != current[f]}
-    meant: set[str] = set()  # the writer's own new values, whatever they are
-    if side == "redis":
-        # tinytown writes a state only by a lifecycle step (assign, start, complete, fail,
-        # cancel, requeue) on its copy: the state is always meant, even from an old copy.
-        meant.add("status")
-        if is_requeue(current, record):
-            meant.add("agent")
+    # The writer's own new values, whatever they are: tinytown writes a task only by applying
+    # a lifecycle step to its copy.
+    meant = written_by_step(record) if side == "redis" else frozenset()
     if not changed - meant:
         return frozenset()
     newest_change = {f: i for i, change in enumerate(history) for f in change.before}
     at_p = dict(current)  # the task's fields at point p: before history[k]
     changed_since_p: set[str] = set()
+    held_since_p = {f: {v} for f, v in current.items()}  # every value each field held since p
+    # This side's fields whose value since p a copy from p may hold: changed alongside the other
+    # side's change (on this side it came first), or by this side's writer of an old copy.
+    relaxed: set[str] = set()
     best: frozenset[str] = frozenset()
     for k in range(len(history) - 1, -1, -1):
-        at_p.update(history[k].before)
-        changed_since_p.update(history[k].before)
+        change = history[k]
+        at_p.update(change.before)
+        changed_since_p.update(change.before)
+        for f, v in change.before.items():
+            held_since_p.setdefault(f, set()).add(v)
+        if change.side != side:
+            relaxed |= change.overtaken
+        elif change.from_stale:
+            relaxed |= change.before.keys()
+
         # A copy from p holds p's value in every field changed since, unless its writer set a
         # new one: a write that holds a later value is from a later copy.
-        if not all(record.get(f) == at_p[f] or f in changed | meant for f in changed_since_p):
+        later = {
+            f
+            for f in changed_since_p - changed - meant
+            if record.get(f) != at_p[f] and not (f in relaxed and record.get(f) in held_since_p[f])
+        }
+        if later:
             continue
         by_other = {f for f, i in newest_change.items() if i >= k and history[i].side != side}
         went_back = frozenset(f for f in (by_other & changed) - meant if record.get(f) == at_p[f])
@@ -440,8 +474,24 @@ def merge_fields(
         return
     result.set_aside.extend(set_aside)
     result.settled.extend(settled)
-    changes = [Change("file", came_from["file"]), Change("redis", came_from["redis"])]
-    result.base[plan_id] = (base or BaseTask({})).after(agreed, changes)
+    moved = {
+        "file": moved_fields(base_fields, file, stale["file"]),
+        "redis": moved_fields(base_fields, redis, stale["redis"]),
+    }
+    # Which side's changes come from a writer of an old copy: this write's, if partly stale;
+    # or an earlier one's whose changes waited for this direction.
+    earlier = base.stale_writer if base is not None else None
+    from_stale = {side: bool(stale[side]) or earlier == side for side in ("file", "redis")}
+    changes = [
+        Change("file", came_from["file"], overtaken=moved["redis"], from_stale=from_stale["file"]),
+        Change(
+            "redis", came_from["redis"], overtaken=moved["file"], from_stale=from_stale["redis"]
+        ),
+    ]
+    still_waiting = {side: bool(moved[side] & waiting) for side in ("file", "redis")}
+    sides: tuple[Side, Side] = ("file", "redis")
+    stale_writer = next((s for s in sides if from_stale[s] and still_waiting[s]), None)
+    result.base[plan_id] = (base or BaseTask({})).after(agreed, changes, stale_writer)
     # Each side gets every agreed value it does not hold; a field whose change waits for the
     # other direction stays as it is on both sides.
     decided = {n: v for n, v in agreed.items() if n not in waiting}
@@ -451,6 +501,13 @@ def merge_fields(
         result.file_ops.append(Upsert(plan_id, file.with_fields(to_file), created=False))
     if to_redis:
         result.redis_ops.append(Upsert(plan_id, redis.with_fields(to_redis), created=False))
+
+
+def moved_fields(
+    base_fields: Mapping[str, Value], record: Record, stale: frozenset[str]
+) -> frozenset[str]:
+    """The fields a side changed since the base, stale ones left out."""
+    return frozenset(f for f in FIELDS if f not in stale and record.get(f) != base_fields.get(f))
 
 
 def force_task(

@@ -128,6 +128,7 @@ def task_entry(state: SyncState, plan_id: str) -> dict[str, Any] | None:
         **({"uuid": state.uuids[plan_id]} if plan_id in state.uuids else {}),
         **({"tombstone": True} if task.tombstone else {}),
         **({"history": [history_entry(c) for c in task.history]} if task.history else {}),
+        **({"stale_writer": task.stale_writer} if task.stale_writer else {}),
     }
 
 
@@ -136,6 +137,8 @@ def history_entry(change: Change) -> dict[str, Any]:
         "side": change.side,
         "before": dict(change.before),
         **({"created": True} if change.created else {}),
+        **({"overtaken": sorted(change.overtaken)} if change.overtaken else {}),
+        **({"from_stale": True} if change.from_stale else {}),
     }
 
 
@@ -250,9 +253,12 @@ def base_task(entry: dict[str, Any]) -> BaseTask:
                 change["side"],
                 {name: freeze(value) for name, value in change["before"].items()},
                 bool(change.get("created", False)),
+                frozenset(change.get("overtaken", ())),
+                bool(change.get("from_stale", False)),
             )
             for change in entry.get("history", ())
         ),
+        stale_writer=entry.get("stale_writer"),
     )
 
 
