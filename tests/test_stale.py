@@ -313,13 +313,14 @@ ORDERS = {
 
 @st.composite
 def histories(draw: st.DrawFn) -> list[Step]:
-    """Steps: (side, what, from an old copy?, fields for new values, the copy's age)."""
+    """Steps: (side, what, from an old copy?, fields for new values, the copy's age; 0: the
+    last old-copy writer of that side writes again, from its copy with its own steps)."""
     steps: list[Step] = []
     for _ in range(draw(st.integers(1, 14))):
         side: Side = draw(st.sampled_from(["file", "redis"]))
         what = draw(st.sampled_from(FILE_STEPS if side == "file" else REDIS_STEPS))
         names = draw(st.lists(st.sampled_from(PLANNING), max_size=3, unique=True))
-        old, age = draw(st.booleans()), draw(st.integers(1, 4))
+        old, age = draw(st.booleans()), draw(st.integers(0, 4))
         steps.append((side, what, old, tuple(names), age, draw(st.sampled_from(list(ORDERS)))))
     return steps
 
@@ -353,9 +354,11 @@ def step_values(
 def test_random_histories_never_lose_the_newer_change_and_never_flag_a_fresh_write(
     steps: list[Step],
 ) -> None:
-    """Each step is one write, then a two-way sync. A write from an old copy applies its step
-    to a record its side held some syncs ago; copies age only through the other side's syncs
-    (a buffer or an agent's copy is the latest of its own side: the rule is per side).
+    """Each step is one write, then a sync (both ways, or one way then the other). A write
+    from an old copy applies its step to a record its side held some syncs ago, or to the
+    copy its writer wrote last (an agent's next step, a buffer saved again); copies age only
+    through the other side's syncs and their own writer's steps (the rule is per side: two
+    writers of old copies on one side are not told apart).
 
     - `truth` holds, per field, the value of the newest deliberate change: after every sync
       both sides hold it (the newer of two changes is never lost, the stale copy's own new
@@ -365,15 +368,30 @@ def test_random_histories_never_lose_the_newer_change_and_never_flag_a_fresh_wri
     truth = world.agreed().as_fields()
     copies: dict[Side, list[Record]] = {"file": [world.file[A]], "redis": [world.redis[A]]}
     own_descriptions = ["d0"]
+    # The last writer of an old copy on each side, and its copy with its own steps applied.
+    writers: dict[Side, Record | None] = {"file": None, "redis": None}
     for n, (side, what, from_old_copy, names, age, order) in enumerate(steps):
         current = (world.file if side == "file" else world.redis)[A]
-        older = copies[side][-min(age, len(copies[side]))]
-        copy = older if from_old_copy else current
+        if not from_old_copy:
+            copy = current
+        elif age == 0:
+            local = writers[side]
+            if local is None:
+                continue
+            copy = local
+        else:
+            copy = copies[side][-min(age, len(copies[side]))]
         values = step_values(side, what, copy, names, n, own_descriptions)
         if values is None:
             continue
         if what == "requeue" and (copy.status, copy.agent) != (current.status, current.agent):
             continue  # a requeue undoes Redis's own assignment, not one the file made since
+        if copy is current and any(
+            (c.from_side, c.field, c.file if side == "file" else c.redis) == (side, f, v)
+            for c in world.set_aside[-6:]
+            for f, v in values.items()
+        ):
+            continue  # what values cannot tell from the old copy writing again (S2)
         record = copy.with_fields(values)  # type: ignore[arg-type]
         if side == "file":
             world.file[A] = record
@@ -382,6 +400,7 @@ def test_random_histories_never_lose_the_newer_change_and_never_flag_a_fresh_wri
         else:
             world.redis[A] = record
         truth.update(values)  # type: ignore[arg-type]
+        writers[side] = record if from_old_copy else None
         before = len(world.set_aside)
         for options in ORDERS[order]:
             world.sync(options)

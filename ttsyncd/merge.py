@@ -28,7 +28,9 @@ invariants hold:
   is never stale (the state; the agent assign() sets and requeue() clears; the result of
   complete(), fail() and cancel()): the step is meant even when applied to an old copy.
   What values cannot tell apart is read as stale: a user setting a task back to the exact
-  state of before the agent's last step, when that step changed nothing else.
+  state of before the agent's last step, when that step changed nothing else; and a write
+  that, right after a stale write from its side was set aside, holds the same stale value
+  again (the old copy's writer saving again looks just like it).
 - S3. Setting aside changes nothing the base agreed on: a stale write is recorded (kind
   "stale", with both values) when the sync that restores the newer values runs, and
   `resolve --take` pins the stale value on both sides on purpose.
@@ -63,6 +65,16 @@ def other_side(side: Side) -> Side:
 
 
 @dataclass(frozen=True)
+class OldCopy:
+    """A write found partly stale: its side, and the stale values set aside. The same writer
+    writing again from the same copy still holds them (an agent's next step, an editor
+    buffer saved again)."""
+
+    side: Side
+    values: Mapping[str, Value]
+
+
+@dataclass(frozen=True)
 class Change:
     """One side's change to a task, as a sync carried it to the other side: the fields it
     changed and the values they held before. `before` is empty for the task's creation."""
@@ -75,8 +87,8 @@ class Change:
     # history lists them later (S1 allows either order for them).
     overtaken: frozenset[str] = frozenset()
     # Taken from a write that was partly stale: its writer works from an old copy, and its
-    # next write from that copy still holds this change (S1 allows it).
-    from_stale: bool = False
+    # next write from that copy (known by the stale values) holds this change too (S1).
+    old_copy: OldCopy | None = None
 
 
 @dataclass(frozen=True)
@@ -87,19 +99,19 @@ class BaseTask:
     fields: Mapping[str, Value]
     tombstone: bool = False  # removed from the file under `cancel`/`keep`: ignore it in Redis
     history: tuple[Change, ...] = ()  # the latest changes, oldest first (S1)
-    # The side whose changes still waiting for the other direction came from a partly stale
-    # write (its stale part set aside, the rest not taken yet): they are taken `from_stale`.
-    stale_writer: Side | None = None
+    # The partly stale write whose other changes still wait for the other direction: they
+    # are taken as from its old copy when they are.
+    old_copy: OldCopy | None = None
 
     def after(
         self,
         agreed: Mapping[str, Value],
         changes: Iterable[Change],
-        stale_writer: Side | None = None,
+        old_copy: OldCopy | None = None,
     ) -> BaseTask:
         """The base once `changes` (already in `agreed`) are agreed on."""
         history = (*self.history, *(c for c in changes if c.before or c.created))
-        return BaseTask(dict(agreed), self.tombstone, history[-HISTORY_LIMIT:], stale_writer)
+        return BaseTask(dict(agreed), self.tombstone, history[-HISTORY_LIMIT:], old_copy)
 
 
 @dataclass(frozen=True)
@@ -365,8 +377,8 @@ def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
             held_since_p.setdefault(f, set()).add(v)
         if change.side != side:
             relaxed |= change.overtaken
-        elif change.from_stale:
-            relaxed |= change.before.keys()
+        elif change.old_copy and any(record.get(f) == v for f, v in change.old_copy.values.items()):
+            relaxed |= change.before.keys()  # the same old copy, writing again
 
         # A copy from p holds p's value in every field changed since, unless its writer set a
         # new one: a write that holds a later value is from a later copy.
@@ -480,18 +492,21 @@ def merge_fields(
     }
     # Which side's changes come from a writer of an old copy: this write's, if partly stale;
     # or an earlier one's whose changes waited for this direction.
-    earlier = base.stale_writer if base is not None else None
-    from_stale = {side: bool(stale[side]) or earlier == side for side in ("file", "redis")}
+    earlier = base.old_copy if base is not None else None
+    sides: tuple[Side, Side] = ("file", "redis")
+    records = {"file": file, "redis": redis}
+    old_copy = {
+        s: OldCopy(s, {f: records[s].get(f) for f in stale[s]})
+        if stale[s]
+        else (earlier if earlier is not None and earlier.side == s else None)
+        for s in sides
+    }
     changes = [
-        Change("file", came_from["file"], overtaken=moved["redis"], from_stale=from_stale["file"]),
-        Change(
-            "redis", came_from["redis"], overtaken=moved["file"], from_stale=from_stale["redis"]
-        ),
+        Change(s, came_from[s], overtaken=moved[other_side(s)], old_copy=old_copy[s]) for s in sides
     ]
     still_waiting = {side: bool(moved[side] & waiting) for side in ("file", "redis")}
-    sides: tuple[Side, Side] = ("file", "redis")
-    stale_writer = next((s for s in sides if from_stale[s] and still_waiting[s]), None)
-    result.base[plan_id] = (base or BaseTask({})).after(agreed, changes, stale_writer)
+    waiting_copy = next((old_copy[s] for s in sides if old_copy[s] and still_waiting[s]), None)
+    result.base[plan_id] = (base or BaseTask({})).after(agreed, changes, waiting_copy)
     # Each side gets every agreed value it does not hold; a field whose change waits for the
     # other direction stays as it is on both sides.
     decided = {n: v for n, v in agreed.items() if n not in waiting}

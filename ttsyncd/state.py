@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ttsyncd.merge import BaseTask, Change, Conflict
+from ttsyncd.merge import BaseTask, Change, Conflict, OldCopy
 from ttsyncd.model import Value
 
 # 2: tasks carry their recent history (stale writes), `set_aside` and `refused_deletions`.
@@ -128,7 +128,7 @@ def task_entry(state: SyncState, plan_id: str) -> dict[str, Any] | None:
         **({"uuid": state.uuids[plan_id]} if plan_id in state.uuids else {}),
         **({"tombstone": True} if task.tombstone else {}),
         **({"history": [history_entry(c) for c in task.history]} if task.history else {}),
-        **({"stale_writer": task.stale_writer} if task.stale_writer else {}),
+        **({"old_copy": old_copy_entry(task.old_copy)} if task.old_copy else {}),
     }
 
 
@@ -138,8 +138,19 @@ def history_entry(change: Change) -> dict[str, Any]:
         "before": dict(change.before),
         **({"created": True} if change.created else {}),
         **({"overtaken": sorted(change.overtaken)} if change.overtaken else {}),
-        **({"from_stale": True} if change.from_stale else {}),
+        **({"old_copy": old_copy_entry(change.old_copy)} if change.old_copy else {}),
     }
+
+
+def old_copy_entry(old_copy: OldCopy) -> dict[str, Any]:
+    return {"side": old_copy.side, "values": dict(old_copy.values)}
+
+
+def old_copy_from(saved: Any) -> OldCopy | None:
+    if not isinstance(saved, dict):
+        return None
+    values = {name: freeze(value) for name, value in saved["values"].items()}
+    return OldCopy(saved["side"], values)
 
 
 def journal_delta(
@@ -254,11 +265,11 @@ def base_task(entry: dict[str, Any]) -> BaseTask:
                 {name: freeze(value) for name, value in change["before"].items()},
                 bool(change.get("created", False)),
                 frozenset(change.get("overtaken", ())),
-                bool(change.get("from_stale", False)),
+                old_copy_from(change.get("old_copy")),
             )
             for change in entry.get("history", ())
         ),
-        stale_writer=entry.get("stale_writer"),
+        old_copy=old_copy_from(entry.get("old_copy")),
     )
 
 
