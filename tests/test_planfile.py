@@ -893,3 +893,14 @@ def test_a_long_run_of_saves_keeps_the_parse_cache_bounded() -> None:
         plan = parse_plan(PATH, edited, previous=plan)
     assert len(planfile._SEGMENTS) <= 2 * 50 + 1_000 + 1
     assert plan == _parse_whole(PATH, plan.text)
+
+
+def test_a_plan_with_no_entries_reads_with_a_full_parse_cache() -> None:
+    """The cache is pruned to the current plan's segments once it is big; a plan holding none
+    used to crash the pruning (a daemon of a town over 1,000 tasks whose file was emptied)."""
+    planfile.forget_parses()
+    many = "".join(f'[[tasks]]\nid = "t{n}"\ndescription = "task {n}"\n\n' for n in range(1_200))
+    big = parse_plan(Path("tasks.toml"), many)
+    empty = parse_plan(Path("tasks.toml"), '[meta]\ndefault_agent = "dev"\n\n', previous=big)
+    assert not empty.entries
+    planfile.forget_parses()

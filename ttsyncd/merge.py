@@ -20,7 +20,12 @@ invariants hold:
   value at p. Exactly those fields are set aside: the newer values stay and go back to T; the
   write's other fields merge as usual (the user's edit of another field, the agent's new
   state). A deletion from the file of a task Redis created and the file never changed is
-  stale too (a copy older than the task).
+  stale too (a copy older than the task). The history lists changes in the order syncs took
+  them, which is not always the order a side saw them in, so a field of the writer's own side
+  may also hold a later value when its change was taken alongside the other side's (on its own
+  side it came first: `Change.overtaken`), or came from the same old copy writing again (an
+  agent's next step, a buffer saved twice: `Change.old_copy`). The history keeps the last
+  HISTORY_LIMIT changes of a task: a copy older than that is not recognised.
 - S2. A write from the latest copy is never stale: it cannot hold a value the other side
   replaced after it was read, unless it sets that value anew, and deliberate reverts are
   partial (a re-opened task keeps its result) or undo the writer's own side (a user returning

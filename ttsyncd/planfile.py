@@ -398,7 +398,7 @@ def _assemble(path: Path, text: str, starts: list[int], reuse: _Reuse) -> Plan |
 def _keep_only_segments_of(text: str, starts: Sequence[int]) -> None:
     """Forget the parses of segments this plan no longer holds: every save of a long-running
     daemon's plan leaves one behind, so the cache would grow without end."""
-    ends = [*starts[1:], len(text)]
+    ends = [*starts[1:], len(text)] if starts else []  # a plan with no entries holds none
     current = {text[start:end] for start, end in zip(starts, ends, strict=True)}
     for segment_text in [t for t in _SEGMENTS if t not in current]:
         del _SEGMENTS[segment_text]
