@@ -685,8 +685,8 @@ class Daemon:
 
     async def verify_once(self) -> None:
         """One pass; the caller holds the sync lock. The file: its text against the last text
-        read or written. Redis: the whole town read again into the mirror, which says whether
-        anything differs from what notifications had kept it at."""
+        read or written. Redis: every hash of the town against the mirror (`TownMirror.verify`
+        takes in what differs from what notifications had kept it at)."""
         mirror, reader = self.mirror, self.plan_reader
         assert mirror is not None
 
@@ -695,7 +695,7 @@ class Daemon:
                 file_differed = not reader.is_known(planfile.read_text(reader.path))
             except TtsyncdError:
                 file_differed = True  # not UTF-8: let the sync report it
-            return file_differed, mirror.reload()
+            return file_differed, mirror.verify()
 
         try:
             file_differed, redis_differed = await asyncio.to_thread(check)
@@ -705,7 +705,9 @@ class Daemon:
         self.verify_found = VERIFY_FOUND[file_differed, redis_differed]
         if file_differed or redis_differed:
             logger.warning("verify: out of sync", found=self.verify_found)
-            self.request(file=file_differed, reload=True, must_sync=True)
+            # A sync of everything (the mirror holds what differed already): whatever slipped
+            # past the change detection is merged, not only what this pass saw.
+            self.request(file=file_differed, pull=redis_differed, must_sync=True)
 
     # ------------------------------------------------------------------------ control
 

@@ -199,13 +199,19 @@ def read_hashes(
             except BadHash as error:
                 snapshot.unreadable[key] = str(error)
     for key, reply in zip(agent_keys, replies[len(task_keys) :], strict=True):
-        # Only a well-formed agent may lend its uuid to `assigned_to`.
         agent_uuid = key.rsplit(":", 1)[-1]
-        if not (isinstance(reply, dict) and is_uuid(agent_uuid)):
-            continue
-        if reply.get("id") == agent_uuid and reply.get("name"):
-            snapshot.agent_names[agent_uuid] = reply["name"]
+        name = agent_name(agent_uuid, reply)
+        if name is not None:
+            snapshot.agent_names[agent_uuid] = name
     return snapshot
+
+
+def agent_name(agent_uuid: str, reply: dict[str, str] | str) -> str | None:
+    """The name an agent hash gives; None unless it is well formed: only such an agent may
+    lend its uuid to `assigned_to`."""
+    if not (isinstance(reply, dict) and is_uuid(agent_uuid)) or reply.get("id") != agent_uuid:
+        return None
+    return reply.get("name") or None
 
 
 def guarded_write_args(write: TaskWrite) -> list[str]:
