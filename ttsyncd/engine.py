@@ -646,19 +646,20 @@ def still_set_aside(
 
 
 def log_changes(merged: MergeResult) -> None:
-    """Name every deletion and every write set aside (they are the ones people ask about)."""
+    """Name every deletion and every write set aside (they are the ones people ask about). At
+    info: a one-shot command prints them as warnings of its own already."""
     for side, ops in (("redis", merged.redis_ops), ("file", merged.file_ops)):
         deleted = sorted(op.plan_id for op in ops if isinstance(op, Delete))
         if deleted:
-            log.warning("deleted tasks", side=side, plan_ids=deleted)
+            log.info("deleted tasks", side=side, plan_ids=deleted)
     for c in merged.set_aside:
         if c.kind == "held":
-            log.warning(
+            log.info(
                 "held task not deleted: its entry goes back into the file",
                 plan_id=c.plan_id, status=c.redis,
             )  # fmt: skip
         else:
-            log.warning(
+            log.info(
                 "stale write set aside", plan_id=c.plan_id, field=c.field,
                 from_side=c.from_side, stale=c.file if c.from_side == "file" else c.redis,
                 kept=c.redis if c.from_side == "file" else c.file,
