@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.daemon_harness import RedisServer, redis_server
 from ttsyncd.embedded import find_redis_server, spawn_foreground
 
 
@@ -24,6 +25,14 @@ def redis_socket() -> Iterator[Path]:
         finally:
             process.terminate()
             process.wait(timeout=10)
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A redis-server of the test's own (notifications off, as a fresh server has them), for
+    the daemon tests: one per test, so a test may stop, kill or reconfigure it."""
+    with redis_server() as running:
+        yield running
 
 
 @pytest.fixture

@@ -127,6 +127,42 @@ class Daemon:
         return self.log_path.read_text(errors="replace")
 
 
+def started(town: Path, redis_url: str, stop_timeout: float = 5.0) -> Iterator[Daemon]:
+    """A daemon on `town`, ready (its first sync done); stopped after, and it must exit 0."""
+    running = Daemon(town, redis_url)
+    running.wait_ready()
+    yield running
+    assert running.terminate(stop_timeout) == 0
+
+
+# The ways editors save a file: vim and nano rewrite it in place or write a temp file and rename
+# it over; some tools delete it and write it anew.
+
+
+def rewrite_in_place(path: Path, text: str) -> None:
+    with open(path, "r+", encoding="utf-8") as out:
+        out.truncate(0)
+        out.write(text)
+
+
+def write_temp_and_rename(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.swp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
+
+
+def delete_and_recreate(path: Path, text: str) -> None:
+    path.unlink()
+    path.write_text(text, encoding="utf-8")
+
+
+SAVES: dict[str, Callable[[Path, str], None]] = {
+    "rewrite-in-place": rewrite_in_place,
+    "write-temp-and-rename": write_temp_and_rename,
+    "delete-and-recreate": delete_and_recreate,
+}
+
+
 class FileWrites:
     """Every distinct version of a file seen by polling it every few ms: each atomic replace
     is a new inode, each in-place write a new mtime."""

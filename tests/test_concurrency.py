@@ -42,7 +42,6 @@ from tests.workflow_helpers import (
     complete,
     fail,
     read_task,
-    register_agent,
     requeue,
     write_task,
 )
@@ -50,7 +49,7 @@ from tests.workflow_helpers import start as start_step
 from ttsyncd.codec import backlog_key, rfc3339, task_key
 from ttsyncd.identity import task_uuid_for
 from ttsyncd.model import STATES, TERMINAL_STATES, Record, Value
-from ttsyncd.tinytown import new_task, set_task
+from ttsyncd.tinytown import new_task, register_agent, set_task
 
 SETTLE_TIMEOUT_S = 30.0  # generous: a 2-core CI box running three daemons
 STUCK_S = 4.0  # the same disagreement, daemons idle all along: nothing will change it

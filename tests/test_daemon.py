@@ -19,11 +19,15 @@ import pytest
 
 from tests.daemon_harness import (
     QUIET_S,
+    SAVES,
     Daemon,
     FileWrites,
     RedisServer,
     redis_server,
+    rewrite_in_place,
+    started,
     wait_until,
+    write_temp_and_rename,
 )
 from tests.helpers import make_town, run_cli, write_counts
 from ttsyncd import control
@@ -51,46 +55,13 @@ def key(plan_id: str) -> str:
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with redis_server() as running:
-        yield running
-
-
-@pytest.fixture
 def town(tmp_path: Path) -> Path:
     return make_town(tmp_path / "town", TOWN, PLAN)
 
 
 @pytest.fixture
 def daemon(town: Path, server: RedisServer) -> Iterator[Daemon]:
-    running = Daemon(town, server.url)
-    running.wait_ready()
-    yield running
-    assert running.terminate() == 0
-
-
-def rewrite_in_place(path: Path, text: str) -> None:
-    with open(path, "r+", encoding="utf-8") as out:
-        out.truncate(0)
-        out.write(text)
-
-
-def write_temp_and_rename(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.swp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
-
-
-def delete_and_recreate(path: Path, text: str) -> None:
-    path.unlink()
-    path.write_text(text, encoding="utf-8")
-
-
-SAVES: dict[str, Callable[[Path, str], None]] = {
-    "rewrite-in-place": rewrite_in_place,
-    "write-temp-and-rename": write_temp_and_rename,
-    "delete-and-recreate": delete_and_recreate,
-}
+    yield from started(town, server.url)
 
 
 def test_first_sync_pushes_the_plan_and_turns_notifications_on(

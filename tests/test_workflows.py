@@ -26,10 +26,18 @@ from typing import Any
 import pytest
 import redis
 
-from tests.daemon_harness import QUIET_S, Daemon, RedisServer, redis_server, wait_until
+from tests.daemon_harness import (
+    QUIET_S,
+    SAVES,
+    Daemon,
+    RedisServer,
+    rewrite_in_place,
+    started,
+    wait_until,
+    write_temp_and_rename,
+)
 from tests.helpers import make_town, run_cli
 from tests.workflow_helpers import (
-    SAVES,
     Agent,
     assert_no_stale_record,
     assert_stale_logged,
@@ -43,13 +51,11 @@ from tests.workflow_helpers import (
     log_lines,
     records_of,
     requeue,
-    rewrite_in_place,
     settled,
     start,
     status_of,
     with_fields,
     without_entries,
-    write_temp_and_rename,
 )
 from ttsyncd.codec import task_key
 from ttsyncd.identity import task_uuid_for
@@ -79,12 +85,6 @@ def key(plan_id: str, town: str = TOWN) -> str:
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    with redis_server() as running:
-        yield running
-
-
-@pytest.fixture
 def client(server: RedisServer) -> Iterator[redis.Redis]:
     connection = server.client()
     yield connection
@@ -98,10 +98,7 @@ def town(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def daemon(town: Path, server: RedisServer) -> Iterator[Daemon]:
-    running = Daemon(town, server.url)
-    running.wait_ready()
-    yield running
-    assert running.terminate(timeout=10) == 0
+    yield from started(town, server.url, stop_timeout=10)
 
 
 def tasks_file(town: Path) -> Path:
@@ -455,10 +452,7 @@ def ten_town(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def ten_daemon(ten_town: Path, server: RedisServer) -> Iterator[Daemon]:
-    running = Daemon(ten_town, server.url)
-    running.wait_ready()
-    yield running
-    assert running.terminate(timeout=10) == 0
+    yield from started(ten_town, server.url, stop_timeout=10)
 
 
 def wait_refused(daemon: Daemon) -> dict[str, Any]:

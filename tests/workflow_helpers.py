@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 import tomllib
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,14 @@ from typing import Any
 import redis
 import tomlkit
 
-from tests.daemon_harness import Daemon, wait_until
+from tests.daemon_harness import (
+    Daemon,
+    wait_until,
+)
 from tests.helpers import run_cli
-from ttsyncd.codec import OPTIONAL_FIELDS, agent_key_prefix, task_key
+from ttsyncd.codec import task_key
 from ttsyncd.identity import task_uuid_for
+from ttsyncd.tinytown import register_agent, set_task
 
 # ---------------------------------------------------------------------------- tinytown's side
 
@@ -33,21 +35,6 @@ def now_rfc3339() -> str:
     return f"{whole}.{fraction:09d}+00:00"
 
 
-def register_agent(client: redis.Redis, town: str, name: str) -> str:
-    """An agent hash `tt:<town>:agent:<uuid>` with id, name, state; returns its uuid."""
-    agent_uuid = str(uuid.uuid4())
-    stamp = now_rfc3339()
-    client.hset(
-        agent_key_prefix(town) + agent_uuid,
-        mapping={
-            "id": agent_uuid, "name": name, "agent_type": "worker", "state": "idle",
-            "cli": "claude", "created_at": stamp, "last_heartbeat": stamp,
-            "tasks_completed": "0", "rounds_completed": "0",
-        },
-    )  # fmt: skip
-    return agent_uuid
-
-
 def read_task(client: redis.Redis, town: str, task_uuid: str) -> dict[str, str]:
     """`get_task`: the whole hash (HGETALL), as a copy the caller may keep for later."""
     return {str(k): str(v) for k, v in client.hgetall(task_key(town, task_uuid)).items()}
@@ -55,13 +42,7 @@ def read_task(client: redis.Redis, town: str, task_uuid: str) -> dict[str, str]:
 
 def write_task(client: redis.Redis, town: str, fields: dict[str, str]) -> None:
     """`set_task`: ONE pipeline, not MULTI: HDEL of the unset optional fields, HSET of the rest."""
-    key = task_key(town, fields["id"])
-    unset = [name for name in OPTIONAL_FIELDS if name not in fields]
-    pipe = client.pipeline(transaction=False)
-    if unset:
-        pipe.hdel(key, *unset)
-    pipe.hset(key, mapping=dict(fields))  # type: ignore[arg-type]
-    pipe.execute()
+    set_task(client, town, fields)
 
 
 Step = Callable[[dict[str, str]], dict[str, str]]
@@ -161,30 +142,6 @@ class Agent:
 
 
 # ---------------------------------------------------------------------------- the user's side
-
-
-def rewrite_in_place(path: Path, text: str) -> None:
-    with open(path, "r+", encoding="utf-8") as out:
-        out.truncate(0)
-        out.write(text)
-
-
-def write_temp_and_rename(path: Path, text: str) -> None:
-    temp = path.with_name(f".{path.name}.swp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
-
-
-def delete_and_recreate(path: Path, text: str) -> None:
-    path.unlink()
-    path.write_text(text, encoding="utf-8")
-
-
-SAVES: dict[str, Callable[[Path, str], None]] = {
-    "rewrite-in-place": rewrite_in_place,
-    "write-temp-and-rename": write_temp_and_rename,
-    "delete-and-recreate": delete_and_recreate,
-}
 
 
 def entries(text: str) -> dict[str, dict[str, Any]]:
