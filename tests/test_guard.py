@@ -152,6 +152,8 @@ def test_a_restored_old_plan_is_set_aside_and_resolve_applies_it(
         ("t1", "result", "file", None, "shipped"),
         ("t1", "status", "file", "pending", "completed"),
     ]
+    resolvable = json.loads(cli(town, redis_url, "conflicts", "--json")[1])["set_aside"]
+    assert sorted(c["field"] for c in resolvable) == ["agent", "result", "status"]
     # Applied on purpose: both sides take the file's old values.
     code, out, _ = cli(town, redis_url, "resolve", "t1", "--take", "file")
     assert code == 0, out
@@ -160,6 +162,7 @@ def test_a_restored_old_plan_is_set_aside_and_resolve_applies_it(
     assert "assigned_to" not in reopened
     assert 'status = "completed"' not in (town / "tasks.toml").read_text()
     # Nothing is left to resolve, and a sync now changes nothing.
+    assert json.loads(cli(town, redis_url, "conflicts", "--json")[1])["set_aside"] == []
     assert cli(town, redis_url, "check")[1].endswith("in sync\n")
 
 

@@ -202,7 +202,9 @@ def conflict_lists(
     recorded = read_conflicts(settings.state_dir)
     state = (store or state_store_for(settings)).load()
     pending = [asdict(c) for conflicts in state.pending.values() for c in conflicts]
-    return {"recorded": recorded, "pending": pending}
+    # Stale and held writes set aside that `resolve` can still apply (also in "recorded").
+    set_aside = [asdict(c) for records in state.set_aside.values() for c in records]
+    return {"recorded": recorded, "pending": pending, "set_aside": set_aside}
 
 
 def conflicts(settings: Settings, *, as_json: bool, store: StateStore | None = None) -> Output:
