@@ -13,6 +13,7 @@ import bisect
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import tempfile
@@ -451,8 +452,8 @@ def _plain_table(text: str) -> TomlData | None:
     which is most of a cold read of 10,000 entries. None for anything else, which tomllib
     reads (a property test holds the two to the same answer)."""
     lines = text.split("\n")
-    if not _PLAIN_HEADER.fullmatch(lines[0]):
-        return None
+    if not _PLAIN_HEADER.fullmatch(lines[0]) or lines[-1].endswith("\r"):
+        return None  # (a CR not followed by LF ends no line: tomllib rejects it)
     table: TomlData = {}
     for line in lines[1:]:
         match = _SIMPLE_LINE.fullmatch(line)
@@ -798,7 +799,7 @@ def _render_all_lines(
     text = plan.text
     return _render_window(
         text, range(len(plan.entries)), data.get("tasks", []), outcome, expected,
-        "\r" if "\r\n" in text else "", at_end=True, ends_with_newline=text.endswith("\n"),
+        _line_ending(text), at_end=True, ends_with_newline=text.endswith("\n"),
     )  # fmt: skip
 
 
@@ -980,7 +981,7 @@ def _render_by_segments(
     header before the first edited entry to the header after the last one, which the
     blank-line rules look at); the text between windows is copied as it is."""
     text, starts, count = plan.text, layout.starts, len(layout.starts)
-    carriage = "\r" if "\r\n" in text else ""  # new lines follow the file's line endings
+    carriage = _line_ending(text)  # new lines follow the file's line endings
     edited = sorted(outcome.changes.keys() | outcome.removed)
     if not count:  # no entries yet: the window is the whole text
         return _render_window(text, range(0), layout.tables, outcome, expected, carriage,
@@ -1040,6 +1041,10 @@ def _render_window(
     lines = text.split("\n")
     if ends_with_newline:
         lines.pop()
+    elif carriage and lines and not lines[-1].endswith("\r"):
+        # The last line, which ends the file with no newline, takes the file's line ending
+        # for as long as the render works; whatever line ends the result gives it back.
+        lines[-1] += carriage
     segments = _split(lines)
     if len(segments) != len(entries):
         return None
@@ -1058,10 +1063,9 @@ def _render_window(
             new_text = _edit_segment(segment_text, outcome.changes[index], indent)
             if not _holds(new_text, expected[index]):
                 return None
-            replacements[index] = [
-                line if line.endswith("\r") or not carriage else line + carriage
-                for line in new_text.split("\n")[:-1]
-            ]
+            replacements[index] = _with_line_endings(
+                new_text.split("\n")[:-1], lines[segment.start : segment.end]
+            )
 
     out: list[str] = []
     cursor = 0
@@ -1102,14 +1106,47 @@ def _render_window(
         _remember_segment("\n".join(lines) + "\n" + blank_after, entry)
     if not out:
         return ""
+    if not ends_with_newline and out[-1].endswith("\r"):
+        out[-1] = out[-1][:-1]  # no line ending at the end, as the file had none
     return "\n".join(out) + ("\n" if ends_with_newline else "")
+
+
+def _with_line_endings(new: list[str], old: list[str]) -> list[str]:
+    """An edited segment's lines, each with its line ending: a line the segment held keeps
+    its own (an LF line of a CRLF file, a line inside a multi-line string); a new line takes
+    the ending of the line before it (a key line written by the edit)."""
+    kept = set(old)
+    out: list[str] = []
+    for line in new:
+        if line not in kept and not line.endswith("\r") and out and out[-1].endswith("\r"):
+            line += "\r"
+        out.append(line)
+    return out
 
 
 def _holds(segment_text: str, raw: TomlData) -> bool:
     try:
-        return tomllib.loads(segment_text) == {"tasks": [raw]}
+        return _same(tomllib.loads(segment_text), {"tasks": [raw]})
     except tomllib.TOMLDecodeError:
         return False
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal TOML data, where `nan` equals `nan` (a value TOML allows, which `==` says is not
+    even equal to itself)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+def _line_ending(text: str) -> str:
+    """The carriage return new lines take: the file's own line ending, by majority (a file of
+    LF lines with one CRLF inside a multi-line string is an LF file)."""
+    return "\r" if 2 * text.count("\r\n") > text.count("\n") else ""
 
 
 def _body_indent(body: list[str]) -> str:
@@ -1211,6 +1248,9 @@ def _render_whole_document(
         _edit_table(tasks[index], changes)
     for index in sorted(outcome.removed, reverse=True):
         _remove_table(document, tasks, index)
+    if outcome.removed and tasks is not None and not len(tasks) and not outcome.added:
+        del document["tasks"]  # the last entry went: no `tasks = []` in its place
+        tasks = None
     for entry in outcome.added:
         if tasks is None:
             tasks = tomlkit.aot()
@@ -1221,6 +1261,8 @@ def _render_whole_document(
             new_table.trivia.indent = "\n"  # one blank line before it, as on the fast path
         tasks.append(new_table)
     new_text = tomlkit.dumps(document)
+    if outcome.removed:
+        new_text = _blank_lines_as_in(plan.text, new_text)
 
     raw_entries: list[TomlData] = data.get("tasks", [])
     intended = {
@@ -1236,9 +1278,43 @@ def _render_whole_document(
         produced = tomllib.loads(new_text)
     except tomllib.TOMLDecodeError:
         produced = {}
-    if {"tasks": [], **produced} != {"tasks": [], **intended}:
+    if not _same({"tasks": [], **produced}, {"tasks": [], **intended}):
         raise PlanError([f"{plan.path}:1: cannot apply the edits to this file's layout"])
     return new_text
+
+
+def _blank_lines_as_in(original: str, text: str) -> str:
+    """`text` (tomlkit's, after removing entries) with no run of blank lines longer than the
+    original's longest, and no more at its start or end than the original had: a removed
+    entry leaves no double blank line behind. (The check after it holds every value.)"""
+    old = original.split("\n")
+    longest = max([1, *_blank_runs(old)])
+    old_lead, old_tail = _edge_blanks(old)
+    out: list[str] = []
+    run = 0
+    for line in text.split("\n"):
+        run = run + 1 if not line.strip() else 0
+        if run <= longest:
+            out.append(line)
+    lead, tail = _edge_blanks(out)
+    del out[: max(0, lead - old_lead)]
+    del out[len(out) - max(0, tail - old_tail) :]
+    return "\n".join(out)
+
+
+def _blank_runs(lines: list[str]) -> list[int]:
+    """At each line, how many blank lines end there (0 on a line that is not blank)."""
+    runs = [0]
+    for line in lines:
+        runs.append(runs[-1] + 1 if not line.strip() else 0)
+    return runs
+
+
+def _edge_blanks(lines: list[str]) -> tuple[int, int]:
+    """How many blank lines (a final "" for the last newline included) start and end them."""
+    lead = next((n for n, line in enumerate(lines) if line.strip()), len(lines))
+    tail = next((n for n, line in enumerate(reversed(lines)) if line.strip()), len(lines))
+    return lead, tail
 
 
 def _edit_table(table: Table | InlineTable, changes: Mapping[str, Any]) -> None:
