@@ -535,7 +535,10 @@ def entry_blocks(draw: st.DrawFn, plan_id: str | None, parents: list[str]) -> st
     pairs: list[tuple[str, str | tuple[str, ...]]] = [
         (key, value)
         for key, value in fields.items()
-        if value is not None and value != () and not (value == "pending" and draw(st.booleans()))
+        # (a status of "pending" may be left out: it is the default; a description may not)
+        if value is not None
+        and value != ()
+        and not (key == "status" and value == "pending" and draw(st.booleans()))
     ]
     pairs = list(draw(st.permutations(pairs)))
     if plan_id is not None:

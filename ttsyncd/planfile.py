@@ -476,16 +476,6 @@ def _unquoted(literal: str) -> str:
     return _ESCAPED.sub(lambda m: _UNESCAPE[m.group(1)], body) if "\\" in body else body
 
 
-def _remember_segment(text: str, table: TomlData) -> None:
-    """File `table` as the parse of `text`, which `_value_text` wrote from it."""
-    plain = all(
-        isinstance(v, str) or (isinstance(v, list) and all(isinstance(i, str) for i in v))
-        for v in table.values()
-    )
-    if plain and text not in _SEGMENTS:
-        _SEGMENTS[text] = _segment_of(table)
-
-
 def _segment_of(table: object) -> _Segment | None:
     if isinstance(table, dict) and not _field_problems(table, 0, None):
         return _Segment(table, PlanEntry(table.get("id"), _record(table)))
@@ -1091,7 +1081,7 @@ def _render_window(
     out.extend(lines[cursor:])
 
     added = outcome.added if at_end else ()
-    for number, entry in enumerate(added):
+    for entry in added:
         while out and not out[-1].strip():
             out.pop()
         if out:
@@ -1100,10 +1090,6 @@ def _render_window(
         lines += [f"{key} = {_value_text(value)}{carriage}" for key, value in entry.items()]
         out.extend(lines)
         ends_with_newline = True
-        # The parse that checks the new text finds this entry's segment already parsed: the
-        # text was written from the table (a pull of 10,000 new tasks skips ~0.3 s of tomllib).
-        blank_after = carriage + "\n" if number + 1 < len(added) else ""
-        _remember_segment("\n".join(lines) + "\n" + blank_after, entry)
     if not out:
         return ""
     if not ends_with_newline and out[-1].endswith("\r"):
