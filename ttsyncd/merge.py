@@ -48,6 +48,7 @@ deleted (H1): its entry comes back and the refusal is recorded (kind "held"). `-
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
@@ -63,6 +64,9 @@ HELD_STATES: Final = frozenset({"assigned", "running"})
 # agent steps behind (assign, start, complete, ...).
 HISTORY_LIMIT: Final = 32
 ENTRY: Final = "entry"  # the `field` of a record about the whole task (held, stale deletion)
+
+
+SIDES: Final[tuple[Side, Side]] = ("file", "redis")
 
 
 def other_side(side: Side) -> Side:
@@ -407,25 +411,11 @@ def merge_fields(
 ) -> None:  # fmt: skip
     pin_side, pins = pinned
     base_fields: Mapping[str, Value] = base.fields if base else {}
+    records: dict[Side, Record] = {"file": file, "redis": redis}
     stale: dict[Side, frozenset[str]] = {"file": frozenset(), "redis": frozenset()}
     if options.stale and base is not None:
-        stale = {"file": stale_fields(base, file, "file"),
-                 "redis": stale_fields(base, redis, "redis")}  # fmt: skip
-    set_aside = [
-        Conflict(
-            plan_id,
-            name,
-            base_fields.get(name),
-            file.get(name) if side == "file" else base_fields.get(name),
-            redis.get(name) if side == "redis" else base_fields.get(name),
-            winner=other_side(side),
-            kind="stale",
-            from_side=side,
-        )
-        for side in ("file", "redis")
-        for name in FIELDS
-        if name in stale[side]
-    ]
+        stale = {side: stale_fields(base, records[side], side) for side in SIDES}
+    set_aside = stale_records(plan_id, base_fields, records, stale)
     if any(not result.can_write(options, c.from_side or "file") for c in set_aside):
         # This direction cannot put the newer values back on the stale side: the whole task
         # waits for the direction that can (S3), and meanwhile nothing of the stale write is
@@ -491,27 +481,7 @@ def merge_fields(
         return
     result.set_aside.extend(set_aside)
     result.settled.extend(settled)
-    moved = {
-        "file": moved_fields(base_fields, file, stale["file"]),
-        "redis": moved_fields(base_fields, redis, stale["redis"]),
-    }
-    # Which side's changes come from a writer of an old copy: this write's, if partly stale;
-    # or an earlier one's whose changes waited for this direction.
-    earlier = base.old_copy if base is not None else None
-    sides: tuple[Side, Side] = ("file", "redis")
-    records = {"file": file, "redis": redis}
-    old_copy = {
-        s: OldCopy(s, {f: records[s].get(f) for f in stale[s]})
-        if stale[s]
-        else (earlier if earlier is not None and earlier.side == s else None)
-        for s in sides
-    }
-    changes = [
-        Change(s, came_from[s], overtaken=moved[other_side(s)], old_copy=old_copy[s]) for s in sides
-    ]
-    still_waiting = {side: bool(moved[side] & waiting) for side in ("file", "redis")}
-    waiting_copy = next((old_copy[s] for s in sides if old_copy[s] and still_waiting[s]), None)
-    result.base[plan_id] = (base or BaseTask({})).after(agreed, changes, waiting_copy)
+    result.base[plan_id] = agreed_base(base, agreed, records, stale, came_from, waiting)
     # Each side gets every agreed value it does not hold; a field whose change waits for the
     # other direction stays as it is on both sides.
     decided = {n: v for n, v in agreed.items() if n not in waiting}
@@ -521,6 +491,63 @@ def merge_fields(
         result.file_ops.append(Upsert(plan_id, file.with_fields(to_file), created=False))
     if to_redis:
         result.redis_ops.append(Upsert(plan_id, redis.with_fields(to_redis), created=False))
+
+
+def stale_records(
+    plan_id: str,
+    base_fields: Mapping[str, Value],
+    records: Mapping[Side, Record],
+    stale: Mapping[Side, frozenset[str]],
+) -> list[Conflict]:
+    """One record per field of a stale write set aside, with the stale and the kept value."""
+    return [
+        Conflict(
+            plan_id,
+            name,
+            base_fields.get(name),
+            records["file"].get(name) if side == "file" else base_fields.get(name),
+            records["redis"].get(name) if side == "redis" else base_fields.get(name),
+            winner=other_side(side),
+            kind="stale",
+            from_side=side,
+        )
+        for side in SIDES
+        for name in FIELDS
+        if name in stale[side]
+    ]
+
+
+def agreed_base(
+    base: BaseTask | None,
+    agreed: Mapping[str, Value],
+    records: Mapping[Side, Record],
+    stale: Mapping[Side, frozenset[str]],
+    came_from: Mapping[Side, Mapping[str, Value]],
+    waiting: AbstractSet[str],
+) -> BaseTask:
+    """The task's new base: the agreed values, and in its history what each side changed
+    (`came_from`: field -> value before), which of the other side's fields each change
+    overtook, and the old copy a partly stale write came from (S1)."""
+    moved = {side: moved_fields(base.fields if base else {}, records[side], stale[side])
+             for side in SIDES}  # fmt: skip
+    # Which side's changes come from a writer of an old copy: this write's, if partly stale;
+    # or an earlier one's whose changes waited for this direction.
+    earlier = base.old_copy if base is not None else None
+    old_copy = {
+        side: OldCopy(side, {f: records[side].get(f) for f in stale[side]})
+        if stale[side]
+        else (earlier if earlier is not None and earlier.side == side else None)
+        for side in SIDES
+    }
+    changes = [
+        Change(side, came_from[side], overtaken=moved[other_side(side)], old_copy=old_copy[side])
+        for side in SIDES
+    ]
+    # An old copy whose other changes still wait for the other direction is remembered.
+    waiting_copy = next(
+        (old_copy[side] for side in SIDES if old_copy[side] and moved[side] & waiting), None
+    )
+    return (base or BaseTask({})).after(agreed, changes, waiting_copy)
 
 
 def moved_fields(
