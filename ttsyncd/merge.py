@@ -73,7 +73,7 @@ def other_side(side: Side) -> Side:
     return "redis" if side == "file" else "file"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OldCopy:
     """A write found partly stale: its side, and the stale values set aside. The same writer
     writing again from the same copy still holds them (an agent's next step, an editor
@@ -83,7 +83,7 @@ class OldCopy:
     values: Mapping[str, Value]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per task and change: kept small
 class Change:
     """One side's change to a task, as a sync carried it to the other side: the fields it
     changed and the values they held before. `before` is empty for the task's creation."""
@@ -100,7 +100,7 @@ class Change:
     old_copy: OldCopy | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per task and change: kept small
 class BaseTask:
     """What both sides last agreed on for one task. A field missing from `fields` was never
     agreed (a first sync that left a conflict waiting), and counts as changed on both sides."""
