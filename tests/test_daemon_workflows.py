@@ -379,6 +379,11 @@ def test_pause_and_resume_with_no_daemon_running(town: Path, server: RedisServer
     assert paused.returncode == 0, paused.stderr
     assert "no daemon running; it will start paused" in paused.stdout
     assert marker(town).exists()
+    # One-shot commands that write are refused too (a dry run is not).
+    pushed = run_cli(town, "push", redis_url=server.url)
+    assert pushed.returncode == 1 and "paused since" in pushed.stderr, pushed.stderr
+    assert run_cli(town, "push", "--dry-run", redis_url=server.url).returncode == 0
+    assert server.client().keys("tt:*") == []
     started = run_cli(town, "start", redis_url=server.url)
     assert started.returncode == 0, started.stderr
     try:

@@ -143,6 +143,14 @@ def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
         return Output.from_json(answer["result"])
     if args.command == "conflicts":
         return commands.conflicts(settings, as_json=args.json)
+    writes = args.command in ("push", "pull", "resolve", "repair") and not getattr(
+        args, "dry_run", False
+    )
+    since = background.paused_since(settings)
+    if writes and since is not None:  # as a paused daemon answers: the town is paused
+        return Output(
+            stderr=[f"ttsyncd: paused since {since}; `ttsyncd resume` first"], code=EXIT_PLAN
+        )
     town = Town(settings, connect(settings))
     try:
         if args.command == "check":
