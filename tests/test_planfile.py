@@ -758,7 +758,7 @@ def test_parsing_by_segments_gives_exactly_what_a_whole_parse_gives(
     """`seeded`: a cold read of a big plan, which parses the whole text once and files each
     entry under its segment, instead of parsing segment by segment."""
     if seeded:
-        read._SEGMENTS.clear()
+        read._CACHE.segments.clear()
     text = plan_file[0].replace("\n", newline)
     if trouble:  # what must send it back to a whole parse: a string spanning lines, a header
         text += 'notes = """\n[[tasks]]\n"""\n' if "[[tasks]]" in text else "[other]\nx = 1\n"
@@ -890,7 +890,7 @@ def test_a_long_run_of_saves_keeps_the_parse_cache_bounded() -> None:
     for save in range(3_000):
         edited = plan.text.replace(f'"task {save % 50}', f'"task {save % 50}.{save}', 1)
         plan = parse_plan(PATH, edited, previous=plan)
-    assert len(read._SEGMENTS) <= 2 * 50 + 1_000 + 1
+    assert len(read._CACHE.segments) <= 2 * 50 + 1_000 + 1
     assert plan == _parse_whole(PATH, plan.text)
 
 

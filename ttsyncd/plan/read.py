@@ -1,6 +1,6 @@
 """Reading the plan file: text -> Plan. A whole tomllib parse words every problem with
 file:line; the fast path parses one `[[tasks]]` segment at a time, only the segments not
-seen before (the incremental re-read), memoised by their text.
+seen before (the incremental re-read), and owns the cache of those parses.
 """
 
 from __future__ import annotations
@@ -158,18 +158,40 @@ class _Segment:
     entry: PlanEntry
 
 
-# Parsed segments and preambles by their exact text (bounded: cleared when it grows past this).
-_SEGMENTS: dict[str, _Segment | None] = {}
-_PREAMBLES: dict[str, tuple[str | None] | None] = {}
-# A valid parse prunes the cache to its own plan (_keep_only_segments_of); this bounds it
+# A valid parse prunes the cache to its own plan (keep_only_segments_of); this bounds it
 # when saves keep failing to parse, which never reach that prune.
 _CACHE_LIMIT = 50_000
 
 
+class SegmentCache:
+    """Parsed segments and preambles by their exact text (bounded: cleared when it grows past
+    _CACHE_LIMIT, pruned to the current plan's segments by a valid parse)."""
+
+    def __init__(self) -> None:
+        self.segments: dict[str, _Segment | None] = {}
+        self.preambles: dict[str, tuple[str | None] | None] = {}
+
+    def clear(self) -> None:
+        self.segments.clear()
+        self.preambles.clear()
+
+    def keep_only_segments_of(self, text: str, starts: Sequence[int]) -> None:
+        """Forget the parses of segments this plan no longer holds: every save of a
+        long-running daemon's plan leaves one behind, so the cache would grow without end."""
+        ends = [*starts[1:], len(text)] if starts else []  # a plan with no entries holds none
+        current = {text[start:end] for start, end in zip(starts, ends, strict=True)}
+        for segment_text in [t for t in self.segments if t not in current]:
+            del self.segments[segment_text]
+        self.preambles.clear()
+
+
+# The reader's one cache (a process parses one town's plan).
+_CACHE = SegmentCache()
+
+
 def forget_parses() -> None:
     """Drop every memoised parse, as a new process starts (the benchmark's cold runs)."""
-    _SEGMENTS.clear()
-    _PREAMBLES.clear()
+    _CACHE.clear()
     _load_toml.cache_clear()
 
 
@@ -180,7 +202,7 @@ def _parse_by_segments(path: Path, text: str, previous: Plan | None) -> Plan | N
     `[tasks.sub]`) belongs to no single segment."""
     if '"""' in text or "'''" in text:
         return None
-    if len(_SEGMENTS) > _CACHE_LIMIT:
+    if len(_CACHE.segments) > _CACHE_LIMIT:
         forget_parses()
     if previous is None or previous.layout is None:
         starts = _headers_in(text, 0, len(text), after_first=False)
@@ -235,12 +257,12 @@ def _assemble(path: Path, text: str, starts: list[int], reuse: _Reuse) -> Plan |
         text[starts[index] : starts[index + 1] if index + 1 < count else len(text)]
         for index in range(reuse.head, count - reuse.tail)
     ]
-    fresh = [t for t in texts if t not in _SEGMENTS]
+    fresh = [t for t in texts if t not in _CACHE.segments]
     for segment_text in fresh:
         plain = _plain_table(segment_text)
         if plain is not None:
-            _SEGMENTS[segment_text] = _segment_of(plain)
-    hard = sum(1 for t in fresh if t not in _SEGMENTS)  # left for tomllib
+            _CACHE.segments[segment_text] = _segment_of(plain)
+    hard = sum(1 for t in fresh if t not in _CACHE.segments)  # left for tomllib
     if hard > max(WHOLE_PARSE_FROM, count // 2) and not _seed_segments(text, starts):
         return None
     middle: list[_Segment] = []
@@ -266,26 +288,16 @@ def _assemble(path: Path, text: str, starts: list[int], reuse: _Reuse) -> Plan |
         derived_from = (weakref.ref(previous), ids)
     plan = Plan(path, text, default_agent[0], entries, Layout(tuple(starts), tables), derived_from)
     vars(plan)["by_id"] = by_id  # seeds the cached property: it was just built
-    if len(_SEGMENTS) > 2 * count + 1_000:
-        _keep_only_segments_of(text, starts)
+    if len(_CACHE.segments) > 2 * count + 1_000:
+        _CACHE.keep_only_segments_of(text, starts)
     return plan
-
-
-def _keep_only_segments_of(text: str, starts: Sequence[int]) -> None:
-    """Forget the parses of segments this plan no longer holds: every save of a long-running
-    daemon's plan leaves one behind, so the cache would grow without end."""
-    ends = [*starts[1:], len(text)] if starts else []  # a plan with no entries holds none
-    current = {text[start:end] for start, end in zip(starts, ends, strict=True)}
-    for segment_text in [t for t in _SEGMENTS if t not in current]:
-        del _SEGMENTS[segment_text]
-    _PREAMBLES.clear()
 
 
 def _preamble(text: str) -> tuple[str | None] | None:
     """(`[meta] default_agent`,) of the text before the first entry; None if it is not valid
     on its own or defines `tasks`."""
-    if text in _PREAMBLES:
-        return _PREAMBLES[text]
+    if text in _CACHE.preambles:
+        return _CACHE.preambles[text]
     result: tuple[str | None] | None = None
     try:
         data = tomllib.loads(text)
@@ -295,7 +307,7 @@ def _preamble(text: str) -> tuple[str | None] | None:
     agent = meta.get("default_agent") if isinstance(meta, dict) else 0
     if "tasks" not in data and (agent is None or isinstance(agent, str)):
         result = (agent,)
-    _PREAMBLES[text] = result
+    _CACHE.preambles[text] = result
     return result
 
 
@@ -316,8 +328,8 @@ def _seed_segments(text: str, starts: list[int]) -> bool:
     for index, table in enumerate(tables):
         end = starts[index + 1] if index + 1 < len(starts) else len(text)
         segment_text = text[starts[index] : end]
-        if segment_text not in _SEGMENTS:
-            _SEGMENTS[segment_text] = _segment_of(table)
+        if segment_text not in _CACHE.segments:
+            _CACHE.segments[segment_text] = _segment_of(table)
     return True
 
 
@@ -354,12 +366,12 @@ def _segment_of(table: object) -> _Segment | None:
 
 def _segment(text: str) -> _Segment | None:
     """One entry's segment parsed; None if it is not exactly one valid entry on its own."""
-    if text in _SEGMENTS:
-        return _SEGMENTS[text]
+    if text in _CACHE.segments:
+        return _CACHE.segments[text]
     result: _Segment | None = None
     plain = _plain_table(text)
     if plain is not None:
-        _SEGMENTS[text] = result = _segment_of(plain)
+        _CACHE.segments[text] = result = _segment_of(plain)
         return result
     try:
         data = tomllib.loads(text)
@@ -368,7 +380,7 @@ def _segment(text: str) -> _Segment | None:
     tasks = data.get("tasks")
     if list(data) == ["tasks"] and isinstance(tasks, list) and len(tasks) == 1:
         result = _segment_of(tasks[0])
-    _SEGMENTS[text] = result
+    _CACHE.segments[text] = result
     return result
 
 
