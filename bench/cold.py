@@ -27,11 +27,10 @@ import redis
 
 from bench.procs import BenchError
 from bench.town import plan_text, reset_files, town_name
-from ttsyncd import planfile
 from ttsyncd.codec import PLAN_TAG_PREFIX, rfc3339
 from ttsyncd.config import Settings, load_settings
 from ttsyncd.engine import sync
-from ttsyncd.planfile import write_atomic
+from ttsyncd.plan import forget_parses, write_atomic
 from ttsyncd.store import glob_escape
 from ttsyncd.tinytown import new_task, set_task
 
@@ -50,7 +49,7 @@ def task_pattern(town: str) -> str:
 
 
 def ttsyncd_push(settings: Settings, client: redis.Redis, size: int) -> float:
-    planfile.forget_parses()  # as cold as a `ttsyncd push` process: no entry parsed before
+    forget_parses()  # as cold as a `ttsyncd push` process: no entry parsed before
     started = perf_counter()
     report = sync(settings, client, push=True, pull=False)
     elapsed = perf_counter() - started
@@ -62,7 +61,7 @@ def ttsyncd_push(settings: Settings, client: redis.Redis, size: int) -> float:
 def ttsyncd_pull(settings: Settings, client: redis.Redis, size: int) -> tuple[float, str]:
     """Pull every task into an empty tasks.toml with no base; returns (seconds, the file)."""
     reset_files(settings.town_dir, "")
-    planfile.forget_parses()
+    forget_parses()
     started = perf_counter()
     report = sync(settings, client, push=False, pull=True)
     elapsed = perf_counter() - started

@@ -13,7 +13,7 @@ import redis
 
 from ttsyncd.identity import identify
 from ttsyncd.model import Record
-from ttsyncd.planfile import read_plan
+from ttsyncd.plan import read_plan
 from ttsyncd.store import read_snapshot
 from ttsyncd.views import file_view, redis_view
 

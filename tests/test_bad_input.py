@@ -28,14 +28,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import make_town, run_cli, write_counts
-from ttsyncd import planfile
 from ttsyncd.codec import task_key
 from ttsyncd.config import Settings, load_settings
 from ttsyncd.engine import SyncReport, sync
 from ttsyncd.errors import PlanError, SyncRefused
 from ttsyncd.identity import task_uuid_for
 from ttsyncd.model import STATES
-from ttsyncd.planfile import Plan
+from ttsyncd.plan import Plan, parse_plan, read_plan
 from ttsyncd.tinytown import new_task, register_agent, set_task
 
 TOWN = "fuzz"
@@ -203,7 +202,7 @@ def key_of(plan_id: str) -> str:
 
 
 def plan_ids(path: Path) -> list[str | None]:
-    return [entry.plan_id for entry in planfile.read_plan(path).entries]
+    return [entry.plan_id for entry in read_plan(path).entries]
 
 
 # ---------------------------------------------------------------------------- plan variants
@@ -649,7 +648,7 @@ def parse_variant(path: Path, data: bytes) -> Plan | PlanError:
         path.write_bytes(data)
         text = None
     try:
-        return planfile.parse_plan(path, text) if text is not None else planfile.read_plan(path)
+        return parse_plan(path, text) if text is not None else read_plan(path)
     except PlanError as error:
         assert_names_file_and_line(error, path, data)
         return error
@@ -733,7 +732,7 @@ def test_broken_plan_variants_change_nothing_in_the_engine(
                 outcome = "refused"
             else:
                 assert parses, "a plan that does not parse was synced"
-                planfile.read_plan(town.tasks_file)  # what the sync left still parses
+                read_plan(town.tasks_file)  # what the sync left still parses
                 tally.outcomes[f"{direction} synced"] += 1
                 continue
             tally.outcomes[f"{direction} {outcome}"] += 1
@@ -1047,7 +1046,7 @@ def test_deeply_nested_value_is_a_plan_error(tmp_path: Path) -> None:
     path = tmp_path / "tasks.toml"
     text = '[[tasks]]\ndescription = "x"\ntags = ' + nested(1000, '"x"') + "\n"
     with pytest.raises(PlanError) as caught:
-        planfile.parse_plan(path, text)
+        parse_plan(path, text)
     assert_names_file_and_line(caught.value, path, text.encode())
 
 
@@ -1067,7 +1066,7 @@ ECHOED_VALUES = {
 def test_problem_lines_all_name_file_and_line(tmp_path: Path, name: str) -> None:
     path = tmp_path / "tasks.toml"
     with pytest.raises(PlanError) as caught:
-        planfile.parse_plan(path, ECHOED_VALUES[name])
+        parse_plan(path, ECHOED_VALUES[name])
     for line in str(caught.value).split("\n"):  # what the CLI prints, line by line
         assert re.match(rf"{re.escape(str(path))}:[0-9]+: ", line), repr(line)
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", line), repr(line)
@@ -1187,7 +1186,7 @@ def test_pulled_blank_description_leaves_a_file_that_parses(
     town.reset()
     set_task(town.client, TOWN, new_task(description, []))
     town.sync("pull")
-    planfile.read_plan(town.tasks_file)
+    read_plan(town.tasks_file)
 
 
 @pytest.mark.parametrize("cycle", [("release",), ("docs", "release")])
@@ -1199,7 +1198,7 @@ def test_pulled_parent_cycle_leaves_a_file_that_parses(
         parent = cycle[(position + 1) % len(cycle)]
         town.client.hset(key_of(plan_id), "parent_id", task_uuid_for(TOWN, parent))
     town.sync("pull")
-    planfile.read_plan(town.tasks_file)
+    read_plan(town.tasks_file)
 
 
 def test_malformed_agent_hash_never_makes_ttsyncd_write_an_unreadable_task(

@@ -32,12 +32,11 @@ import redis
 
 from tests.daemon_harness import QUIET_S, Daemon, FileWrites, RedisServer, redis_server, wait_until
 from tests.helpers import make_town, plan_records, town_records, write_counts
-from ttsyncd import planfile
 from ttsyncd.codec import rfc3339, task_key
 from ttsyncd.errors import PlanError
 from ttsyncd.identity import task_uuid_for
 from ttsyncd.model import STATES, Record, Value
-from ttsyncd.planfile import UpdateEntry, read_plan
+from ttsyncd.plan import Plan, UpdateEntry, read_plan, read_text, render_plan
 from ttsyncd.state import load_state, read_conflicts, replay_journal
 from ttsyncd.tinytown import new_task, set_task
 from ttsyncd.views import file_view
@@ -467,10 +466,10 @@ def temp_files(town: Path) -> list[Path]:
     return sorted(town.glob(".tasks.toml.*.tmp"))
 
 
-def check_plan_after_kill(path: Path, before: planfile.Plan, target: dict[str, Record]) -> str:
+def check_plan_after_kill(path: Path, before: Plan, target: dict[str, Record]) -> str:
     """The plan must be `before`, or exactly a text the daemon writes for some of the updates
     (every entry whole: as before, or as in Redis). Returns which: before, after or part."""
-    text = planfile.read_text(path)
+    text = read_text(path)
     plan = read_plan(path)  # parses, or raises PlanError naming the line
     ids = [entry.plan_id for entry in plan.entries]
     assert ids == [entry.plan_id for entry in before.entries], "entries lost or reordered"
@@ -478,7 +477,7 @@ def check_plan_after_kill(path: Path, before: planfile.Plan, target: dict[str, R
     torn = [i for i in now if now[i] not in (was[i], target[i])]
     assert not torn, f"entries that are neither before nor after: {torn[:5]}"
     updated = [i for i in ids if i is not None and now[i] != was[i]]
-    expected = planfile.render_plan(before, [UpdateEntry(i, now[i]) for i in updated])
+    expected = render_plan(before, [UpdateEntry(i, now[i]) for i in updated])
     assert text == expected, "the plan is not a text the daemon writes"
     if not updated:
         return "before"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from ttsyncd.errors import PlanError
 from ttsyncd.model import Record
-from ttsyncd.planfile import UpdateEntry, parse_plan, render_plan
+from ttsyncd.plan import UpdateEntry, parse_plan, render_plan
 
 PATH = Path("tasks.toml")
 EXAMPLES = 1500 if os.environ.get("TTSYNCD_LONG") else 300

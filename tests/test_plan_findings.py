@@ -12,7 +12,7 @@ import pytest
 
 from ttsyncd.errors import PlanError
 from ttsyncd.model import Record
-from ttsyncd.planfile import RemoveEntry, UpdateEntry, parse_plan, render_plan
+from ttsyncd.plan import RemoveEntry, UpdateEntry, parse_plan, render_plan
 
 PATH = Path("tasks.toml")
 

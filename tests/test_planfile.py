@@ -14,30 +14,26 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ttsyncd import planfile
 from ttsyncd.errors import PlanError
 from ttsyncd.model import STATES, Record
-from ttsyncd.planfile import (
+from ttsyncd.plan import (
     AddEntry,
     AssignId,
     FileEdit,
     Plan,
     RemoveEntry,
     UpdateEntry,
-    _edit_simple_lines,
-    _edit_with_tomlkit,
-    _field_changes,
-    _parse_whole,
-    _plain_table,
-    _render_window,
-    _resolve,
-    _split,
+    forget_parses,
     new_entry_id,
     parse_plan,
+    read,
     read_plan,
     render_plan,
     write_atomic,
 )
+from ttsyncd.plan.read import _parse_whole, _plain_table
+from ttsyncd.plan.render import _edit_simple_lines, _field_changes, _render_window, _resolve, _split
+from ttsyncd.plan.render_tomlkit import _edit_with_tomlkit
 
 PATH = Path("tasks.toml")
 
@@ -762,7 +758,7 @@ def test_parsing_by_segments_gives_exactly_what_a_whole_parse_gives(
     """`seeded`: a cold read of a big plan, which parses the whole text once and files each
     entry under its segment, instead of parsing segment by segment."""
     if seeded:
-        planfile._SEGMENTS.clear()
+        read._CACHE.segments.clear()
     text = plan_file[0].replace("\n", newline)
     if trouble:  # what must send it back to a whole parse: a string spanning lines, a header
         text += 'notes = """\n[[tasks]]\n"""\n' if "[[tasks]]" in text else "[other]\nx = 1\n"
@@ -770,7 +766,7 @@ def test_parsing_by_segments_gives_exactly_what_a_whole_parse_gives(
         whole: Plan | list[str] = _parse_whole(PATH, text)
     except PlanError as error:
         whole = error.problems
-    with patch.object(planfile, "WHOLE_PARSE_FROM", -1 if seeded else planfile.WHOLE_PARSE_FROM):
+    with patch.object(read, "WHOLE_PARSE_FROM", -1 if seeded else read.WHOLE_PARSE_FROM):
         assert parsed_or_problems(text) == whole
     assert parsed_or_problems(text) == whole  # from the segment cache this time
 
@@ -894,16 +890,16 @@ def test_a_long_run_of_saves_keeps_the_parse_cache_bounded() -> None:
     for save in range(3_000):
         edited = plan.text.replace(f'"task {save % 50}', f'"task {save % 50}.{save}', 1)
         plan = parse_plan(PATH, edited, previous=plan)
-    assert len(planfile._SEGMENTS) <= 2 * 50 + 1_000 + 1
+    assert len(read._CACHE.segments) <= 2 * 50 + 1_000 + 1
     assert plan == _parse_whole(PATH, plan.text)
 
 
 def test_a_plan_with_no_entries_reads_with_a_full_parse_cache() -> None:
     """The cache is pruned to the current plan's segments once it is big; a plan holding none
     used to crash the pruning (a daemon of a town over 1,000 tasks whose file was emptied)."""
-    planfile.forget_parses()
+    forget_parses()
     many = "".join(f'[[tasks]]\nid = "t{n}"\ndescription = "task {n}"\n\n' for n in range(1_200))
     big = parse_plan(Path("tasks.toml"), many)
     empty = parse_plan(Path("tasks.toml"), '[meta]\ndefault_agent = "dev"\n\n', previous=big)
     assert not empty.entries
-    planfile.forget_parses()
+    forget_parses()

@@ -13,7 +13,7 @@ from ttsyncd.config import Endpoint, LogSettings, Settings, SyncSettings
 from ttsyncd.engine import Decision, Scope, SyncReport, decide, replaced
 from ttsyncd.identity import IdentityIndex
 from ttsyncd.merge import Options
-from ttsyncd.planfile import Plan, parse_plan, render_plan
+from ttsyncd.plan import Plan, parse_plan, render_plan
 from ttsyncd.state import SyncState
 from ttsyncd.store import Snapshot, hash_after
 

@@ -14,7 +14,7 @@ from ttsyncd.engine import SyncReport, set_aside_line, state_store_for, sync
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN
 from ttsyncd.identity import identify
 from ttsyncd.merge import ENTRY, Side
-from ttsyncd.planfile import PlanReader
+from ttsyncd.plan import PlanReader
 from ttsyncd.state import StateStore, append_conflicts, read_conflicts
 from ttsyncd.store import RedisSource, TaskWrite, apply_writes, read_snapshot
 from ttsyncd.topology import RedisClient

@@ -36,7 +36,7 @@ from redis.asyncio.keyspace_notifications import (
 )
 from redis.keyspace_notifications import KeyspaceChannel
 
-from ttsyncd import background, commands, control, log, planfile, systemd
+from ttsyncd import background, commands, control, log, systemd
 from ttsyncd.codec import agent_key_prefix
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
@@ -46,7 +46,7 @@ from ttsyncd.engine import Scope, SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
 from ttsyncd.notifications import notifications_arrive
-from ttsyncd.planfile import Plan, PlanReader
+from ttsyncd.plan import Plan, PlanReader, read_text
 from ttsyncd.state import RefusedDeletions
 from ttsyncd.store import NotReplicated, glob_escape
 from ttsyncd.topology import (
@@ -279,7 +279,7 @@ class Daemon:
 
     async def file_differs(self) -> bool:
         try:
-            text = await asyncio.to_thread(planfile.read_text, self.settings.tasks_file)
+            text = await asyncio.to_thread(read_text, self.settings.tasks_file)
         except TtsyncdError:
             return True  # not UTF-8: let the sync report it
         return not self.plan_reader.is_known(text)
@@ -692,7 +692,7 @@ class Daemon:
 
         def check() -> tuple[bool, bool]:
             try:
-                file_differed = not reader.is_known(planfile.read_text(reader.path))
+                file_differed = not reader.is_known(read_text(reader.path))
             except TtsyncdError:
                 file_differed = True  # not UTF-8: let the sync report it
             return file_differed, mirror.verify()

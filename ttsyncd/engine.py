@@ -15,7 +15,6 @@ from typing import TypeVar
 
 import structlog
 
-from ttsyncd import planfile
 from ttsyncd.codec import encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
 from ttsyncd.errors import PlanError, SyncRefused
@@ -33,7 +32,17 @@ from ttsyncd.merge import (
     merge,
 )
 from ttsyncd.model import Record
-from ttsyncd.planfile import AddEntry, FileEdit, Plan, PlanReader, RemoveEntry, UpdateEntry
+from ttsyncd.plan import (
+    AddEntry,
+    FileEdit,
+    Plan,
+    PlanReader,
+    RemoveEntry,
+    UpdateEntry,
+    parse_plan,
+    render_plan,
+    write_atomic,
+)
 from ttsyncd.state import (
     RefusedDeletions,
     StateStore,
@@ -204,7 +213,7 @@ def sync(
             keep_what_landed(state_store, decided, changed, epoch)
             continue
         if new_plan is not None:
-            if not planfile.write_atomic(settings.tasks_file, new_plan.text, plan.text):
+            if not write_atomic(settings.tasks_file, new_plan.text, plan.text):
                 log.info("tasks file changed during sync, merging again")
                 keep_what_landed(state_store, decided, [], epoch)
                 continue
@@ -370,9 +379,9 @@ def render_checked(plan: Plan, edits: list[FileEdit]) -> Plan | None:
     (say, a Redis `parent_id` naming a task the file does not hold). None: no edits."""
     if not edits:
         return None
-    text = planfile.render_plan(plan, edits)
+    text = render_plan(plan, edits)
     try:
-        return planfile.parse_plan(plan.path, text, previous=plan)
+        return parse_plan(plan.path, text, previous=plan)
     except PlanError as error:
         raise SyncRefused(
             f"not writing {plan.path}: the merged plan would not be valid:\n{error}"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ttsyncd.codec import RedisTask
 from ttsyncd.identity import Identified
 from ttsyncd.model import Record
-from ttsyncd.planfile import AssignId, Plan, PlanEntry, new_entry_id
+from ttsyncd.plan import AssignId, Plan, PlanEntry, new_entry_id
 
 
 @dataclass(frozen=True)

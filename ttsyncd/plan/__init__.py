@@ -1,0 +1,41 @@
+"""The plan file (tasks.toml): read fast, checked with file:line, edited in place keeping its
+style, written atomically.
+
+- model: the plan and its entries, the edits a pull makes
+- grammar: the TOML line grammar reading and rendering share
+- read: text -> Plan, whole or by `[[tasks]]` segments (the incremental re-read, its cache)
+- validate: field and graph problems with file:line
+- render: Plan + edits -> text, untouched bytes kept; render_tomlkit: the tomlkit fallback
+"""
+
+from ttsyncd.fsutil import write_atomic
+from ttsyncd.plan.model import (
+    AddEntry,
+    AssignId,
+    FileEdit,
+    Plan,
+    PlanEntry,
+    RemoveEntry,
+    UpdateEntry,
+    new_entry_id,
+)
+from ttsyncd.plan.read import PlanReader, forget_parses, parse_plan, read_plan, read_text
+from ttsyncd.plan.render import render_plan
+
+__all__ = [
+    "AddEntry",
+    "AssignId",
+    "FileEdit",
+    "Plan",
+    "PlanEntry",
+    "PlanReader",
+    "RemoveEntry",
+    "UpdateEntry",
+    "forget_parses",
+    "new_entry_id",
+    "parse_plan",
+    "read_plan",
+    "read_text",
+    "render_plan",
+    "write_atomic",
+]

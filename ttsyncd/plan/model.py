@@ -1,0 +1,135 @@
+"""The plan as data: the file's entries (Plan, PlanEntry, where they are: Layout), the edits a
+pull makes to it (UpdateEntry, AddEntry, RemoveEntry, AssignId) as resolved against a plan
+(_Outcome), and new entries' ids.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import unicodedata
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ttsyncd.model import Record
+from ttsyncd.plan.grammar import TomlData, _tasks_headers
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One `[[tasks]]` entry. It holds no position, so an entry whose text did not change is
+    the same object in every parse of the plan (a daemon tells what changed by identity)."""
+
+    plan_id: str | None  # the entry's `id`, None when missing
+    record: Record  # `agent` is the entry's own key, not the [meta] default
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the entries are in the text, for plans that split into `[[tasks]]` segments:
+    what lets a re-read parse, and a pull rewrite, only the entries that changed."""
+
+    starts: tuple[int, ...]  # offset of each entry's `[[tasks]]` header line
+    tables: tuple[TomlData, ...]  # each entry as tomllib parsed it
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: Path
+    text: str  # the exact text read
+    default_agent: str | None  # [meta] default_agent
+    entries: tuple[PlanEntry, ...]
+    layout: Layout | None = field(default=None, compare=False, repr=False)
+    # The plan this one was read against, weakly, and the ids of the entries that differ.
+    derived_from: tuple[weakref.ref[Plan], frozenset[str]] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def edited_since(self, earlier: Plan, limit: int = 64) -> frozenset[str] | None:
+        """The ids of the entries edited, added or removed since `earlier`; None when that
+        is not known cheaply (the caller compares all entries)."""
+        edited: set[str] = set()
+        plan: Plan | None = self
+        for _ in range(limit):
+            if plan is earlier:
+                return frozenset(edited)
+            link = plan.derived_from if plan is not None else None
+            if link is None:
+                return None
+            plan = link[0]()
+            edited |= link[1]
+        return None
+
+    @functools.cached_property
+    def by_id(self) -> dict[str, PlanEntry]:
+        return {entry.plan_id: entry for entry in self.entries if entry.plan_id is not None}
+
+    @functools.cached_property
+    def index_of(self) -> dict[str, int]:
+        return {e.plan_id: n for n, e in enumerate(self.entries) if e.plan_id is not None}
+
+    @functools.cached_property
+    def without_id(self) -> tuple[int, ...]:
+        """Indexes of the entries that have no id yet."""
+        if len(self.by_id) == len(self.entries):
+            return ()  # (ids are unique)
+        return tuple(n for n, entry in enumerate(self.entries) if entry.plan_id is None)
+
+    def entry_line(self, index: int) -> int:
+        """The 1-based line of entry `index`'s header (for messages)."""
+        if self.layout is not None:
+            return self.text.count("\n", 0, self.layout.starts[index]) + 1
+        return _tasks_headers(self.text.split("\n"))[index] + 1
+
+
+@dataclass(frozen=True)
+class UpdateEntry:
+    """Make the entry with this id hold `record`."""
+
+    plan_id: str
+    record: Record
+
+
+@dataclass(frozen=True)
+class AddEntry:
+    """Append a new entry at the end of the file."""
+
+    plan_id: str
+    record: Record
+
+
+@dataclass(frozen=True)
+class RemoveEntry:
+    plan_id: str
+
+
+@dataclass(frozen=True)
+class AssignId:
+    """Give the id-less entry at `index` an `id`."""
+
+    index: int
+    plan_id: str
+
+
+FileEdit = UpdateEntry | AddEntry | RemoveEntry | AssignId
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """The edits resolved against the plan: what happens to each original entry."""
+
+    changes: dict[int, dict[str, Any]]  # index -> key -> new value (None: remove the key)
+    removed: frozenset[int]
+    added: tuple[TomlData, ...]  # new entries' data, keys in writing order
+
+
+def new_entry_id(description: str, taken: set[str]) -> str:
+    ascii_text = unicodedata.normalize("NFKD", description).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")[:40].rstrip("-") or "task"
+    candidate, suffix = slug, 1
+    while candidate in taken:
+        suffix += 1
+        candidate = f"{slug}-{suffix}"
+    return candidate

@@ -1,0 +1,451 @@
+"""Rendering: Plan + edits -> text. Only windows of lines around the edited entries are split
+and rendered, with line edits where the keys sit on plain lines; every other byte (and
+each kept line's line ending) stays as it was. Layouts the line edits do not handle go to
+the tomlkit fallback (render_tomlkit).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import tomlkit
+
+from ttsyncd.model import FIELDS, Record
+from ttsyncd.plan.grammar import (
+    _KEY_LINE,
+    _SIMPLE_LINE,
+    _TASKS_HEADER,
+    TomlData,
+    _load_toml,
+    _same,
+    _tasks_headers,
+)
+from ttsyncd.plan.model import (
+    AddEntry,
+    AssignId,
+    FileEdit,
+    Layout,
+    Plan,
+    RemoveEntry,
+    UpdateEntry,
+    _Outcome,
+)
+from ttsyncd.plan.render_tomlkit import _edit_with_tomlkit, _render_whole_document
+
+# What a missing key means (every other field: None).
+_ABSENT_MEANS: dict[str, Any] = {"status": "pending", "tags": ()}
+
+
+def render_plan(plan: Plan, edits: Sequence[FileEdit]) -> str:
+    outcome = _resolve(plan, edits)
+    if not (outcome.changes or outcome.removed or outcome.added):
+        return plan.text
+    expected = {
+        index: _changed(_table(plan, index), changes) for index, changes in outcome.changes.items()
+    }
+    if plan.layout is not None:
+        by_segments = _render_by_segments(plan, plan.layout, outcome, expected)
+    else:  # a trailing table, a multi-line string: the line-based render may still apply
+        by_segments = _render_all_lines(plan, _load_toml(plan.text), outcome, expected)
+    if by_segments is not None:
+        return by_segments
+    return _render_whole_document(plan, _load_toml(plan.text), outcome, expected)
+
+
+def _render_all_lines(
+    plan: Plan, data: TomlData, outcome: _Outcome, expected: Mapping[int, TomlData]
+) -> str | None:
+    if "tasks" in data and not plan.entries:
+        return None  # `tasks = []`: the new entry goes into that array
+    text = plan.text
+    return _render_window(
+        text, range(len(plan.entries)), data.get("tasks", []), outcome, expected,
+        _line_ending(text), at_end=True, ends_with_newline=text.endswith("\n"),
+    )  # fmt: skip
+
+
+def _table(plan: Plan, index: int) -> TomlData:
+    """Entry `index` as tomllib parsed it."""
+    if plan.layout is not None:
+        return plan.layout.tables[index]
+    table: TomlData = _load_toml(plan.text)["tasks"][index]
+    return table
+
+
+def _resolve(plan: Plan, edits: Sequence[FileEdit]) -> _Outcome:
+    index_of = dict(plan.index_of)
+    new_ids: dict[int, str] = {}
+    records: dict[int, Record] = {}
+    removed: set[int] = set()
+    added: dict[str, Record] = {}
+
+    def known(plan_id: str) -> None:
+        if plan_id not in index_of and plan_id not in added:
+            raise ValueError(f"no plan entry has the id {plan_id!r}")
+
+    def unused(plan_id: str) -> None:
+        if plan_id in index_of or plan_id in added:
+            raise ValueError(f"the id {plan_id!r} is already in the plan")
+
+    for edit in edits:
+        match edit:
+            case UpdateEntry(plan_id, record):
+                known(plan_id)
+                if plan_id in added:
+                    added[plan_id] = record
+                else:
+                    records[index_of[plan_id]] = record
+            case AddEntry(plan_id, record):
+                unused(plan_id)
+                added[plan_id] = record
+            case RemoveEntry(plan_id):
+                known(plan_id)
+                if plan_id in added:
+                    del added[plan_id]
+                else:
+                    removed.add(index_of.pop(plan_id))
+            case AssignId(index, plan_id):
+                has_id = not 0 <= index < len(plan.entries) or plan.entries[index].plan_id
+                if has_id or index in new_ids or index in removed:
+                    raise ValueError(f"no id-less plan entry at index {index}")
+                unused(plan_id)
+                new_ids[index] = plan_id
+                index_of[plan_id] = index
+
+    changes: dict[int, dict[str, Any]] = {}
+    for index in sorted((records.keys() | new_ids.keys()) - removed):
+        entry_changes: dict[str, Any] = {}
+        if index in new_ids:
+            entry_changes["id"] = new_ids[index]
+        if index in records:
+            entry_changes.update(
+                _field_changes(_table(plan, index), records[index], plan.default_agent)
+            )
+        if entry_changes:
+            changes[index] = entry_changes
+    new_entries = tuple(
+        _new_entry(plan_id, record, plan.default_agent) for plan_id, record in added.items()
+    )
+    return _Outcome(changes, frozenset(removed), new_entries)
+
+
+def _field_changes(raw: TomlData, record: Record, default_agent: str | None) -> dict[str, Any]:
+    """The keys to set or remove so that the entry holds `record`; unchanged keys untouched."""
+    changes: dict[str, Any] = {}
+    for key in FIELDS:
+        desired = record.get(key)
+        current = raw.get(key, _ABSENT_MEANS.get(key))
+        if isinstance(current, list):
+            current = tuple(current)
+        if desired == current:
+            continue
+        if key == "agent" and "agent" not in raw and desired == default_agent:
+            continue  # the [meta] default already says it
+        if desired is None or desired == ():
+            changes[key] = None
+        else:
+            changes[key] = list(desired) if isinstance(desired, tuple) else desired
+    return changes
+
+
+def _changed(raw: TomlData, changes: Mapping[str, Any]) -> TomlData:
+    updated = {**raw, **changes}
+    return {key: value for key, value in updated.items() if value is not None}
+
+
+def _new_entry(plan_id: str, record: Record, default_agent: str | None) -> TomlData:
+    values: dict[str, Any] = {
+        "id": plan_id,
+        "description": record.description,
+        "agent": None if record.agent == default_agent else record.agent,
+        "status": record.status,
+        "tags": list(record.tags) or None,
+        "parent": record.parent,
+        "result": record.result,
+    }
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _value_text(value: Any) -> str:
+    """A string or a list of strings as TOML text. Written here, not with tomlkit.item():
+    a pulled plan of 10,000 entries made 50,000 tomlkit items (~1 s) for a few quotes."""
+    if isinstance(value, str):
+        return _basic_string(value)
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return "[" + ", ".join(_basic_string(item) for item in value) + "]"
+    text: str = tomlkit.item(value).as_string()
+    return text
+
+
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+def _basic_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped."""
+
+    def escape(match: re.Match[str]) -> str:
+        char = match.group()
+        return _ESCAPES.get(char) or f"\\u{ord(char):04x}"
+
+    return '"' + _NEEDS_ESCAPE.sub(escape, text) + '"'
+
+
+# --- the fast path: segments
+
+
+@dataclass(frozen=True)
+class _Lines:
+    """Line range of one entry: attached comments, header, body (0-based, end exclusive)."""
+
+    start: int
+    header: int
+    end: int
+
+
+def _split(lines: list[str]) -> list[_Lines]:
+    headers = _tasks_headers(lines)
+    segments: list[_Lines] = []
+    previous_end = 0
+    for position, header in enumerate(headers):
+        stop = headers[position + 1] if position + 1 < len(headers) else len(lines)
+        end = header + 1
+        for n in range(header + 1, stop):
+            stripped = lines[n].strip()
+            if stripped.startswith("["):
+                break  # another table ends the entry's body
+            if stripped and not stripped.startswith("#"):
+                end = n + 1
+        # Trailing comments/blank lines of the body belong to no entry: they stay put.
+        start = header
+        while start > previous_end and lines[start - 1].lstrip().startswith("#"):
+            start -= 1
+        segments.append(_Lines(start, header, end))
+        previous_end = end
+    return segments
+
+
+def _render_by_segments(
+    plan: Plan, layout: Layout, outcome: _Outcome, expected: Mapping[int, TomlData]
+) -> str | None:
+    """The new text, or None when the file's layout does not split into segments safely.
+
+    Only windows of lines around the edited entries are split and rendered (each from the
+    header before the first edited entry to the header after the last one, which the
+    blank-line rules look at); the text between windows is copied as it is."""
+    text, starts, count = plan.text, layout.starts, len(layout.starts)
+    carriage = _line_ending(text)  # new lines follow the file's line endings
+    edited = sorted(outcome.changes.keys() | outcome.removed)
+    if not count:  # no entries yet: the window is the whole text
+        return _render_window(text, range(0), layout.tables, outcome, expected, carriage,
+                              at_end=True, ends_with_newline=text.endswith("\n"),
+                              trusted=True)  # fmt: skip
+    if outcome.added and (not edited or edited[-1] != count - 1):
+        edited.append(count - 1)  # new entries go at the end, after its blank lines
+    clusters: list[list[int]] = []
+    for index in edited:
+        if clusters and index <= clusters[-1][-1] + 2:  # their windows would overlap
+            clusters[-1].append(index)
+        else:
+            clusters.append([index])
+    pieces: list[str] = []
+    cursor = 0
+    for cluster in clusters:
+        first = max(0, cluster[0] - 1)
+        begin = starts[first] if cluster[0] > 0 else 0
+        after = cluster[-1] + 1
+        finish = len(text) if after >= count else text.find("\n", starts[after]) + 1 or len(text)
+        at_end = finish == len(text)
+        rendered = _render_window(
+            text[begin:finish],
+            range(first, min(after, count - 1) + 1),
+            layout.tables,
+            outcome,
+            expected,
+            carriage,
+            at_end=at_end,
+            ends_with_newline=text.endswith("\n") if at_end else True,
+            trusted=True,
+        )
+        if rendered is None:
+            return None
+        pieces += [text[cursor:begin], rendered]
+        cursor = finish
+    pieces.append(text[cursor:])
+    return "".join(pieces)
+
+
+def _render_window(
+    text: str,
+    entries: range,
+    tables: Sequence[TomlData],
+    outcome: _Outcome,
+    expected: Mapping[int, TomlData],
+    carriage: str,
+    *,
+    at_end: bool,
+    ends_with_newline: bool,
+    trusted: bool = False,
+) -> str | None:
+    """Render a window of lines holding these entries (the last one perhaps only its
+    header); additions only at the end of the file. None when the window does not split as
+    the parse did. `trusted`: the tables come from the plan's layout, whose parse already
+    tied each segment's text to its table (else each is checked)."""
+    lines = text.split("\n")
+    if ends_with_newline:
+        lines.pop()
+    elif carriage and lines and not lines[-1].endswith("\r"):
+        # The last line, which ends the file with no newline, takes the file's line ending
+        # for as long as the render works; whatever line ends the result gives it back.
+        lines[-1] += carriage
+    segments = _split(lines)
+    if len(segments) != len(entries):
+        return None
+    first = entries.start
+
+    replacements: dict[int, list[str]] = {}
+    for index in outcome.removed | outcome.changes.keys():
+        if not first <= index < first + len(segments):
+            continue
+        segment = segments[index - first]
+        segment_text = "\n".join(lines[segment.start : segment.end]) + "\n"
+        if not trusted and not _holds(segment_text, tables[index]):
+            return None
+        if index in outcome.changes:
+            indent = _body_indent(lines[segment.header + 1 : segment.end])
+            new_text = _edit_segment(segment_text, outcome.changes[index], indent)
+            if not _holds(new_text, expected[index]):
+                return None
+            replacements[index] = _with_line_endings(
+                new_text.split("\n")[:-1], lines[segment.start : segment.end]
+            )
+
+    out: list[str] = []
+    cursor = 0
+    for position, segment in enumerate(segments):
+        index = first + position
+        out.extend(lines[cursor : segment.start])
+        cursor = segment.end
+        if index in replacements:
+            out.extend(replacements[index])
+        elif index not in outcome.removed:
+            out.extend(lines[segment.start : segment.end])
+        else:
+            # Don't leave a double blank line (or trailing blank lines) where it was.
+            after = segment.end
+            while after < len(lines) and not lines[after].strip():
+                after += 1
+            if after == len(lines):
+                while out and not out[-1].strip():
+                    out.pop()
+                cursor = after
+            elif not out or not out[-1].strip():
+                cursor = after
+    out.extend(lines[cursor:])
+
+    added = outcome.added if at_end else ()
+    for entry in added:
+        while out and not out[-1].strip():
+            out.pop()
+        if out:
+            out.append(carriage)
+        lines = ["[[tasks]]" + carriage]
+        lines += [f"{key} = {_value_text(value)}{carriage}" for key, value in entry.items()]
+        out.extend(lines)
+        ends_with_newline = True
+    if not out:
+        return ""
+    if not ends_with_newline and out[-1].endswith("\r"):
+        out[-1] = out[-1][:-1]  # no line ending at the end, as the file had none
+    return "\n".join(out) + ("\n" if ends_with_newline else "")
+
+
+def _with_line_endings(new: list[str], old: list[str]) -> list[str]:
+    """An edited segment's lines, each with its line ending: a line the segment held keeps
+    its own (an LF line of a CRLF file, a line inside a multi-line string); a new line takes
+    the ending of the line before it (a key line written by the edit)."""
+    kept = set(old)
+    out: list[str] = []
+    for line in new:
+        if line not in kept and not line.endswith("\r") and out and out[-1].endswith("\r"):
+            line += "\r"
+        out.append(line)
+    return out
+
+
+def _holds(segment_text: str, raw: TomlData) -> bool:
+    try:
+        return _same(tomllib.loads(segment_text), {"tasks": [raw]})
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def _line_ending(text: str) -> str:
+    """The carriage return new lines take: the file's own line ending, by majority (a file of
+    LF lines with one CRLF inside a multi-line string is an LF file)."""
+    return "\r" if 2 * text.count("\r\n") > text.count("\n") else ""
+
+
+def _body_indent(body: list[str]) -> str:
+    for line in body:
+        stripped = line.lstrip()
+        if stripped and not stripped.startswith("#"):
+            return line[: len(line) - len(stripped)]
+    return ""
+
+
+def _edit_segment(segment_text: str, changes: Mapping[str, Any], indent: str) -> str:
+    fields = {key: value for key, value in changes.items() if key != "id"}
+    new_text = _edit_simple_lines(segment_text, fields, indent)
+    if new_text is None:
+        new_text = _edit_with_tomlkit(segment_text, fields, indent)
+    if "id" not in changes:
+        return new_text
+    lines = new_text.split("\n")  # the id goes first
+    header = next(n for n, line in enumerate(lines) if _TASKS_HEADER.match(line))
+    lines.insert(header + 1, f"{indent}id = {_value_text(changes['id'])}")
+    return "\n".join(lines)
+
+
+def _edit_simple_lines(segment_text: str, changes: Mapping[str, Any], indent: str) -> str | None:
+    """What `_edit_with_tomlkit` makes of an entry whose changed keys sit on simple lines,
+    written directly: tomlkit takes ~1 ms an entry, and a burst pulls hundreds of them.
+    None when a changed key is not on such a line (tomlkit edits it)."""
+    lines = segment_text.split("\n")
+    keys: dict[str, int] = {}
+    for number, line in enumerate(lines):
+        match = _KEY_LINE.match(line)
+        if match:
+            if match.group("key") in keys:
+                return None
+            keys[match.group("key")] = number
+    removed: set[int] = set()
+    appended: list[str] = []
+    for key, value in changes.items():
+        at = keys.get(key)
+        if at is None:
+            if value is None:
+                return None
+            appended.append(f"{indent}{key} = {_value_text(value)}")
+            continue
+        simple = _SIMPLE_LINE.fullmatch(lines[at])
+        if simple is None:
+            return None
+        if value is None:
+            removed.add(at)
+        else:
+            lines[at] = simple.group("lead") + _value_text(value) + simple.group("rest")
+    kept = [line for number, line in enumerate(lines[:-1]) if number not in removed]
+    return "\n".join([*kept, *appended, lines[-1]])
