@@ -101,3 +101,15 @@ def test_a_pull_into_a_crlf_file_whose_last_entry_is_not_plain() -> None:
         "status": "running",
     }
     assert new_text == text + '\r\nstatus = "running"'
+
+
+def test_a_pull_through_the_tomlkit_path_keeps_a_file_with_no_final_newline_so() -> None:
+    # (found by the conformance test) a nested array's line starting with "[" sends the
+    # render through tomlkit, which parsed the text with a newline added, and kept it
+    text = (
+        '[[tasks]]\nid = "a"\ndescription = "x"\nx1=[\n  [],\n]\n\n'
+        '[[tasks]]\nid = "b"\ndescription = "y"'
+    )
+    new_text = rendered(text, UpdateEntry("a", Record("x", status="running")))
+    assert new_text.endswith('\n[[tasks]]\nid = "b"\ndescription = "y"')
+    assert tomllib.loads(new_text)["tasks"][0]["status"] == "running"

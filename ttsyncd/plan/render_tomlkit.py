@@ -58,6 +58,8 @@ def _render_whole_document(
     new_text = tomlkit.dumps(document)
     if outcome.removed:
         new_text = _blank_lines_as_in(plan.text, new_text)
+    if not plan.text.endswith("\n") and new_text.endswith("\n"):
+        new_text = new_text[:-1].removesuffix("\r")  # the newline added for parsing above
 
     raw_entries: list[TomlData] = data.get("tasks", [])
     intended = {
