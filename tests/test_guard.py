@@ -114,7 +114,7 @@ def test_an_entry_removed_while_an_agent_runs_its_task_comes_back(
     held = [e for e in recorded(town, redis_url) if e["kind"] == "held"]
     assert [(e["plan_id"], e["from_side"], e["redis"]) for e in held] == [("t1", "file", "running")]
     assert (
-        "t1: held (removed from the file while running in Redis)"
+        "held t1: removed from the file while running in Redis"
         in cli(town, redis_url, "conflicts")[1]
     )
     # On purpose: resolve with the file's side applies the removal, in Redis and the file.

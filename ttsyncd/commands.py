@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,9 +13,9 @@ from ttsyncd.config import Settings
 from ttsyncd.engine import SyncReport, set_aside_line, state_store_for, sync
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN
 from ttsyncd.identity import identify
-from ttsyncd.merge import ENTRY, Side
+from ttsyncd.merge import ENTRY, Conflict, Side
 from ttsyncd.plan import PlanReader
-from ttsyncd.state import StateStore, append_conflicts, read_conflicts
+from ttsyncd.state import StateStore, append_conflicts, conflict, read_conflicts
 from ttsyncd.store import RedisSource, TaskWrite, apply_writes, read_snapshot
 from ttsyncd.topology import RedisClient
 
@@ -218,25 +218,9 @@ def conflicts(settings: Settings, *, as_json: bool, store: StateStore | None = N
 
 def format_conflict(entry: dict[str, Any]) -> str:
     when, plan_id, field = entry.get("time", ""), entry["plan_id"], entry["field"]
-    kind = entry.get("kind", "conflict")
-    if kind == "held":
-        return (
-            f"{when}  {plan_id}: held (removed from the file while {entry['redis']} in Redis): "
-            f"not deleted; `ttsyncd resolve {plan_id} --take file` deletes it"
-        )
-    if kind == "stale":
-        side = entry.get("from_side") or "file"
-        if field == ENTRY:
-            return (
-                f"{when}  {plan_id}: stale removal from the {side} (a copy older than the "
-                f"task): not deleted; `ttsyncd resolve {plan_id} --take {side}` deletes it"
-            )
-        newer = "redis" if side == "file" else "file"
-        return (
-            f"{when}  {plan_id}.{field}: stale write from the {side}: {side}={entry[side]!r} "
-            f"undoes {newer}={entry[newer]!r}, kept {entry.get('winner') or newer}; "
-            f"`ttsyncd resolve {plan_id} --take {side}` applies it"
-        )
+    if entry.get("kind", "conflict") != "conflict":  # stale or held: worded as a sync warns
+        saved = {f.name: entry[f.name] for f in fields(Conflict) if f.name in entry}
+        return f"{when}  {set_aside_line(conflict(saved))}"
     winner = entry.get("winner") or "left for you: ttsyncd resolve ID --take file|redis"
     return (
         f"{when}  {plan_id}.{field}: "
