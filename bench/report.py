@@ -116,6 +116,24 @@ def rows_for(size: int, result: dict[str, Any], debounce: SyncSettings, judged: 
     if cold:
         seconds = {name: cold[name]["median_s"] for name in cold if isinstance(cold[name], dict)}
         push, pull = seconds["ttsyncd_push"], seconds["ttsyncd_pull"]
+        parse = seconds["ttsyncd_parse"]
+        row(
+            "cold parse: ttsyncd | toml_rs | tomllib",
+            f"{ms(parse)} | {ms(seconds['toml_rs_parse'])} | {ms(seconds['tomllib_parse'])}",
+        )
+        row(
+            "  cold parse vs toml_rs whole parse",
+            f"{parse / seconds['toml_rs_parse']:.1f}x",
+            "<= 2x",
+            parse <= 2 * seconds["toml_rs_parse"],
+        )
+        process = seconds["ttsyncd_push_process"]
+        row(
+            "cold `ttsyncd push`, a new process",
+            f"{ms(process)} ({process / seconds['limit_write']:.1f}x the limit)",
+            "<= 3x limit",
+            process <= 3 * seconds["limit_write"],
+        )
         row(
             "cold push: ttsyncd | limit | tinytown",
             f"{ms(push)} | {ms(seconds['limit_write'])} | {ms(seconds['baseline_push'])}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -18,7 +19,17 @@ DERIVED_PREFIX = "task-"
 
 @functools.lru_cache(maxsize=1 << 16)  # asked for several times per task in one sync
 def task_uuid_for(town: str, plan_id: str) -> str:
-    return str(uuid.uuid5(TTSYNCD_NAMESPACE, f"{town}/{plan_id}"))
+    """str(uuid.uuid5(TTSYNCD_NAMESPACE, f"{town}/{plan_id}")), ~5x faster (a cold push
+    derives one per task): the same SHA-1, version and variant bits set on the bytes, with no
+    UUID object in between. tests/test_identity.py holds it to uuid5."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{town}/{plan_id}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    hex_ = digest.hex()
+    return f"{hex_[:8]}-{hex_[8:12]}-{hex_[12:16]}-{hex_[16:20]}-{hex_[20:]}"
+
+
+_NAMESPACE_BYTES = TTSYNCD_NAMESPACE.bytes
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,15 @@ class Record:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def as_fields(self) -> dict[str, Value]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        # (spelled out, not through dataclasses.fields: a cold push calls it once per task)
+        return {
+            "description": self.description,
+            "status": self.status,
+            "agent": self.agent,
+            "tags": self.tags,
+            "parent": self.parent,
+            "result": self.result,
+        }
 
     @staticmethod
     def from_fields(values: dict[str, Value]) -> Record:
