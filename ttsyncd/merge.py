@@ -119,7 +119,10 @@ class BaseTask:
         old_copy: OldCopy | None = None,
     ) -> BaseTask:
         """The base once `changes` (already in `agreed`) are agreed on."""
-        history = (*self.history, *(c for c in changes if c.before or c.created))
+        new = tuple(c for c in changes if c.before or c.created)
+        if not new and old_copy == self.old_copy and agreed == self.fields:
+            return self  # (a full sync of a big town keeps the base it loaded, not a copy)
+        history = (*self.history, *new)
         return BaseTask(dict(agreed), self.tombstone, history[-HISTORY_LIMIT:], old_copy)
 
 

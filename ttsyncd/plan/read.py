@@ -205,23 +205,19 @@ class _Reuse:
     head: int = 0
     tail: int = 0
 
-    def window(self) -> dict[str, tuple[TomlData, PlanEntry]]:
+    def window(self) -> dict[str, PlanEntry]:
         """The previous plan's other segments, by text: an entry whose text is unchanged keeps
         its PlanEntry object (how a daemon tells it did not change) and needs no parse."""
         previous = self.previous
         if previous is None or previous.layout is None:
             return {}
-        starts, text = previous.layout.starts, previous.text
+        layout = previous.layout
         return {
-            _segment_text(text, starts, index): (previous.layout.tables[index], entry)
+            layout.segment(index): entry
             for index, entry in enumerate(
-                previous.entries[self.head : len(starts) - self.tail], self.head
+                previous.entries[self.head : len(layout.starts) - self.tail], self.head
             )
         }
-
-
-def _segment_text(text: str, starts: Sequence[int], index: int) -> str:
-    return text[starts[index] : starts[index + 1] if index + 1 < len(starts) else len(text)]
 
 
 def _headers_in(text: str, low: int, high: int, *, after_first: bool) -> list[int] | None:
@@ -248,33 +244,30 @@ def _assemble(path: Path, text: str, starts: list[int], reuse: _Reuse) -> Plan |
     if default_agent is None:
         return None
     head, stop = reuse.head, count - reuse.tail
+    layout = Layout(text, tuple(starts))
     known = reuse.window()
     if known:
-        middle = [known.get(_segment_text(text, starts, index)) for index in range(head, stop)]
-        missing = [head + n for n, segment in enumerate(middle) if segment is None]
-        for index, segment in zip(missing, _parse_segments(text, starts, missing), strict=True):
-            middle[index - head] = segment
+        middle = [known.get(layout.segment(index)) for index in range(head, stop)]
+        missing = [head + n for n, entry in enumerate(middle) if entry is None]
+        for index, entry in zip(missing, _parse_segments(text, starts, missing), strict=True):
+            middle[index - head] = entry
     else:
         middle = _parse_segments(text, starts, range(head, stop))
     if None in middle:
         return None
-    fresh = cast(list[tuple[TomlData, PlanEntry]], middle)
-    fresh_tables = tuple(table for table, _ in fresh)
-    fresh_entries = tuple(entry for _, entry in fresh)
+    fresh = tuple(cast(list[PlanEntry], middle))
     old_entries = previous.entries if previous else ()
-    old_tables = previous.layout.tables if previous and previous.layout else ()
     tail = len(old_entries) - reuse.tail
-    entries = old_entries[:head] + fresh_entries + old_entries[tail:]
-    by_id = _valid_graph(entries, fresh_entries, old_entries[head:tail], previous)
+    entries = old_entries[:head] + fresh + old_entries[tail:]
+    by_id = _valid_graph(entries, fresh, old_entries[head:tail], previous)
     if by_id is None:
         return None
-    tables = old_tables[:head] + fresh_tables + old_tables[tail:]
     derived_from = None
     if previous is not None:
-        differ = fresh_entries + old_entries[head:tail]
+        differ = fresh + old_entries[head:tail]
         ids = frozenset(e.plan_id for e in differ if e.plan_id is not None)
         derived_from = (weakref.ref(previous), ids)
-    plan = Plan(path, text, default_agent[0], entries, Layout(tuple(starts), tables), derived_from)
+    plan = Plan(path, text, default_agent[0], entries, layout, derived_from)
     vars(plan)["by_id"] = by_id  # seeds the cached property: it was just built
     return plan
 
@@ -297,13 +290,11 @@ def _preamble(text: str, previous: Plan | None) -> tuple[str | None] | None:
     return None
 
 
-def _parse_segments(
-    text: str, starts: list[int], indexes: Sequence[int]
-) -> list[tuple[TomlData, PlanEntry] | None]:
-    """The segments at `indexes` (ascending), each as (its table, its entry), or None where it
-    is not one valid entry on its own. Runs of neighbouring segments are parsed together,
+def _parse_segments(text: str, starts: list[int], indexes: Sequence[int]) -> list[PlanEntry | None]:
+    """The entries of the segments at `indexes` (ascending), or None where a segment is not one
+    valid entry on its own. Runs of neighbouring segments are parsed together,
     CHUNK_ENTRIES at a time: a chunk holding anything but exactly its entries fails whole."""
-    parsed: list[tuple[TomlData, PlanEntry] | None] = []
+    parsed: list[PlanEntry | None] = []
     position = 0
     while position < len(indexes):
         run = 1
@@ -328,11 +319,11 @@ def _parse_segments(
     return parsed
 
 
-def _entry_of(table: object) -> tuple[TomlData, PlanEntry] | None:
+def _entry_of(table: object) -> PlanEntry | None:
     if not isinstance(table, dict):
         return None
     if fields_look_valid(table) or not _field_problems(table, 0, None):
-        return table, PlanEntry(table.get("id"), _record(table))
+        return PlanEntry(table.get("id"), _record(table))
     return None
 
 
