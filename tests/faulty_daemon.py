@@ -24,6 +24,7 @@ SPOTS: dict[str, tuple[type, str]] = {
     "redis": (daemon.Daemon, "check_session"),  # the session's health check, every second
     "file": (daemon.Daemon, "file_changed"),  # the watcher, for each change it sees
     "verify": (daemon.Daemon, "verify_once"),  # each anti-entropy pass
+    "reload": (daemon.Daemon, "reload"),  # SIGHUP
     "watchdog": (supervisor.Supervisor, "silent_for"),  # each ping the watchdog considers
     "wedge": (commands.Town, "sync"),  # the engine, in the syncer's worker thread
 }

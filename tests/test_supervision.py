@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -96,7 +97,7 @@ def assert_syncs_both_ways(running: Daemon, town: Path, server: RedisServer, tag
     assert running.process.poll() is None, running.log()
 
 
-@pytest.mark.parametrize("fault", ["redis", "file", "verify"])
+@pytest.mark.parametrize("fault", ["redis", "file", "verify", "reload"])
 def test_a_part_that_fails_is_restarted_and_the_daemon_goes_on_syncing(
     town: Path, server: RedisServer, fault: str
 ) -> None:
@@ -112,6 +113,8 @@ def test_a_part_that_fails_is_restarted_and_the_daemon_goes_on_syncing(
         arm.touch()
         if fault == "file":  # the save the failing watcher saw must still reach Redis
             edit_file(town, "docs", "Write the docs, saved as the watcher failed")
+        if fault == "reload":
+            running.process.send_signal(signal.SIGHUP)
         wait_until(lambda: failures(running).get(fault) == 1, what=f"the {fault} part failing")
         assert not arm.exists()
         restarted = events(running, "part failed, restarting")
@@ -127,6 +130,8 @@ def test_a_part_that_fails_is_restarted_and_the_daemon_goes_on_syncing(
             before = (running.status() or {})["verify"]["last"]
             wait_until(lambda: (running.status() or {})["verify"]["last"] != before,
                        what="anti-entropy passes again")  # fmt: skip
+        if fault == "reload":  # the restarted reload did it
+            wait_until(lambda: events(running, "configuration reloaded"), what="the reload")
         assert_syncs_both_ways(running, town, server, "after")
         assert failures(running)[fault] == 1
         assert sum(failures(running).values()) == 1
