@@ -221,6 +221,7 @@ def test_a_wedged_syncer_stops_the_watchdog_pings(
         late = [m for m in receive(listener) if "WATCHDOG=1" in m.split("\n")]
         assert late == []
         assert running.process.poll() is None  # alive but stuck: systemd's watchdog kills it
+        assert (running.status() or {}).get("state") == "syncing"  # the socket still answers
     finally:
         running.process.kill()  # SIGTERM would wait for the wedged worker thread
         running.process.wait(timeout=10)

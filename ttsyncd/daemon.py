@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import enum
 import gc
 import os
 import signal
@@ -47,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import redis
 import redis.asyncio
@@ -87,6 +88,7 @@ from ttsyncd.topology import (
 )
 
 logger = structlog.get_logger("ttsyncd.daemon")
+T = TypeVar("T")
 
 # Keyspace events ttsyncd needs: K (keyspace channel), h (hash commands), g (DEL, RENAME, ...),
 # x (expiry). `A` stands for all classes but K and E, m and n.
@@ -156,6 +158,19 @@ class SyncStamp:
 ErrorKind = Literal["redis", "sync", "refused", "watch", "reload"]
 
 
+class DaemonState(enum.StrEnum):
+    """What the daemon is doing, as `status` (`state`) and systemd's STATUS= line say. The
+    facts behind it are independent (a pause, the connection, a sync under way, the last
+    error), so `Daemon.state` decides it from them in one place, first match wins:"""
+
+    PAUSED = "paused"  # `ttsyncd pause`: both sides watched, nothing written
+    SYNCING = "syncing"  # a sync, or a push/pull/resolve/repair sent through the socket
+    STARTING = "starting"  # not yet connected to Redis, or the first sync not yet done
+    RECONNECTING = "reconnecting"  # Redis was lost (or failed a sync): waiting to connect again
+    ERROR = "error"  # the last sync failed, deletions are refused, the watch or a reload failed
+    IDLE = "idle"  # synced; watching both sides
+
+
 @dataclass(frozen=True)
 class Problem:
     """The daemon's last error, as `status` shows it, with its kind."""
@@ -211,6 +226,8 @@ class Daemon:
         self.client: RedisClient | None = None
         self.mirror: TownMirror | None = None
         self.connected = False
+        self.ever_connected = False  # STARTING until the first connection, RECONNECTING after
+        self.syncing = False  # a sync (or a command that syncs) is under way
         self.notifications = "keyspace"
         self.topology = topology_of(settings.endpoint)
         self.pending = Pending(reload=True, must_sync=True)
@@ -474,7 +491,7 @@ class Daemon:
                 poll_interval_ms=self.settings.sync.poll_interval_ms,
             )
         self.request(reload=True, must_sync=True)
-        self.connected = True
+        self.connected = self.ever_connected = True
         self.clear_problem("redis")
         logger.info("connected to Redis", notifications=self.notifications,
                     topology=topology.describe())  # fmt: skip
@@ -638,7 +655,7 @@ class Daemon:
                 if not (push or pull):
                     return  # an echo of our own write, or an agent's heartbeat
                 scope = self.unsynced.scope()
-                report = await asyncio.to_thread(town.sync, push=push, pull=pull, scope=scope)
+                report = await self.under_way(town.sync, push=push, pull=pull, scope=scope)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
                 why = f"Redis unreachable during sync ({type(error).__name__})"
                 if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
@@ -674,6 +691,14 @@ class Daemon:
             if report.waiting_pull:
                 self.request(pull=True)
             self.record(report, push=push, pull=pull)
+
+    async def under_way(self, work: Callable[..., T], **kwargs: Any) -> T:
+        """Run a sync (or a command that syncs) in a worker thread, SYNCING meanwhile."""
+        self.syncing = True
+        try:
+            return await asyncio.to_thread(work, **kwargs)
+        finally:
+            self.syncing = False
 
     def take_due_work(self, everything: bool) -> Pending:
         now = time.monotonic()
@@ -723,7 +748,7 @@ class Daemon:
     def fail(self, error: str) -> None:
         self.report_problem("sync", error)
         logger.error("sync failed", error=error)
-        systemd.notify(f"STATUS=error: {error.splitlines()[0]}")
+        systemd.notify(f"STATUS={self.status_line()}")
         self.first_sync_done.set()
 
     def retry_later(self, work: Pending, why: str) -> None:
@@ -884,7 +909,7 @@ class Daemon:
                     return commands.repair(town, dry_run=dry_run)
                 return commands.push_or_pull(town, command, force=force, dry_run=dry_run)
 
-            output = await asyncio.to_thread(run)
+            output = await self.under_way(run)
             if writes:  # a forced push or a resolve may have lifted (or made) a refusal
                 self.show_refusal(self.state_store.load().refused)
             return output
@@ -901,6 +926,7 @@ class Daemon:
             "redis": settings.endpoint.redacted(),
             "topology": self.topology.to_json(),
             "mode": self.mode,
+            "state": self.state.value,
             "notifications": self.notifications,
             "redis_connected": self.connected,
             "started_at": self.started_at,
@@ -925,13 +951,31 @@ class Daemon:
             },
         }
 
-    def status_line(self) -> str:
+    @property
+    def state(self) -> DaemonState:
+        """The one place the daemon's state is decided (DaemonState lists the order)."""
+        problem = self.problem.kind if self.problem else None
         if self.paused_since:
+            return DaemonState.PAUSED
+        if self.syncing:
+            return DaemonState.SYNCING
+        if not self.connected or problem == "redis":
+            return DaemonState.RECONNECTING if self.ever_connected else DaemonState.STARTING
+        if problem is not None:
+            return DaemonState.ERROR
+        if not self.first_sync_done.is_set():
+            return DaemonState.STARTING
+        return DaemonState.IDLE
+
+    def status_line(self) -> str:
+        """systemd's STATUS= line: the state, and what goes with it."""
+        state = self.state
+        if state is DaemonState.PAUSED:
             return f"paused since {self.paused_since}"
-        if self.last_error:
-            return f"error: {self.last_error.splitlines()[0]}"
+        if self.last_error and state in (DaemonState.ERROR, DaemonState.RECONNECTING):
+            return f"{state}: {self.last_error.splitlines()[0]}"
         last = self.last_sync.time if self.last_sync else "never"
-        return f"{self.syncs} syncs, last {last}; notifications: {self.notifications}"
+        return f"{state}: {self.syncs} syncs, last {last}; notifications: {self.notifications}"
 
 
 def enable_notifications(client: RedisClient) -> bool:
