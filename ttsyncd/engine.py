@@ -102,7 +102,6 @@ class SyncReport:
     waiting_push: frozenset[str] = frozenset()
     waiting_pull: frozenset[str] = frozenset()
     plan: Plan | None = None  # the plan as this sync left it: the next Scope's starting point
-    attempts: int = 0
     duration_ms: float = 0.0
 
 
@@ -180,8 +179,8 @@ def sync(
         push=push, pull=pull, force=force, stale=settings.sync.stale_writes == "keep-newer",
     )  # fmt: skip
     recorded: list[Conflict] = []
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        report = SyncReport(attempts=attempt)
+    for _attempt in range(MAX_ATTEMPTS):
+        report = SyncReport()
         plan = plan_reader.read()
         snapshot = redis_source.snapshot()
         state = state_store.load()

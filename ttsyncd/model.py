@@ -36,7 +36,3 @@ class Record:
 
     def as_fields(self) -> dict[str, Value]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @staticmethod
-    def from_fields(values: dict[str, Value]) -> Record:
-        return Record(**values)  # type: ignore[arg-type]
