@@ -656,41 +656,47 @@ class Daemon:
                     return  # an echo of our own write, or an agent's heartbeat
                 scope = self.unsynced.scope()
                 report = await self.under_way(town.sync, push=push, pull=pull, scope=scope)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
-                why = f"Redis unreachable during sync ({type(error).__name__})"
-                if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
-                    why = str(error)
-                self.retry_later(work, why)
-                return
-            except TtsyncdError as error:
-                # A broken save, a refused deletion: nothing was written; report and wait.
-                self.fail(str(error))
-                return
-            except redis.ResponseError as error:
-                # An ACL refusal is the operator's to fix: the same line a one-shot command
-                # prints. Any other reply error is a bug, reported as one.
-                refused = refused_by_acl(error, self.settings.endpoint)
-                self.fail(str(refused) if refused else internal_error(error))
-                return
-            except Exception as error:  # a bug must not stop the daemon: report it, go on
-                self.fail(internal_error(error))
+            except Exception as error:
+                self.sync_failed(work, error)
                 return
             finally:
                 self.first_sync_done.set()
-            self.owed_push = self.owed_pull = False
-            self.unsynced.synced(report)
-            if scope is None:
-                # A whole town now lives in memory (hundreds of thousands of objects at
-                # 10,000 tasks): leave it out of the cyclic GC, whose full passes over it
-                # would stall a later sync for tens of milliseconds. Collect first: garbage
-                # frozen with it would never be freed.
-                gc.collect()
-                gc.freeze()
-            if report.waiting_push:
-                self.request(file=True)
-            if report.waiting_pull:
-                self.request(pull=True)
-            self.record(report, push=push, pull=pull)
+            self.synced(report, push=push, pull=pull, whole_town=scope is None)
+
+    def sync_failed(self, work: Pending, error: Exception) -> None:
+        """A sync raised: nothing it owed is forgotten, and the daemon goes on."""
+        if isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError)):
+            why = f"Redis unreachable during sync ({type(error).__name__})"
+            if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
+                why = str(error)
+            self.retry_later(work, why)
+        elif isinstance(error, TtsyncdError):
+            # A broken save, a refused deletion: nothing was written; report and wait.
+            self.fail(str(error))
+        elif isinstance(error, redis.ResponseError):
+            # An ACL refusal is the operator's to fix: the same line a one-shot command
+            # prints. Any other reply error is a bug, reported as one.
+            refused = refused_by_acl(error, self.settings.endpoint)
+            self.fail(str(refused) if refused else internal_error(error))
+        else:  # a bug in the engine must not stop the daemon: report it, go on
+            self.fail(internal_error(error))
+
+    def synced(self, report: SyncReport, *, push: bool, pull: bool, whole_town: bool) -> None:
+        """A sync completed: what it owed is paid; what it left for a direction is owed."""
+        self.owed_push = self.owed_pull = False
+        self.unsynced.synced(report)
+        if whole_town:
+            # A whole town now lives in memory (hundreds of thousands of objects at
+            # 10,000 tasks): leave it out of the cyclic GC, whose full passes over it
+            # would stall a later sync for tens of milliseconds. Collect first: garbage
+            # frozen with it would never be freed.
+            gc.collect()
+            gc.freeze()
+        if report.waiting_push:
+            self.request(file=True)
+        if report.waiting_pull:
+            self.request(pull=True)
+        self.record(report, push=push, pull=pull)
 
     async def under_way(self, work: Callable[..., T], **kwargs: Any) -> T:
         """Run a sync (or a command that syncs) in a worker thread, SYNCING meanwhile."""
