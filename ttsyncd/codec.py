@@ -164,7 +164,7 @@ class HashWrite:
     delete_fields: tuple[str, ...]
 
 
-def encode_task(
+def encode_task(  # noqa: PLR0913 — keyword-only: the record, and each fact of the hash it lands in
     record: Record,
     *,
     task_uuid: str,

@@ -548,7 +548,7 @@ def _tinytown_redis(tinytown: dict[str, Any], path: Path) -> dict[str, Any]:
 # --- choosing the endpoint --------------------------------------------------------------------
 
 
-def choose_endpoint(
+def choose_endpoint(  # noqa: PLR0913 — keyword-only, one per source in the precedence order
     *,
     redis_url_arg: str | None,
     env: Mapping[str, str],
