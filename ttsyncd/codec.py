@@ -1,4 +1,5 @@
-"""tinytown 0.10's task hash, field for field (DESIGN §1), and the plan record it carries.
+"""tinytown 0.10's task hash, field for field as its source writes it, and the plan record it
+carries (README, "File format and field mapping").
 
 Decoding is strict about what tinytown itself would refuse (a missing id or description, a
 state it does not know, tags that are not a JSON array of strings) and lenient where tinytown
@@ -165,7 +166,7 @@ class HashWrite:
     delete_fields: tuple[str, ...]
 
 
-def encode_task(
+def encode_task(  # noqa: PLR0913 — keyword-only: the record, and each fact of the hash it lands in
     record: Record,
     *,
     task_uuid: str,

@@ -1,4 +1,5 @@
-"""Which Redis task is which plan entry (DESIGN §2)."""
+"""Which Redis task is which plan entry: its `plan:<id>` tag, else an id derived from its uuid;
+a new entry's uuid is uuid5(town, plan id) (README, "File format and field mapping")."""
 
 from __future__ import annotations
 
