@@ -56,8 +56,15 @@ def judged_size(sizes: Sequence[int]) -> int:
     return TARGET_SIZE if TARGET_SIZE in sizes else max(sizes)
 
 
-def rows_for(size: int, result: dict[str, Any], debounce: SyncSettings, judged: bool) -> list[Row]:
-    """The rows of one town's results. `judged`: this is the size the targets are set at."""
+def rows_for(
+    size: int,
+    result: dict[str, Any],
+    debounce: SyncSettings,
+    judged: bool,
+    empty_rss_mb: float | None = None,
+) -> list[Row]:
+    """The rows of one town's results. `judged`: this is the size the targets are set at;
+    `empty_rss_mb`: a daemon's RSS on a town with no tasks."""
     rows: list[Row] = []
 
     def row(
@@ -195,6 +202,17 @@ def rows_for(size: int, result: dict[str, Any], debounce: SyncSettings, judged: 
             f"{memory['rss_mb']:.1f} MB ({memory['peak_rss_mb']:.1f} MB)",
             "<= 100 MB",
             memory["rss_mb"] <= 100,
+        )
+    if empty_rss_mb is not None and "memory_after_start" in live and "memory" in live:
+        start, end = live["memory_after_start"]["rss_mb"], live["memory"]["rss_mb"]
+        per_task = [(mb - empty_rss_mb) * 1024 * 1024 / size / 1000 for mb in (start, end)]
+        row(
+            "  RSS per task above an empty daemon",
+            f"{per_task[0]:.1f} KB after start, {per_task[1]:.1f} KB after the run"
+            f" (empty {empty_rss_mb:.1f} MB)",
+            "<= 2.5 KB",
+            max(per_task) <= 2.5,
+            every_size=True,
         )
     if "first_sync_s" in live:
         row("daemon start: ready after first sync", ms(live["first_sync_s"]))

@@ -71,6 +71,7 @@ from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.debounce import Quiescence
 from ttsyncd.engine import Scope, SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
+from ttsyncd.memory import release_free_memory
 from ttsyncd.mirror import TownMirror
 from ttsyncd.notifications import notifications_arrive
 from ttsyncd.plan import Plan, PlanReader, read_text
@@ -692,6 +693,7 @@ class Daemon:
             # frozen with it would never be freed.
             gc.collect()
             gc.freeze()
+            release_free_memory()
         if report.waiting_push:
             self.request(file=True)
         if report.waiting_pull:
