@@ -8,6 +8,7 @@ is (`in_flight` reads as `running`, any RFC 3339 time).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Mapping
@@ -132,6 +133,7 @@ def encode_tags(tags: list[str]) -> str:
     return _TAGS_ENCODER.encode(tags)
 
 
+@functools.lru_cache(maxsize=4096)  # the tasks of one bulk write share their timestamps
 def parse_time(text: str, name: str = "time") -> tuple[datetime, int]:
     """Any RFC 3339 time, to the nanosecond chrono writes: (the whole second, nanoseconds).
 

@@ -37,12 +37,16 @@ class Layout:
 
     def segment(self, index: int) -> str:
         """Entry `index`'s text, from its header to the next one."""
-        end = self.starts[index + 1] if index + 1 < len(self.starts) else len(self.text)
-        return self.text[self.starts[index] : end]
+        return _segment(self.text, self.starts, index)
 
     @functools.cached_property
     def tables(self) -> SegmentTables:
-        return SegmentTables(self)
+        return SegmentTables(self.text, self.starts)
+
+
+def _segment(text: str, starts: tuple[int, ...], index: int) -> str:
+    end = starts[index + 1] if index + 1 < len(starts) else len(text)
+    return text[starts[index] : end]
 
 
 class SegmentTables(Sequence[TomlData]):
@@ -51,12 +55,14 @@ class SegmentTables(Sequence[TomlData]):
     hold ~0.6 KB per entry for nothing. Every segment parsed on its own when the plan was
     read, so it parses again (the callers must not mutate what they get)."""
 
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
+    def __init__(self, text: str, starts: tuple[int, ...]) -> None:
+        # (not the Layout itself: a cycle would keep each old plan, text and all, alive
+        # until a full garbage collection)
+        self.text, self.starts = text, starts
         self.parsed: dict[int, TomlData] = {}
 
     def __len__(self) -> int:
-        return len(self.layout.starts)
+        return len(self.starts)
 
     @overload
     def __getitem__(self, index: int) -> TomlData: ...
@@ -67,7 +73,7 @@ class SegmentTables(Sequence[TomlData]):
             return [self[n] for n in range(len(self))[index]]
         index = range(len(self))[index]  # (negative indexes, and IndexError)
         if index not in self.parsed:
-            table: TomlData = loads(self.layout.segment(index))["tasks"][0]
+            table: TomlData = loads(_segment(self.text, self.starts, index))["tasks"][0]
             self.parsed[index] = table
         return self.parsed[index]
 
