@@ -231,7 +231,10 @@ def _headers_in(text: str, low: int, high: int, *, after_first: bool) -> list[in
         lines.insert(0, low)
     headers: list[int] = []
     for line in lines:
-        if _HEADER_LINE.match(text, line):
+        # (the common spelling first: a third of the time of the regex, 10,000 times)
+        if text.startswith(("[[tasks]]\n", "[[tasks]]\r\n"), line) or _HEADER_LINE.match(
+            text, line
+        ):
             headers.append(line)
         elif headers or after_first:
             return None
