@@ -11,12 +11,12 @@ from typing import Any
 
 from ttsyncd.config import Settings
 from ttsyncd.engine import SyncReport, set_aside_line, state_store_for, sync
-from ttsyncd.errors import EXIT_OK, EXIT_PLAN
+from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
 from ttsyncd.identity import identify
 from ttsyncd.merge import ENTRY, Conflict, Side
 from ttsyncd.plan import PlanReader
-from ttsyncd.state import StateStore, append_conflicts, conflict, read_conflicts
-from ttsyncd.store import RedisSource, TaskWrite, apply_writes, read_snapshot
+from ttsyncd.state import StateStore, SyncState, append_conflicts, conflict, read_conflicts
+from ttsyncd.store import LiveRead, RedisSource, TaskWrite, apply_writes, read_snapshot
 from ttsyncd.topology import RedisClient
 
 PUSH_LINE = "⬆️  Pushed {n} tasks from {file} to Redis"
@@ -137,6 +137,11 @@ def resolve(town: Town, plan_id: str, take: str) -> Output:
     sides); a held or refused deletion goes through with --take file."""
     settings = town.settings
     state = town.state().load()
+    if not knows(town, state, plan_id):
+        raise TtsyncdError(
+            f"no task has the id {plan_id!r} (not in {settings.tasks_file.name}, not in Redis, "
+            "not in the last sync): nothing to resolve"
+        )
     waiting = state.pending.get(plan_id, [])
     set_aside = state.set_aside.get(plan_id, [])
     chosen: Side = "file" if take == "file" else "redis"
@@ -164,6 +169,19 @@ def resolve(town: Town, plan_id: str, take: str) -> Output:
         policy="manual", now=datetime.now(UTC),
     )  # fmt: skip
     return Output([f"{plan_id}: took the {take}'s values ({changed.summary()})"])
+
+
+def knows(town: Town, state: SyncState, plan_id: str) -> bool:
+    """True when `plan_id` names a task of the town: in the base, left for the user, set
+    aside, refused, in the plan or in Redis."""
+    if plan_id in state.base or plan_id in state.pending or plan_id in state.set_aside:
+        return True
+    if state.refused is not None and plan_id in state.refused.plan_ids:
+        return True
+    if plan_id in (town.plan_reader or PlanReader(town.settings.tasks_file)).read().by_id:
+        return True
+    source = town.redis_source or LiveRead(town.client, town.settings.town_name)
+    return plan_id in source.snapshot().identify().by_plan_id
 
 
 def repair(town: Town, *, dry_run: bool) -> Output:
