@@ -4,6 +4,7 @@ daemon runs, and `service`. The real CLI in a subprocess against a real redis-se
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,20 @@ def test_resolve_an_unknown_id_exits_1_naming_it(
     # A known id still resolves.
     code, out, _ = cli(town, redis_url, "resolve", "docs", "--take", "redis")
     assert code == 0 and out.startswith("docs: took the redis's values")
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def test_status_json_without_a_daemon_prints_json_and_exits_1(town: Path) -> None:
+    code, out, err = cli(town, None, "status", "--json")
+    assert code == 1, err
+    status = json.loads(out)
+    assert status == {
+        "running": False,
+        "town": TOWN,
+        "town_dir": str(town.resolve()),
+        "socket": str(town.resolve() / ".tt" / "ttsyncd.sock"),
+    }
+    code, out, err = cli(town, None, "status")  # the words, for people
+    assert code == 1 and out == "" and "ttsyncd is not running for" in err

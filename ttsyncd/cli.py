@@ -202,15 +202,30 @@ def pause_or_resume(settings: Settings, command: str) -> int:
 
 
 def show_status(settings: Settings, *, as_json: bool) -> int:
-    answer = control.request(control.socket_path(settings.town_dir), {"cmd": "status"}, 10.0)
-    if answer is None:
+    """The daemon's status; exits 1 when none serves the town. `--json` always prints one
+    JSON object, `"running"` saying whether a daemon answered."""
+    sock = control.socket_path(settings.town_dir)
+    answer = control.request(sock, {"cmd": "status"}, 10.0)
+    if answer is None or not answer.get("ok"):
+        error = None if answer is None else str(answer.get("error"))
+        if as_json:
+            not_serving: dict[str, Any] = {
+                "running": answer is not None,
+                "town": settings.town_name,
+                "town_dir": str(settings.town_dir),
+                "socket": str(sock),
+            }
+            if error is not None:
+                not_serving["error"] = error
+            print(json.dumps(not_serving, indent=2))
+            return EXIT_PLAN
+        if error is not None:
+            raise TtsyncdError(error)
         print(f"ttsyncd is not running for {settings.town_dir}", file=sys.stderr)
         return EXIT_PLAN
-    if not answer.get("ok"):
-        raise TtsyncdError(str(answer.get("error")))
     status: dict[str, Any] = answer["result"]
     if as_json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps({"running": True, **status}, indent=2))
         return EXIT_OK
     for line in status_lines(status):
         print(line)
