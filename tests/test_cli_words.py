@@ -5,12 +5,17 @@ daemon runs, and `service`. The real CLI in a subprocess against a real redis-se
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.helpers import make_town, run_cli
+from tests.helpers import make_town, run_cli, write_counts
+from ttsyncd.codec import task_key
+from ttsyncd.identity import task_uuid_for
 
 TOWN = "words"
 PLAN = """\
@@ -35,6 +40,23 @@ def town(tmp_path: Path) -> Path:
 def cli(town: Path, redis_url: str | None, *args: str, **kw: object) -> tuple[int, str, str]:
     done = run_cli(town, *args, redis_url=redis_url, **kw)  # type: ignore[arg-type]
     return done.returncode, done.stdout, done.stderr
+
+
+def ttsyncd(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m ttsyncd ARGS...` in `cwd`, exactly these arguments, with a clean environment
+    (no REDIS_URL, no TTSYNCD_*)."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "ttsyncd", *args],
+        cwd=cwd, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+
+
+def key(plan_id: str) -> str:
+    return task_key(TOWN, task_uuid_for(TOWN, plan_id))
 
 
 # --- resolve ----------------------------------------------------------------------------------
@@ -74,3 +96,45 @@ def test_status_json_without_a_daemon_prints_json_and_exits_1(town: Path) -> Non
     }
     code, out, err = cli(town, None, "status")  # the words, for people
     assert code == 1 and out == "" and "ttsyncd is not running for" in err
+
+
+# --- options after the command, and every command's help -------------------------------------
+
+COMMANDS = (
+    "run", "start", "stop", "status", "push", "pull", "pause", "resume", "check", "repair",
+    "conflicts", "resolve", "demo",
+)  # fmt: skip
+
+
+def test_options_are_accepted_after_the_command(
+    town: Path, redis_url: str, rdb: redis.Redis, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path  # not the town, and no town above it: only --town names it
+    done = ttsyncd("status", "--town", str(town), "--json", cwd=elsewhere)
+    assert done.returncode == 1 and json.loads(done.stdout)["running"] is False, done.stderr
+    done = ttsyncd("push", "--redis-url", redis_url, "--town", str(town), "-v", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "⬆️  Pushed 2 tasks from tasks.toml to Redis"
+    assert rdb.hget(key("docs"), "description") == "Write the docs"
+    rdb.config_resetstat()
+    # Mixed: some before, some after; given twice, the one after the command wins.
+    done = ttsyncd(
+        "--town", str(tmp_path / "nowhere"), "--redis-url", redis_url, "pull",
+        "--town", str(town), cwd=elsewhere,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "⬇️  Pulled 2 tasks from Redis to tasks.toml"
+    assert write_counts(rdb) == {}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_a_description_in_its_help(command: str, tmp_path: Path) -> None:
+    done = ttsyncd(command, "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    paragraphs = done.stdout.split("\n\n")
+    assert paragraphs[0].startswith(f"usage: ttsyncd {command}")
+    description = paragraphs[1]
+    assert not description.startswith(("options", "positional")), done.stdout
+    assert len(description.split()) >= 8, description  # a sentence, not a label
+    assert "--town DIR" in done.stdout and "--redis-url URL" in done.stdout
+    assert ttsyncd("--help", cwd=tmp_path).stdout.count(f"\n    {command} ") == 1

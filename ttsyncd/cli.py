@@ -24,69 +24,158 @@ from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
 from ttsyncd.topology import describe
 
+# The options every command takes, before or after its name. Their defaults are SUPPRESSed in
+# the parsers (a subcommand's default would otherwise overwrite the value given before it) and
+# filled in by `parse_args`.
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "town": None,
+    "config": None,
+    "redis_url": None,
+    "log_format": None,
+    "verbose": False,
+}
+
+
+def global_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("options of every command (before or after it)")
+    group.add_argument(
+        "--town", metavar="DIR", default=argparse.SUPPRESS,
+        help="the town directory (default: the nearest one holding tinytown.toml or "
+        "tasks.toml, from the current directory up)",
+    )  # fmt: skip
+    group.add_argument(
+        "--config", metavar="FILE", default=argparse.SUPPRESS,
+        help="ttsyncd config (default: <town>/ttsyncd.toml)",
+    )  # fmt: skip
+    group.add_argument(
+        "--redis-url", metavar="URL", default=argparse.SUPPRESS,
+        help="Redis to use (overrides REDIS_URL)",
+    )  # fmt: skip
+    group.add_argument(
+        "--log-format", choices=("auto", "console", "json"), default=argparse.SUPPRESS,
+        help="log format (default: config)",
+    )  # fmt: skip
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="log progress, not only problems",
+    )  # fmt: skip
+    return options
+
 
 def build_parser() -> argparse.ArgumentParser:
+    common = global_options()
     parser = argparse.ArgumentParser(
         prog="ttsyncd",
         description="Keep a tinytown town's tasks.toml and its Redis tasks in sync.",
+        parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"ttsyncd {__version__}")
-    parser.add_argument(
-        "--town", metavar="DIR", help="the town directory (default: found from cwd)"
-    )
-    parser.add_argument(
-        "--config", metavar="FILE", help="ttsyncd config (default: <town>/ttsyncd.toml)"
-    )
-    parser.add_argument("--redis-url", metavar="URL", help="Redis to use (overrides REDIS_URL)")
-    parser.add_argument(
-        "--log-format", choices=("auto", "console", "json"), help="log format (default: config)"
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log progress, not only problems"
-    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", help="run the daemon in the foreground (as systemd does)")
-    sub.add_parser("start", help="run the daemon in the background")
-    sub.add_parser("stop", help="stop the background daemon")
-    status = sub.add_parser("status", help="what the daemon is doing")
-    status.add_argument("--json", action="store_true", help="one JSON object")
-    for name, help_text in (
-        ("push", "apply the file's changes to Redis"),
-        ("pull", "apply Redis's changes to the file"),
-    ):
-        command = sub.add_parser(name, help=help_text)
-        command.add_argument(
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=description, parents=[common])
+
+    command(
+        "run", "run the daemon in the foreground (as systemd does)",
+        "Run the daemon in the foreground: sync the town's tasks.toml and Redis both ways, "
+        "live, until SIGTERM or Ctrl-C (pending work is flushed first). Under systemd "
+        "(NOTIFY_SOCKET set) it reports READY, STATUS and WATCHDOG; SIGHUP reloads the config.",
+    )  # fmt: skip
+    command(
+        "start", "run the daemon in the background",
+        "Start the daemon in the background (pidfile and log under <town>/.tt/). Returns once "
+        "the first sync is done and the control socket answers; exits non-zero with the reason "
+        "when the daemon cannot come up or one already serves the town.",
+    )  # fmt: skip
+    command(
+        "stop", "stop the background daemon",
+        "Stop the town's daemon: asked through its control socket (else SIGTERM to the "
+        "pidfile's pid), and wait until it has flushed its work and exited.",
+    )  # fmt: skip
+    status = command(
+        "status", "what the daemon is doing",
+        "Show what the town's daemon is doing: Redis, notifications, the last push and pull, "
+        "pending events, conflicts, errors. Exits 1 when no daemon serves the town.",
+    )  # fmt: skip
+    status.add_argument(
+        "--json", action="store_true",
+        help='one JSON object, also with no daemon ({"running": false, ...})',
+    )  # fmt: skip
+    for name, help_text, description in (
+        ("push", "apply the file's changes to Redis",
+         "Apply the changes made in tasks.toml since the last sync to the town's Redis tasks "
+         "(three-way merge: a change made in Redis waits for `pull`, it is not overwritten)."),
+        ("pull", "apply Redis's changes to the file",
+         "Apply the changes made in the town's Redis tasks since the last sync to tasks.toml, "
+         "keeping its comments and layout (creates tasks.toml when the town has none)."),
+    ):  # fmt: skip
+        push_or_pull = command(name, help_text, description)
+        push_or_pull.add_argument(
             "--force", action="store_true",
             help="make the target equal the source for every task, deletions included",
         )  # fmt: skip
-        command.add_argument(
-            "--dry-run", action="store_true", help="show what would change, write nothing"
+        push_or_pull.add_argument(
+            "--dry-run", action="store_true", help="show every change it would make, write nothing"
         )
-    sub.add_parser(
-        "pause",
-        help="stop syncing and writing either side (before a rebase or a branch switch); "
-        "changes wait, also across a daemon restart",
-    )
-    sub.add_parser("resume", help="sync again after `pause`: one sync right away, then live")
-    sub.add_parser("check", help="validate the plan and the town's Redis tasks, write nothing")
-    repair = sub.add_parser("repair", help="delete duplicate tasks left by `tt sync push`")
+    command(
+        "pause", "stop syncing and writing either side (for git)",
+        "Stop syncing and writing either side (before a rebase or a branch switch); changes "
+        "wait, also across a daemon restart, until `ttsyncd resume`.",
+    )  # fmt: skip
+    command(
+        "resume", "sync again after `pause`",
+        "Sync again after `pause`: one sync of everything that changed meanwhile right away, "
+        "then live.",
+    )  # fmt: skip
+    command(
+        "check", "validate the plan and the town's Redis tasks, write nothing",
+        "Validate tasks.toml and the town's Redis tasks and report what is out of sync, "
+        "duplicates, unreadable hashes and conflicts; writes nothing. Exits 1 on a problem.",
+    )  # fmt: skip
+    repair = command(
+        "repair", "delete duplicate tasks left by `tt sync push`",
+        "Delete the duplicate tasks `tt sync push` leaves (several tasks carrying one plan "
+        "tag), keeping the most recently updated of each.",
+    )  # fmt: skip
     repair.add_argument("--dry-run", action="store_true", help="show what would be deleted")
-    conflicts = sub.add_parser("conflicts", help="list recorded and unresolved conflicts")
+    conflicts = command(
+        "conflicts", "list recorded and unresolved conflicts",
+        "List every conflict settled by the policy (with the losing value), every one left "
+        "for you, and every stale or held write set aside.",
+    )  # fmt: skip
     conflicts.add_argument("--json", action="store_true", help="one JSON object")
-    resolve = sub.add_parser("resolve", help="settle a conflict left for you (manual policy)")
+    resolve = command(
+        "resolve", "settle a conflict left for you (manual policy)",
+        "Settle one task on purpose: make it equal on both sides to the side taken. Settles a "
+        "conflict the manual policy left for you, applies a stale write set aside, or lets a "
+        "held or refused deletion go through (--take file).",
+    )  # fmt: skip
     resolve.add_argument("plan_id", metavar="ID", help="the task's plan id")
     resolve.add_argument(
         "--take", choices=("file", "redis"), required=True, help="whose values win"
     )
-    demo = sub.add_parser("demo", help="make a demo town and run the daemon on it")
+    demo = command(
+        "demo", "make a demo town and run the daemon on it",
+        "Make a demo town (a tinytown.toml and a commented tasks.toml) with an embedded "
+        "redis-server, and run the daemon on it, showing a sync in each direction.",
+    )  # fmt: skip
     demo.add_argument(
         "dir", nargs="?", default="ttsyncd-demo", help="where (default: ./ttsyncd-demo)"
     )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    for name, default in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         if args.command == "demo":
             from ttsyncd.demo import run_demo
