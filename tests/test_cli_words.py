@@ -15,7 +15,9 @@ import redis
 
 from tests.helpers import make_town, run_cli, write_counts
 from ttsyncd.codec import task_key
+from ttsyncd.commands import PLAN_HEADER
 from ttsyncd.identity import task_uuid_for
+from ttsyncd.tinytown import new_task, register_agent, set_task, start_task
 
 TOWN = "words"
 PLAN = """\
@@ -138,3 +140,102 @@ def test_every_command_has_a_description_in_its_help(command: str, tmp_path: Pat
     assert len(description.split()) >= 8, description  # a sentence, not a label
     assert "--town DIR" in done.stdout and "--redis-url URL" in done.stdout
     assert ttsyncd("--help", cwd=tmp_path).stdout.count(f"\n    {command} ") == 1
+
+
+# --- finding the town -------------------------------------------------------------------------
+
+TOWN_FILES = ("tinytown.toml", "tasks.toml")
+
+
+def kill_redis_left_in(directory: Path) -> None:
+    """A redis-server a command started in `directory` (it must not have): stopped, so a
+    failing test leaves nothing running."""
+    pidfile = directory / ".tt" / "redis.pid"
+    if pidfile.exists():
+        os.kill(int(pidfile.read_text().strip()), 15)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["check"], ["push"], ["pull"], ["status", "--json"], ["pause"], ["conflicts"], ["stop"]],
+)
+def test_outside_a_town_commands_say_no_town_found_and_create_nothing(
+    tmp_path: Path, command: list[str]
+) -> None:
+    nowhere = tmp_path / "nowhere"
+    nowhere.mkdir()
+    if any((d / f).exists() for d in nowhere.parents for f in TOWN_FILES):
+        pytest.skip("a town file lies above the test's temp dir")
+    try:
+        done = ttsyncd(*command, cwd=nowhere)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert done.stderr.startswith(
+            "ttsyncd: no town found: no tinytown.toml or tasks.toml "
+            f"in {nowhere.resolve()} or any directory above it"
+        )
+        assert done.stdout == ""
+        assert list(nowhere.iterdir()) == []  # no .tt/, no redis-server, no tasks.toml
+    finally:
+        kill_redis_left_in(nowhere)
+
+
+def test_a_town_without_tasks_toml_push_says_so_and_starts_no_redis(tmp_path: Path) -> None:
+    town = tmp_path / "town"
+    town.mkdir()
+    (town / "tinytown.toml").write_text(f'name = "{TOWN}"\n')  # the embedded default Redis
+    inside = town / "src"
+    inside.mkdir()
+    try:
+        done = ttsyncd("push", cwd=inside)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert done.stderr == (
+            f"ttsyncd: no tasks.toml in {town.resolve()}: nothing to push "
+            "(`ttsyncd pull` creates it from the town's Redis)\n"
+        )
+        assert done.stdout == ""
+        assert sorted(p.name for p in town.iterdir()) == ["src", "tinytown.toml"]
+    finally:
+        kill_redis_left_in(town)
+
+
+def test_pull_starts_a_plan_from_an_existing_tinytown_town(
+    tmp_path: Path, redis_url: str, rdb: redis.Redis
+) -> None:
+    town = tmp_path / "town"
+    town.mkdir()
+    (town / "tinytown.toml").write_text(f'name = "{TOWN}"\n')
+    agent = register_agent(rdb, TOWN, "backend")
+    made = new_task("Investigate the flaky login test", ["bug"])
+    set_task(rdb, TOWN, made)
+    start_task(rdb, TOWN, made["id"], agent)
+    code, out, err = cli(town, redis_url, "push")
+    assert code == 1 and "no tasks.toml" in err and not (town / "tasks.toml").exists()
+    code, out, err = cli(town, redis_url, "pull", "--dry-run")
+    assert code == 0 and not (town / "tasks.toml").exists()
+    code, out, err = cli(town, redis_url, "pull")
+    assert code == 0, err
+    assert out.splitlines() == [
+        "⬇️  Pulled 1 tasks from Redis to tasks.toml",
+        "created 1, updated 0, deleted 0, unchanged 0",
+    ]
+    text = (town / "tasks.toml").read_text()
+    derived = "task-" + made["id"].replace("-", "")[:8]
+    assert text.startswith(
+        f'# The plan of tinytown town "{TOWN}": one [[tasks]] entry per task (id, description,'
+    )
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    assert header == PLAN_HEADER.format(town=f'"{TOWN}"')
+    assert text.endswith(
+        f'[[tasks]]\nid = "{derived}"\ndescription = "Investigate the flaky login test"\n'
+        'agent = "backend"\nstatus = "running"\ntags = ["bug"]\n'
+    )
+    rdb.config_resetstat()
+    assert cli(town, redis_url, "push")[0] == 0 and cli(town, redis_url, "pull")[0] == 0
+    assert (town / "tasks.toml").read_text() == text and write_counts(rdb) == {}
+    code, out, _ = cli(town, redis_url, "check")
+    assert code == 0 and out.splitlines()[-1] == "in sync"
+    # An empty town: the file holds the header alone, a plan to start writing.
+    other = make_town(tmp_path / "empty", "empty-town", "")
+    (other / "tasks.toml").unlink()
+    assert cli(other, redis_url, "pull")[0] == 0
+    assert (other / "tasks.toml").read_text() == PLAN_HEADER.format(town='"empty-town"')

@@ -240,6 +240,7 @@ def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
         return Output(
             stderr=[f"ttsyncd: paused since {since}; `ttsyncd resume` first"], code=EXIT_PLAN
         )
+    commands.require_plan(settings, args.command)  # before connecting: no Redis started for it
     town = Town(settings, connect(settings))
     try:
         if args.command == "check":

@@ -14,7 +14,7 @@ from ttsyncd.engine import SyncReport, set_aside_line, state_store_for, sync
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
 from ttsyncd.identity import identify
 from ttsyncd.merge import ENTRY, Conflict, Side
-from ttsyncd.plan import PlanReader
+from ttsyncd.plan import PlanReader, read_text
 from ttsyncd.state import StateStore, SyncState, append_conflicts, conflict, read_conflicts
 from ttsyncd.store import LiveRead, RedisSource, TaskWrite, apply_writes, read_snapshot
 from ttsyncd.topology import RedisClient
@@ -64,9 +64,46 @@ class Town:
         return self.state_store or state_store_for(self.settings)
 
 
+# The head of a tasks.toml that `pull` creates (a town with tasks in Redis and no plan yet).
+PLAN_HEADER = """\
+# The plan of tinytown town {town}: one [[tasks]] entry per task (id, description, agent,
+# status, tags, parent). ttsyncd keeps it and the town's Redis in sync, both ways; comments
+# and layout are kept. Started by `ttsyncd pull` from the tasks in Redis.
+"""
+
+
+def require_plan(settings: Settings, command: str) -> None:
+    """A push needs a plan to push: a town without its tasks file says so (a missing file
+    would otherwise read as an empty plan)."""
+    if command == "push" and not settings.tasks_file.exists():
+        raise TtsyncdError(
+            f"no {settings.tasks_file.name} in {settings.tasks_file.parent}: nothing to push "
+            "(`ttsyncd pull` creates it from the town's Redis)"
+        )
+
+
+def start_plan(settings: Settings) -> str | None:
+    """Create the tasks file holding only PLAN_HEADER, for `pull` to fill in; the text
+    written, None when the file exists (or could not be made: the sync says why)."""
+    header = PLAN_HEADER.format(town=json.dumps(settings.town_name, ensure_ascii=False))
+    try:
+        with open(settings.tasks_file, "x", encoding="utf-8") as plan:
+            plan.write(header)
+    except OSError:
+        return None
+    return header
+
+
 def push_or_pull(town: Town, command: str, *, force: bool, dry_run: bool) -> Output:
     pushing = command == "push"
-    report = town.sync(push=pushing, pull=not pushing, force=force, dry_run=dry_run)
+    require_plan(town.settings, command)
+    started = None if pushing or dry_run else start_plan(town.settings)
+    try:
+        report = town.sync(push=pushing, pull=not pushing, force=force, dry_run=dry_run)
+    except BaseException:
+        if started is not None and read_text(town.settings.tasks_file) == started:
+            town.settings.tasks_file.unlink(missing_ok=True)  # not left behind by a failed pull
+        raise
     out = Output()
     name = town.settings.tasks_file.name
     if dry_run:
@@ -119,7 +156,12 @@ def check(town: Town) -> Output:
     settings = town.settings
     report = town.sync(push=True, pull=True, dry_run=True)
     out = Output()
-    out.stdout.append(f"{settings.tasks_file}: {report.plan_tasks} tasks, valid")
+    if settings.tasks_file.exists():
+        out.stdout.append(f"{settings.tasks_file}: {report.plan_tasks} tasks, valid")
+    else:
+        out.stdout.append(
+            f"{settings.tasks_file}: no such file (`ttsyncd pull` creates it from Redis)"
+        )
     out.stdout.append(
         f"Redis {settings.endpoint.redacted()}: "
         f"{report.redis_tasks} tasks of town {settings.town_name!r}"

@@ -258,7 +258,9 @@ class Settings:
 
 
 def find_town(town_arg: str | None, env: Mapping[str, str], cwd: Path) -> Path:
-    """--town, else $TTSYNCD_TOWN, else the nearest ancestor of cwd with a town file, else cwd."""
+    """--town, else $TTSYNCD_TOWN, else the nearest directory from cwd up holding a town file.
+    Never cwd by default: a command run outside a town must not make one there (`.tt/`, a
+    redis-server)."""
     for explicit, origin in ((town_arg, "--town"), (env.get("TTSYNCD_TOWN"), "TTSYNCD_TOWN")):
         if explicit:
             town_dir = (cwd / explicit).resolve()
@@ -269,7 +271,10 @@ def find_town(town_arg: str | None, env: Mapping[str, str], cwd: Path) -> Path:
     for candidate in (start, *start.parents):
         if (candidate / TINYTOWN_FILE).is_file() or (candidate / TASKS_FILE).is_file():
             return candidate
-    return start
+    raise ConfigError(
+        f"no town found: no {TINYTOWN_FILE} or {TASKS_FILE} in {start} or any directory above "
+        "it; run ttsyncd inside a town, or name one with --town DIR"
+    )
 
 
 # --- settings ---------------------------------------------------------------------------------
