@@ -239,3 +239,45 @@ def test_pull_starts_a_plan_from_an_existing_tinytown_town(
     (other / "tasks.toml").unlink()
     assert cli(other, redis_url, "pull")[0] == 0
     assert (other / "tasks.toml").read_text() == PLAN_HEADER.format(town='"empty-town"')
+
+
+# --- git conflict markers ---------------------------------------------------------------------
+
+CONFLICTED = PLAN.replace(
+    'description = "Write the docs"\n',
+    "<<<<<<< HEAD\n"
+    'description = "Write the docs"\n'
+    "=======\n"
+    'description = "Write the user docs"\n'
+    ">>>>>>> feature/docs\n",
+)
+
+
+def test_git_conflict_markers_are_named_with_file_and_line(
+    town: Path, redis_url: str, rdb: redis.Redis
+) -> None:
+    assert cli(town, redis_url, "push")[0] == 0
+    (town / "tasks.toml").write_text(CONFLICTED)
+    assert CONFLICTED.splitlines()[9] == "<<<<<<< HEAD"  # line 10
+    rdb.config_resetstat()
+    for command in ("push", "pull", "check"):
+        code, out, err = cli(town, redis_url, command)
+        assert code == 1, (out, err)
+        assert err == f"ttsyncd: {town / 'tasks.toml'}:10: unresolved merge conflict (<<<<<<<)\n"
+    assert write_counts(rdb) == {}
+    assert (town / "tasks.toml").read_text() == CONFLICTED
+    # Half resolved (the first marker gone), still named; with diff3's base section too.
+    half = CONFLICTED.replace("<<<<<<< HEAD\n", "")
+    (town / "tasks.toml").write_text(half)
+    err = cli(town, redis_url, "push")[2]
+    assert err.endswith("tasks.toml:11: unresolved merge conflict (=======)\n")
+    # diff3's base section, and another error above the conflict: the conflict is named.
+    diff3 = CONFLICTED.replace("=======\n", "||||||| base\ndescription = 'Docs'\n=======\n")
+    (town / "tasks.toml").write_text(diff3.replace('tags = ["api"]', "tags = [api]"))
+    err = cli(town, redis_url, "push")[2]
+    assert err.endswith("tasks.toml:10: unresolved merge conflict (<<<<<<<)\n")
+    # A line of equals signs in a multi-line string is no conflict: the real error is named.
+    underlined = PLAN.replace('"Write the docs"', '"""Docs\n=======\n"""') + "oops\n"
+    (town / "tasks.toml").write_text(underlined)
+    err = cli(town, redis_url, "push")[2]
+    assert err.split("tasks.toml:")[-1].startswith("13: invalid TOML: Expected")
