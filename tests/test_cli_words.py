@@ -281,3 +281,63 @@ def test_git_conflict_markers_are_named_with_file_and_line(
     (town / "tasks.toml").write_text(underlined)
     err = cli(town, redis_url, "push")[2]
     assert err.split("tasks.toml:")[-1].startswith("13: invalid TOML: Expected")
+
+
+# --- dry runs ---------------------------------------------------------------------------------
+
+
+def test_dry_runs_say_would_and_list_every_change_with_its_values(
+    town: Path, redis_url: str, rdb: redis.Redis
+) -> None:
+    agent = register_agent(rdb, TOWN, "backend")
+    rdb.config_resetstat()
+    code, out, err = cli(town, redis_url, "push", "--dry-run")
+    assert code == 0, err
+    assert out.splitlines() == [
+        "would push 2 tasks from tasks.toml to Redis (dry run: nothing written):",
+        '  redis: create api: description "Build the API", agent "backend", status "pending", '
+        'tags ["api"]',
+        '  redis: create docs: description "Write the docs", status "pending"',
+        "would create 2, update 0, delete 0; 0 unchanged",
+    ]
+    assert write_counts(rdb) == {} and rdb.keys("tt:*:task:*") == []
+    assert cli(town, redis_url, "push")[0] == 0
+    for command in ("push", "pull"):  # in sync: nothing to do either way
+        code, out, _ = cli(town, redis_url, command, "--dry-run")
+        assert code == 0 and out == f"nothing to {command} (dry run: nothing written)\n"
+    without_docs = PLAN.split('\n[[tasks]]\nid = "docs"')[0]
+    (town / "tasks.toml").write_text(without_docs)
+    code, out, _ = cli(town, redis_url, "push", "--dry-run")
+    assert out.splitlines()[1:] == [
+        '  redis: delete docs ("Write the docs")',
+        "would create 0, update 0, delete 1; 1 unchanged",
+    ]
+    assert rdb.exists(key("docs"))
+    # Changes on both sides: each dry run lists its own direction's, field by field.
+    text = PLAN.replace('tags = ["api"]', 'tags = ["api", "v2"]').replace(
+        '"Write the docs"', '"Write the user docs"'
+    )
+    text += '\n[[tasks]]\nid = "ops"\ndescription = "Ops"\n'
+    (town / "tasks.toml").write_text(text)
+    start_task(rdb, TOWN, task_uuid_for(TOWN, "api"), agent)
+    set_task(rdb, TOWN, {**rdb.hgetall(key("docs")), "result": 'half "done"'})
+    rdb.config_resetstat()
+    code, out, err = cli(town, redis_url, "push", "--dry-run")
+    assert code == 0, err
+    assert out.splitlines() == [
+        "would push 3 tasks from tasks.toml to Redis (dry run: nothing written):",
+        '  redis: update api: tags ["api"] → ["api", "v2"]',
+        '  redis: update docs: description "Write the docs" → "Write the user docs"',
+        '  redis: create ops: description "Ops", status "pending"',
+        "would create 1, update 2, delete 0; 0 unchanged",
+    ]
+    code, out, err = cli(town, redis_url, "pull", "--dry-run")
+    assert code == 0, err
+    assert out.splitlines() == [
+        "would pull 2 tasks from Redis to tasks.toml (dry run: nothing written):",
+        '  file: update api: status "pending" → "running"',
+        '  file: update docs: result (none) → "half \\"done\\""',
+        "would create 0, update 2, delete 0; 0 unchanged",
+    ]
+    assert write_counts(rdb) == {}
+    assert (town / "tasks.toml").read_text() == text

@@ -107,9 +107,8 @@ def push_or_pull(town: Town, command: str, *, force: bool, dry_run: bool) -> Out
     out = Output()
     name = town.settings.tasks_file.name
     if dry_run:
-        out.stdout.append("(dry run: nothing written)")
-        out.stdout += [f"  would {line}" for line in report.changes or ["no changes"]]
-    if pushing:
+        out.stdout = dry_run_lines(report, pushing, name, town.settings.tasks_file.exists())
+    elif pushing:
         out.stdout.append(PUSH_LINE.format(n=report.plan_tasks, file=name))
         out.stdout.append(report.to_redis.summary())
     else:
@@ -123,6 +122,26 @@ def push_or_pull(town: Town, command: str, *, force: bool, dry_run: bool) -> Out
     elif report.refused is not None:
         out.stderr.append(f"warning: {report.refused.message}")
     return out
+
+
+def dry_run_lines(report: SyncReport, pushing: bool, name: str, file_exists: bool) -> list[str]:
+    """What a push or pull would do: every change with its fields and values, then the
+    counts; "nothing to push/pull" when it would change nothing."""
+    verb = "push" if pushing else "pull"
+    if not report.changes:
+        return [f"nothing to {verb} (dry run: nothing written)"]
+    if pushing:
+        head = f"would push {report.plan_tasks} tasks from {name} to Redis"
+    else:
+        created = "" if file_exists else f", creating {name}"
+        head = f"would pull {report.redis_tasks} tasks from Redis to {name}{created}"
+    counts = report.to_redis if pushing else report.to_file
+    return [
+        f"{head} (dry run: nothing written):",
+        *(f"  {line}" for line in report.changes),
+        f"would create {counts.created}, update {counts.updated}, delete {counts.deleted}; "
+        f"{counts.unchanged} unchanged",
+    ]
 
 
 def warnings(report: SyncReport) -> list[str]:
