@@ -4,6 +4,7 @@ daemon runs, and `service`. The real CLI in a subprocess against a real redis-se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.daemon_harness import RedisServer, started
 from tests.helpers import make_town, run_cli, write_counts
 from ttsyncd.codec import task_key
 from ttsyncd.commands import PLAN_HEADER
@@ -341,3 +343,41 @@ def test_dry_runs_say_would_and_list_every_change_with_its_values(
     ]
     assert write_counts(rdb) == {}
     assert (town / "tasks.toml").read_text() == text
+
+
+# --- an explicit Redis while a daemon runs ----------------------------------------------------
+
+
+def test_an_explicit_redis_other_than_the_daemons_is_used_not_the_daemons(
+    town: Path, server: RedisServer, redis_url: str, rdb: redis.Redis
+) -> None:
+    """The daemon syncs the town with `server`; a command naming the session's Redis
+    (`redis_url`) runs on its own against it, and says so. Naming the daemon's own Redis, in
+    any spelling, goes through the daemon."""
+    theirs = server.client()
+    with contextlib.closing(theirs):
+        for running in started(town, server.url):
+            status = json.loads(cli(town, None, "status", "--json")[1])
+            assert status["running"] is True and status["pid"] == running.process.pid
+            connections = theirs.info("stats")["total_connections_received"]
+            code, out, err = cli(town, redis_url, "push")
+            assert code == 0, err
+            assert out.splitlines()[0] == "⬆️  Pushed 2 tasks from tasks.toml to Redis"
+            assert err.splitlines()[0] == (
+                f"note: the daemon serving this town uses {server.url}; --redis-url names "
+                f"{redis_url}: ran on its own against that one"
+            )
+            assert rdb.hget(key("docs"), "description") == "Write the docs"  # ours got them
+            # REDIS_URL too: an agent's change there is pulled from there.
+            set_task(rdb, TOWN, {**rdb.hgetall(key("docs")), "state": "completed"})
+            code, out, err = cli(town, None, "pull", env={"REDIS_URL": redis_url})
+            assert code == 0 and err.startswith("note: the daemon serving this town uses"), err
+            assert 'status = "completed"' in (town / "tasks.toml").read_text()
+            assert theirs.info("stats")["total_connections_received"] == connections
+            # The daemon's own Redis, spelled another way: through the daemon (no connection
+            # of this command's own reaches that Redis).
+            running.wait_idle()
+            connections = theirs.info("stats")["total_connections_received"]
+            code, out, err = cli(town, f"{server.url}?db=0", "check")
+            assert code == 0 and "note:" not in err, err
+            assert theirs.info("stats")["total_connections_received"] == connections

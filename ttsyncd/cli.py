@@ -19,9 +19,9 @@ import redis
 
 from ttsyncd import __version__, background, commands, control, log
 from ttsyncd.commands import Output, Town
-from ttsyncd.config import Settings, load_settings
+from ttsyncd.config import Settings, endpoint_from_url, load_settings
 from ttsyncd.connection import connect, refused_by_acl
-from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
+from ttsyncd.errors import EXIT_OK, EXIT_PLAN, ConfigError, TtsyncdError
 from ttsyncd.topology import describe
 
 # The options every command takes, before or after its name. Their defaults are SUPPRESSed in
@@ -220,16 +220,53 @@ def run_daemon(command: str, settings: Settings, reload_settings: Any, fmt: str 
 
 
 def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
-    """push/pull/check/conflicts/resolve/repair: through the daemon if one serves the town."""
+    """push/pull/check/conflicts/resolve/repair: through the daemon if one serves the town
+    on the Redis the command means, else in this process."""
     request: dict[str, Any] = {"cmd": args.command}
     for name in ("force", "dry_run", "json", "plan_id", "take"):
         if hasattr(args, name):
             request[name] = getattr(args, name)
-    answer = control.request(control.socket_path(settings.town_dir), request)
+    sock = control.socket_path(settings.town_dir)
+    elsewhere = daemon_on_another_redis(sock, settings)
+    answer = None if elsewhere is not None else control.request(sock, request)
     if answer is not None:
         if not answer.get("ok"):
             return Output(stderr=[f"ttsyncd: {answer.get('error')}"], code=answer.get("code", 1))
         return Output.from_json(answer["result"])
+    output = run_here(args, settings)
+    if elsewhere is not None:
+        output.stderr.insert(
+            0,
+            f"note: the daemon serving this town uses {elsewhere}; {settings.endpoint.source} "
+            f"names {settings.endpoint.redacted()}: ran on its own against that one",
+        )
+    return output
+
+
+# Where an endpoint given for one command comes from; a daemon on another Redis does not
+# serve such a command.
+EXPLICIT_ENDPOINTS = ("--redis-url", "REDIS_URL")
+
+
+def daemon_on_another_redis(sock: Path, settings: Settings) -> str | None:
+    """The Redis of the daemon serving the town (as its status shows it) when the command
+    names another one explicitly (--redis-url, REDIS_URL); else None: the daemon, if one
+    runs, serves the command."""
+    if settings.endpoint.source not in EXPLICIT_ENDPOINTS:
+        return None
+    answer = control.request(sock, {"cmd": "status"}, 10.0)
+    if answer is None or not answer.get("ok"):
+        return None
+    theirs = str(answer["result"].get("redis"))
+    try:  # the daemon shows its endpoint redacted: compare server and db, not the text
+        same = endpoint_from_url(theirs, "the daemon").identity() == settings.endpoint.identity()
+    except ConfigError:
+        same = theirs == settings.endpoint.redacted()
+    return None if same else theirs
+
+
+def run_here(args: argparse.Namespace, settings: Settings) -> Output:
+    """A one-shot command in this process, against the settings' Redis."""
     if args.command == "conflicts":
         return commands.conflicts(settings, as_json=args.json)
     writes = args.command in ("push", "pull", "resolve", "repair") and not getattr(
