@@ -381,3 +381,46 @@ def test_an_explicit_redis_other_than_the_daemons_is_used_not_the_daemons(
             code, out, err = cli(town, f"{server.url}?db=0", "check")
             assert code == 0 and "note:" not in err, err
             assert theirs.info("stats")["total_connections_received"] == connections
+
+
+# --- what each command imports ----------------------------------------------------------------
+
+HEAVY = frozenset(
+    {"redis", "structlog", "tomlkit", "daemon", "watchfiles", "asyncio", "ttsyncd.daemon",
+     "ttsyncd.background", "ttsyncd.engine"}
+)  # fmt: skip
+
+
+def imported(*args: str, cwd: Path, env: dict[str, str] | None = None) -> set[str]:
+    """The modules `python -X importtime -m ttsyncd ARGS...` imported."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ttsyncd", *args],
+        cwd=cwd, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    lines = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert lines, done.stderr
+    return {line.rsplit("|", 1)[1].strip() for line in lines[1:]}
+
+
+def test_each_command_imports_only_what_it_needs(
+    town: Path, server: RedisServer, redis_url: str, rdb: redis.Redis
+) -> None:
+    assert HEAVY.isdisjoint(imported("--version", cwd=town))
+    assert HEAVY.isdisjoint(imported("push", "--help", cwd=town))
+    assert HEAVY.isdisjoint(imported("status", cwd=town))  # no daemon
+    assert HEAVY.isdisjoint(imported("status", "--json", cwd=town))
+    # In this process: Redis and the engine (whose log is structlog), and nothing of the daemon;
+    # no tomlkit for a push or a check (they render no file).
+    daemon_side = {"daemon", "watchfiles", "ttsyncd.daemon", "ttsyncd.background"}
+    for command in ("push", "check", "pull"):
+        modules = imported("--redis-url", redis_url, command, cwd=town)
+        assert {"redis", "ttsyncd.engine"} <= modules
+        assert daemon_side.isdisjoint(modules), command
+        if command != "pull":
+            assert "tomlkit" not in modules
+    # Through a daemon: the request and its answer, nothing else.
+    for _running in started(town, server.url):
+        for args in (["status"], ["push"], ["pull", "--dry-run"], ["check"], ["conflicts"]):
+            assert HEAVY.isdisjoint(imported(*args, cwd=town)), args

@@ -3,6 +3,10 @@
 push, pull, check, conflicts and resolve go through the control socket when a daemon serves
 the town (so the daemon's caches and the file stay consistent), and run in this process
 otherwise; either way they print the same.
+
+Each command imports what it needs when it runs: `--version` and `--help` import nothing of
+ttsyncd's, `status` and a command a daemon serves need no redis-py, only a command run in this
+process loads the sync engine, and only `run` and `start` the daemon and python-daemon.
 """
 
 from __future__ import annotations
@@ -13,16 +17,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
+from ttsyncd import __version__
+from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
 
-from ttsyncd import __version__, background, commands, control, log
-from ttsyncd.commands import Output, Town
-from ttsyncd.config import Settings, endpoint_from_url, load_settings
-from ttsyncd.connection import connect, refused_by_acl
-from ttsyncd.errors import EXIT_OK, EXIT_PLAN, ConfigError, TtsyncdError
-from ttsyncd.topology import describe
+if TYPE_CHECKING:
+    from ttsyncd.config import Settings
+    from ttsyncd.output import Output
 
 # The options every command takes, before or after its name. Their defaults are SUPPRESSed in
 # the parsers (a subcommand's default would otherwise overwrite the value given before it) and
@@ -181,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ttsyncd.demo import run_demo
 
             return run_demo(Path(args.dir), args.log_format)
+        from ttsyncd.config import load_settings
 
         def reload_settings() -> Settings:
             return load_settings(
@@ -194,8 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = reload_settings()
         if args.command in ("run", "start"):
             return run_daemon(args.command, settings, reload_settings, args.log_format)
-        log.configure("info" if args.verbose else "warning", args.log_format or settings.log.format)
         if args.command == "stop":
+            from ttsyncd import background
+
             return background.stop(settings)
         if args.command == "status":
             return show_status(settings, as_json=args.json)
@@ -211,7 +215,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_daemon(command: str, settings: Settings, reload_settings: Any, fmt: str | None) -> int:
     if command == "start":
+        from ttsyncd import background
+
         return background.start(settings, reload_settings)
+    from ttsyncd import log
     from ttsyncd.daemon import run_foreground
 
     log.configure(settings.log.level, fmt or settings.log.format)
@@ -222,6 +229,9 @@ def run_daemon(command: str, settings: Settings, reload_settings: Any, fmt: str 
 def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
     """push/pull/check/conflicts/resolve/repair: through the daemon if one serves the town
     on the Redis the command means, else in this process."""
+    from ttsyncd import control
+    from ttsyncd.output import Output
+
     request: dict[str, Any] = {"cmd": args.command}
     for name in ("force", "dry_run", "json", "plan_id", "take"):
         if hasattr(args, name):
@@ -254,6 +264,10 @@ def daemon_on_another_redis(sock: Path, settings: Settings) -> str | None:
     runs, serves the command."""
     if settings.endpoint.source not in EXPLICIT_ENDPOINTS:
         return None
+    from ttsyncd import control
+    from ttsyncd.config import endpoint_from_url
+    from ttsyncd.errors import ConfigError
+
     answer = control.request(sock, {"cmd": "status"}, 10.0)
     if answer is None or not answer.get("ok"):
         return None
@@ -267,18 +281,24 @@ def daemon_on_another_redis(sock: Path, settings: Settings) -> str | None:
 
 def run_here(args: argparse.Namespace, settings: Settings) -> Output:
     """A one-shot command in this process, against the settings' Redis."""
+    import redis
+
+    from ttsyncd import commands, log
+    from ttsyncd.connection import connect, refused_by_acl
+
+    log.configure("info" if args.verbose else "warning", args.log_format or settings.log.format)
     if args.command == "conflicts":
         return commands.conflicts(settings, as_json=args.json)
     writes = args.command in ("push", "pull", "resolve", "repair") and not getattr(
         args, "dry_run", False
     )
-    since = background.paused_since(settings)
-    if writes and since is not None:  # as a paused daemon answers: the town is paused
-        return Output(
+    since = paused_since(settings) if writes else None
+    if since is not None:  # as a paused daemon answers: the town is paused
+        return commands.Output(
             stderr=[f"ttsyncd: paused since {since}; `ttsyncd resume` first"], code=EXIT_PLAN
         )
     commands.require_plan(settings, args.command)  # before connecting: no Redis started for it
-    town = Town(settings, connect(settings))
+    town = commands.Town(settings, connect(settings))
     try:
         if args.command == "check":
             return commands.check(town)
@@ -294,11 +314,26 @@ def run_here(args: argparse.Namespace, settings: Settings) -> Output:
         raise refused from None
 
 
+def paused_since(settings: Settings) -> str | None:
+    """When the town's pause began (background.paused_since), None when it is not paused.
+    Looks for the marker first: background.py imports python-daemon, which a push or pull of
+    a town that is not paused has no use for."""
+    if not os.path.lexists(settings.state_dir / "paused"):  # background.pause_marker
+        return None
+    from ttsyncd import background
+
+    return background.paused_since(settings)
+
+
 def pause_or_resume(settings: Settings, command: str) -> int:
     """Through the daemon if one serves the town; else the pause marker alone, which the
     next daemon to start obeys."""
+    from ttsyncd import control
+
     answer = control.request(control.socket_path(settings.town_dir), {"cmd": command})
     if answer is None:
+        from ttsyncd import background
+
         if command == "pause":
             began = background.mark_paused(settings)
             print(f"ttsyncd paused since {began}: no daemon running; it will start paused")
@@ -331,6 +366,8 @@ def pause_or_resume(settings: Settings, command: str) -> int:
 def show_status(settings: Settings, *, as_json: bool) -> int:
     """The daemon's status; exits 1 when none serves the town. `--json` always prints one
     JSON object, `"running"` saying whether a daemon answered."""
+    from ttsyncd import control
+
     sock = control.socket_path(settings.town_dir)
     answer = control.request(sock, {"cmd": "status"}, 10.0)
     if answer is None or not answer.get("ok"):
@@ -367,6 +404,8 @@ def verify_lines(verify: dict[str, Any] | None) -> list[str]:
 
 
 def status_lines(status: dict[str, Any]) -> list[str]:
+    from ttsyncd.topology_status import describe
+
     def stamp(entry: dict[str, Any] | None) -> str:
         if not entry:
             return "never"

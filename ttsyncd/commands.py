@@ -4,8 +4,7 @@ its own process, or a running daemon on behalf of the CLI (so the output is the 
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +13,7 @@ from ttsyncd.engine import SyncReport, set_aside_line, state_store_for, sync
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
 from ttsyncd.identity import identify
 from ttsyncd.merge import ENTRY, Conflict, Side
+from ttsyncd.output import Output as Output  # re-exported: the daemon answers with it
 from ttsyncd.plan import PlanReader, read_text
 from ttsyncd.state import StateStore, SyncState, append_conflicts, conflict, read_conflicts
 from ttsyncd.store import LiveRead, RedisSource, TaskWrite, apply_writes, read_snapshot
@@ -21,27 +21,6 @@ from ttsyncd.topology import RedisClient
 
 PUSH_LINE = "⬆️  Pushed {n} tasks from {file} to Redis"
 PULL_LINE = "⬇️  Pulled {n} tasks from Redis to {file}"
-
-
-@dataclass
-class Output:
-    stdout: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-    code: int = EXIT_OK
-
-    def show(self) -> int:
-        for line in self.stdout:
-            print(line)
-        for line in self.stderr:
-            print(line, file=sys.stderr)
-        return self.code
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(data: dict[str, Any]) -> Output:
-        return Output(list(data["stdout"]), list(data["stderr"]), int(data["code"]))
 
 
 @dataclass
