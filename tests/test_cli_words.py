@@ -7,6 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import shlex
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -106,8 +110,9 @@ def test_status_json_without_a_daemon_prints_json_and_exits_1(town: Path) -> Non
 
 COMMANDS = (
     "run", "start", "stop", "status", "push", "pull", "pause", "resume", "check", "repair",
-    "conflicts", "resolve", "demo",
+    "conflicts", "resolve", "demo", "service",
 )  # fmt: skip
+ACTIONS = ("service install", "service uninstall", "service status")
 
 
 def test_options_are_accepted_after_the_command(
@@ -131,9 +136,9 @@ def test_options_are_accepted_after_the_command(
     assert write_counts(rdb) == {}
 
 
-@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("command", COMMANDS + ACTIONS)
 def test_every_command_has_a_description_in_its_help(command: str, tmp_path: Path) -> None:
-    done = ttsyncd(command, "--help", cwd=tmp_path)
+    done = ttsyncd(*command.split(), "--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     paragraphs = done.stdout.split("\n\n")
     assert paragraphs[0].startswith(f"usage: ttsyncd {command}")
@@ -141,7 +146,9 @@ def test_every_command_has_a_description_in_its_help(command: str, tmp_path: Pat
     assert not description.startswith(("options", "positional")), done.stdout
     assert len(description.split()) >= 8, description  # a sentence, not a label
     assert "--town DIR" in done.stdout and "--redis-url URL" in done.stdout
-    assert ttsyncd("--help", cwd=tmp_path).stdout.count(f"\n    {command} ") == 1
+    *parents, name = command.split()
+    listing = ttsyncd(*parents, "--help", cwd=tmp_path).stdout
+    assert listing.count(f"\n    {name} ") == 1
 
 
 # --- finding the town -------------------------------------------------------------------------
@@ -424,3 +431,143 @@ def test_each_command_imports_only_what_it_needs(
     for _running in started(town, server.url):
         for args in (["status"], ["push"], ["pull", "--dry-run"], ["check"], ["conflicts"]):
             assert HEAVY.isdisjoint(imported(*args, cwd=town)), args
+
+
+# --- service install | uninstall | status -----------------------------------------------------
+
+SHIPPED_UNIT = Path(__file__).parents[1] / "systemd" / "ttsyncd@.service"
+
+
+@pytest.fixture
+def systemd_home(tmp_path: Path) -> dict[str, str]:
+    """A fake `systemctl` first on PATH that records its arguments (one JSON list a line) and
+    exits with $FAKE_SYSTEMCTL_EXIT; XDG_CONFIG_HOME in the temp dir. The real systemctl is
+    never run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "systemctl"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "with open(os.environ['FAKE_SYSTEMCTL_LOG'], 'a') as log:\n"
+        "    log.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if os.environ.get('FAKE_SYSTEMCTL_EXIT', '0') != '0':\n"
+        "    print('Failed to enable unit: boom', file=sys.stderr)\n"
+        "sys.exit(int(os.environ.get('FAKE_SYSTEMCTL_EXIT', '0')))\n"
+    )
+    fake.chmod(0o755)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "FAKE_SYSTEMCTL_LOG": str(tmp_path / "systemctl.log"),
+    }
+
+
+def systemctl_calls(env: dict[str, str]) -> list[list[str]]:
+    log = Path(env["FAKE_SYSTEMCTL_LOG"])
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    log.unlink(missing_ok=True)
+    return calls
+
+
+def test_service_install_status_uninstall_with_a_fake_systemctl(
+    tmp_path: Path, systemd_home: dict[str, str]
+) -> None:
+    town = make_town(tmp_path / "my town-1", TOWN, PLAN)  # a space and a dash to escape
+    env = systemd_home
+    escaped = "tmp-town"
+    if shutil.which("systemd-escape"):
+        escaped = subprocess.run(
+            ["systemd-escape", "--path", str(town)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        assert escaped.endswith("-my\\x20town\\x2d1")
+    instance = f"ttsyncd@{escaped}.service"
+    unit_path = tmp_path / "config" / "systemd" / "user" / "ttsyncd@.service"
+    exec_start = f"ExecStart={Path(sys.executable).parent / 'ttsyncd'} --town %f run"
+    expected_unit = (
+        "# Written by `ttsyncd service install`; `ttsyncd service uninstall` removes it.\n"
+        + SHIPPED_UNIT.read_text().replace("ExecStart=/usr/local/bin/ttsyncd --town %f run",
+                                           exec_start)
+    )  # fmt: skip
+
+    # --dry-run: the file and the commands, nothing written, systemctl not run.
+    done = ttsyncd("service", "install", "--dry-run", "--town", str(town), cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        f"would write {unit_path}:\n{expected_unit}"
+        "would run: systemctl --user daemon-reload\n"
+        f"would run: systemctl --user enable --now {shlex.quote(instance)}\n"
+    )
+    assert not (tmp_path / "config").exists() and systemctl_calls(env) == []
+
+    done = ttsyncd("service", "install", "--town", str(town), cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert unit_path.read_text() == expected_unit
+    assert stat.S_IMODE(unit_path.stat().st_mode) == 0o644
+    assert systemctl_calls(env) == [
+        ["--user", "daemon-reload"],
+        ["--user", "enable", "--now", instance],
+    ]
+    if shutil.which("systemd-analyze"):  # the unit as written, for this town's instance
+        check = tmp_path / "verify" / instance
+        check.parent.mkdir()
+        check.write_text(unit_path.read_text())
+        verified = subprocess.run(
+            ["systemd-analyze", "verify", str(check)], capture_output=True, text=True
+        )
+        assert verified.returncode == 0, verified.stderr
+
+    done = ttsyncd("service", "status", "--town", str(town), cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:2] == [
+        f"unit:     {unit_path} (installed)",
+        f"instance: {instance}",
+    ]
+    assert systemctl_calls(env) == [["--user", "status", "--no-pager", instance]]
+    inactive = {**env, "FAKE_SYSTEMCTL_EXIT": "3"}
+    assert (
+        ttsyncd("service", "status", "--town", str(town), cwd=tmp_path, env=inactive).returncode
+        == 1
+    )
+    systemctl_calls(env)
+
+    done = ttsyncd("service", "uninstall", "--town", str(town), cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert not unit_path.exists()
+    assert systemctl_calls(env) == [
+        ["--user", "disable", "--now", instance],
+        ["--user", "daemon-reload"],
+    ]
+
+
+def test_service_install_system_unit_runs_as_the_towns_owner(
+    tmp_path: Path, systemd_home: dict[str, str]
+) -> None:
+    town = make_town(tmp_path / "town", TOWN, PLAN)
+    units = tmp_path / "units"
+    done = ttsyncd(
+        "--town", str(town), "service", "install", "--system", "--unit-dir", str(units),
+        cwd=tmp_path, env=systemd_home,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    calls = systemctl_calls(systemd_home)
+    assert calls[0] == ["daemon-reload"] and calls[1][:2] == ["enable", "--now"]  # no --user
+    instance = calls[1][2]
+    owner = pwd.getpwuid(town.stat().st_uid).pw_name
+    drop_in = (units / f"{instance}.d" / "10-owner.conf").read_text()
+    assert f"[Service]\nUser={owner}\nGroup=" in drop_in
+    assert (units / "ttsyncd@.service").exists()
+    # A failing systemctl: one line naming the command and its words, exit 1.
+    failing = {**systemd_home, "FAKE_SYSTEMCTL_EXIT": "1"}
+    done = ttsyncd("--town", str(town), "service", "install", "--system", "--unit-dir",
+                   str(units), cwd=tmp_path, env=failing)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == (
+        "ttsyncd: `systemctl daemon-reload` failed (exit 1): Failed to enable unit: boom\n"
+    )
+    systemctl_calls(systemd_home)
+    done = ttsyncd("--town", str(town), "service", "uninstall", "--system", "--unit-dir",
+                   str(units), cwd=tmp_path, env=systemd_home)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert list(units.iterdir()) == []  # the unit, its drop-in and the drop-in's directory
+    assert systemctl_calls(systemd_home) == [["disable", "--now", instance], ["daemon-reload"]]

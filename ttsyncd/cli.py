@@ -157,6 +157,46 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument(
         "--take", choices=("file", "redis"), required=True, help="whose values win"
     )
+    service = command(
+        "service", "install the daemon as a systemd service (install, uninstall, status)",
+        "The town's daemon as a systemd service: `install` writes the unit ttsyncd@.service "
+        "(ExecStart set to this ttsyncd) and runs `systemctl daemon-reload` and "
+        "`enable --now` of the town's instance; `uninstall` undoes it; `status` asks systemctl.",
+    )  # fmt: skip
+    actions = service.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, help_text, description in (
+        ("install", "write the unit, daemon-reload, enable --now",
+         "Write ttsyncd@.service (ExecStart: this ttsyncd; --system: a drop-in running it as "
+         "the town's owner) into the unit directory, then `systemctl daemon-reload` and "
+         "`systemctl enable --now ttsyncd@<town>.service`."),
+        ("uninstall", "disable --now, remove the unit, daemon-reload",
+         "`systemctl disable --now ttsyncd@<town>.service`, remove its drop-in, and the unit "
+         "too when no other town's instance is enabled, then `systemctl daemon-reload`."),
+        ("status", "where the unit is, and what systemctl says of the town's instance",
+         "Show where the unit is and `systemctl status` of the town's instance; exits 0 when "
+         "it is active, 1 otherwise."),
+    ):  # fmt: skip
+        parser_of_action = actions.add_parser(
+            action, help=help_text, description=description, parents=[common]
+        )
+        scope = parser_of_action.add_mutually_exclusive_group()
+        scope.add_argument(
+            "--user", dest="system", action="store_false",
+            help="a user unit, ~/.config/systemd/user (the default)",
+        )  # fmt: skip
+        scope.add_argument(
+            "--system", dest="system", action="store_true",
+            help="a system unit, /etc/systemd/system, run as the town's owner",
+        )  # fmt: skip
+        parser_of_action.set_defaults(system=False)
+        parser_of_action.add_argument(
+            "--unit-dir", metavar="DIR", help="the unit directory to use instead"
+        )
+        if action != "status":
+            parser_of_action.add_argument(
+                "--dry-run", action="store_true",
+                help="print the files and the systemctl commands, change nothing",
+            )  # fmt: skip
     demo = command(
         "demo", "make a demo town and run the daemon on it",
         "Make a demo town (a tinytown.toml and a commented tasks.toml) with an embedded "
@@ -201,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ttsyncd import background
 
             return background.stop(settings)
+        if args.command == "service":
+            return manage_service(args, settings)
         if args.command == "status":
             return show_status(settings, as_json=args.json)
         if args.command in ("pause", "resume"):
@@ -224,6 +266,32 @@ def run_daemon(command: str, settings: Settings, reload_settings: Any, fmt: str 
     log.configure(settings.log.level, fmt or settings.log.format)
     mode = "systemd" if os.environ.get("NOTIFY_SOCKET") else "foreground"
     return run_foreground(settings, reload_settings, mode)
+
+
+def manage_service(args: argparse.Namespace, settings: Settings) -> int:
+    from ttsyncd import control, service
+
+    unit = service.service_for(settings.town_dir, system=args.system, unit_dir=args.unit_dir)
+    if args.action == "status":
+        return service.status(unit)
+    if args.action == "install" and not args.dry_run:
+        answer = control.request(control.socket_path(settings.town_dir), {"cmd": "status"}, 5.0)
+        running = answer.get("result", {}) if answer and answer.get("ok") else None
+        if running is not None and running.get("mode") != "systemd":
+            raise TtsyncdError(
+                f"a ttsyncd daemon (pid {running.get('pid')}, {running.get('mode')}) already "
+                "serves this town: `ttsyncd stop` it first, the service starts its own"
+            )
+    if settings.endpoint.source in EXPLICIT_ENDPOINTS:
+        print(
+            f"note: {settings.endpoint.source} is not written into the unit: the service finds "
+            "its Redis as `ttsyncd run` does (the town's ttsyncd.toml [redis] url, or "
+            "tinytown.toml)",
+            file=sys.stderr,
+        )
+    if args.action == "install":
+        return service.install(unit, dry_run=args.dry_run)
+    return service.uninstall(unit, dry_run=args.dry_run)
 
 
 def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
