@@ -571,3 +571,19 @@ def test_service_install_system_unit_runs_as_the_towns_owner(
     assert done.returncode == 0, done.stderr
     assert list(units.iterdir()) == []  # the unit, its drop-in and the drop-in's directory
     assert systemctl_calls(systemd_home) == [["disable", "--now", instance], ["daemon-reload"]]
+
+
+def test_service_install_refuses_while_another_daemon_serves_the_town(
+    town: Path, server: RedisServer, systemd_home: dict[str, str]
+) -> None:
+    for running in started(town, server.url):
+        done = ttsyncd("service", "install", cwd=town, env=systemd_home)
+        assert done.returncode == 1 and done.stderr == (
+            f"ttsyncd: a ttsyncd daemon (pid {running.process.pid}, foreground) already serves "
+            "this town: `ttsyncd stop` it first, the service starts its own\n"
+        )
+        assert systemctl_calls(systemd_home) == []
+        assert not (Path(systemd_home["XDG_CONFIG_HOME"]) / "systemd").exists()
+        assert (
+            ttsyncd("service", "install", "--dry-run", cwd=town, env=systemd_home).returncode == 0
+        )
