@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ttsyncd import __version__
-from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
+from ttsyncd.errors import EXIT_OK, EXIT_PLAN, ConfigError, TtsyncdError
 
 if TYPE_CHECKING:
     from ttsyncd.config import Settings
@@ -334,7 +334,6 @@ def daemon_on_another_redis(sock: Path, settings: Settings) -> str | None:
         return None
     from ttsyncd import control
     from ttsyncd.config import endpoint_from_url
-    from ttsyncd.errors import ConfigError
 
     answer = control.request(sock, {"cmd": "status"}, 10.0)
     if answer is None or not answer.get("ok"):
