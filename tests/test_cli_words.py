@@ -13,12 +13,13 @@ import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.daemon_harness import RedisServer, started
+from tests.daemon_harness import Daemon, RedisServer
 from tests.helpers import make_town, run_cli, write_counts
 from ttsyncd.codec import task_key
 from ttsyncd.commands import PLAN_HEADER
@@ -65,6 +66,19 @@ def ttsyncd(
 
 def key(plan_id: str) -> str:
     return task_key(TOWN, task_uuid_for(TOWN, plan_id))
+
+
+@contextlib.contextmanager
+def serving(town: Path, redis_url: str) -> Iterator[Daemon]:
+    """A daemon on `town`, ready (its first sync done); stopped however the block ends, and
+    it must have exited 0."""
+    running = Daemon(town, redis_url)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        code = running.terminate()
+    assert code == 0, running.log()
 
 
 # --- resolve ----------------------------------------------------------------------------------
@@ -362,32 +376,31 @@ def test_an_explicit_redis_other_than_the_daemons_is_used_not_the_daemons(
     (`redis_url`) runs on its own against it, and says so. Naming the daemon's own Redis, in
     any spelling, goes through the daemon."""
     theirs = server.client()
-    with contextlib.closing(theirs):
-        for running in started(town, server.url):
-            status = json.loads(cli(town, None, "status", "--json")[1])
-            assert status["running"] is True and status["pid"] == running.process.pid
-            connections = theirs.info("stats")["total_connections_received"]
-            code, out, err = cli(town, redis_url, "push")
-            assert code == 0, err
-            assert out.splitlines()[0] == "⬆️  Pushed 2 tasks from tasks.toml to Redis"
-            assert err.splitlines()[0] == (
-                f"note: the daemon serving this town uses {server.url}; --redis-url names "
-                f"{redis_url}: ran on its own against that one"
-            )
-            assert rdb.hget(key("docs"), "description") == "Write the docs"  # ours got them
-            # REDIS_URL too: an agent's change there is pulled from there.
-            set_task(rdb, TOWN, {**rdb.hgetall(key("docs")), "state": "completed"})
-            code, out, err = cli(town, None, "pull", env={"REDIS_URL": redis_url})
-            assert code == 0 and err.startswith("note: the daemon serving this town uses"), err
-            assert 'status = "completed"' in (town / "tasks.toml").read_text()
-            assert theirs.info("stats")["total_connections_received"] == connections
-            # The daemon's own Redis, spelled another way: through the daemon (no connection
-            # of this command's own reaches that Redis).
-            running.wait_idle()
-            connections = theirs.info("stats")["total_connections_received"]
-            code, out, err = cli(town, f"{server.url}?db=0", "check")
-            assert code == 0 and "note:" not in err, err
-            assert theirs.info("stats")["total_connections_received"] == connections
+    with contextlib.closing(theirs), serving(town, server.url) as running:
+        status = json.loads(cli(town, None, "status", "--json")[1])
+        assert status["running"] is True and status["pid"] == running.process.pid
+        connections = theirs.info("stats")["total_connections_received"]
+        code, out, err = cli(town, redis_url, "push")
+        assert code == 0, err
+        assert out.splitlines()[0] == "⬆️  Pushed 2 tasks from tasks.toml to Redis"
+        assert err.splitlines()[0] == (
+            f"note: the daemon serving this town uses {server.url}; --redis-url names "
+            f"{redis_url}: ran on its own against that one"
+        )
+        assert rdb.hget(key("docs"), "description") == "Write the docs"  # ours got them
+        # REDIS_URL too: an agent's change there is pulled from there.
+        set_task(rdb, TOWN, {**rdb.hgetall(key("docs")), "state": "completed"})
+        code, out, err = cli(town, None, "pull", env={"REDIS_URL": redis_url})
+        assert code == 0 and err.startswith("note: the daemon serving this town uses"), err
+        assert 'status = "completed"' in (town / "tasks.toml").read_text()
+        assert theirs.info("stats")["total_connections_received"] == connections
+        # The daemon's own Redis, spelled another way: through the daemon (no connection
+        # of this command's own reaches that Redis).
+        running.wait_idle()
+        connections = theirs.info("stats")["total_connections_received"]
+        code, out, err = cli(town, f"{server.url}?db=0", "check")
+        assert code == 0 and "note:" not in err, err
+        assert theirs.info("stats")["total_connections_received"] == connections
 
 
 # --- what each command imports ----------------------------------------------------------------
@@ -428,7 +441,7 @@ def test_each_command_imports_only_what_it_needs(
         if command != "pull":
             assert "tomlkit" not in modules
     # Through a daemon: the request and its answer, nothing else.
-    for _running in started(town, server.url):
+    with serving(town, server.url):
         for args in (["status"], ["push"], ["pull", "--dry-run"], ["check"], ["conflicts"]):
             assert HEAVY.isdisjoint(imported(*args, cwd=town)), args
 
@@ -576,7 +589,7 @@ def test_service_install_system_unit_runs_as_the_towns_owner(
 def test_service_install_refuses_while_another_daemon_serves_the_town(
     town: Path, server: RedisServer, systemd_home: dict[str, str]
 ) -> None:
-    for running in started(town, server.url):
+    with serving(town, server.url) as running:
         done = ttsyncd("service", "install", cwd=town, env=systemd_home)
         assert done.returncode == 1 and done.stderr == (
             f"ttsyncd: a ttsyncd daemon (pid {running.process.pid}, foreground) already serves "
