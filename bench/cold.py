@@ -15,22 +15,27 @@ baseline) and with the least work Redis allows (the limit), over the same hashes
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 import redis
+import toml_rs
 
 from bench.procs import BenchError
 from bench.town import plan_text, reset_files, town_name
 from ttsyncd.codec import PLAN_TAG_PREFIX, rfc3339
 from ttsyncd.config import Settings, load_settings
 from ttsyncd.engine import sync
-from ttsyncd.plan import forget_parses, write_atomic
+from ttsyncd.plan import forget_parses, parse_plan, write_atomic
 from ttsyncd.store import glob_escape
 from ttsyncd.tinytown import new_task, set_task
 
@@ -56,6 +61,46 @@ def ttsyncd_push(settings: Settings, client: redis.Redis, size: int) -> float:
     if report.to_redis.created != size:
         raise BenchError(f"cold push created {report.to_redis.created} tasks, not {size}")
     return elapsed
+
+
+def ttsyncd_push_process(
+    settings: Settings, redis_url: str, client: redis.Redis, size: int
+) -> float:
+    """`ttsyncd push` as a user runs it: a new process (imports and all), into an empty Redis,
+    with no state dir. Seconds from the start of the process to its exit."""
+    shutil.rmtree(settings.state_dir, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+    command = [sys.executable, "-m", "ttsyncd", "--town", str(settings.town_dir)]
+    started = perf_counter()
+    done = subprocess.run(
+        [*command, "--redis-url", redis_url, "push"], capture_output=True, text=True, env=env
+    )
+    elapsed = perf_counter() - started
+    if done.returncode != 0:
+        raise BenchError(f"`ttsyncd push` as a process failed: {done.stdout}{done.stderr}")
+    if len(snapshot(client, town_name(size))) != size:
+        raise BenchError(f"`ttsyncd push` as a process did not create {size} tasks")
+    return elapsed
+
+
+def parse_seconds(text: str) -> dict[str, float]:
+    """A cold read of the plan by ttsyncd, beside one whole-file parse by toml_rs (the reader
+    ttsyncd uses) and by tomllib: best of 5 each, in seconds."""
+
+    def best(parse: Callable[[], object]) -> float:
+        times = []
+        for _ in range(5):
+            forget_parses()
+            started = perf_counter()
+            parse()
+            times.append(perf_counter() - started)
+        return min(times)
+
+    return {
+        "ttsyncd_parse": best(lambda: parse_plan(Path("tasks.toml"), text)),
+        "toml_rs_parse": best(lambda: toml_rs.loads(text, toml_version="1.0.0")),
+        "tomllib_parse": best(lambda: tomllib.loads(text)),
+    }
 
 
 def ttsyncd_pull(settings: Settings, client: redis.Redis, size: int) -> tuple[float, str]:
@@ -163,7 +208,12 @@ def measure_cold(town: Path, redis_url: str, size: int, repeats: int) -> dict[st
     file_bytes = 0
     try:
         client.config_set("notify-keyspace-events", "")  # as before any daemon: nobody listens
+        for metric, seconds in parse_seconds(plan_text(size)).items():
+            add(metric, seconds)
         for run in range(repeats):
+            client.flushall()
+            reset_files(town, plan_text(size, marker=f"cold process run {run}"))
+            add("ttsyncd_push_process", ttsyncd_push_process(settings, redis_url, client, size))
             client.flushall()
             reset_files(town, plan_text(size, marker=f"cold run {run}"))
             add("ttsyncd_push", ttsyncd_push(settings, client, size))

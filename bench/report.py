@@ -56,8 +56,15 @@ def judged_size(sizes: Sequence[int]) -> int:
     return TARGET_SIZE if TARGET_SIZE in sizes else max(sizes)
 
 
-def rows_for(size: int, result: dict[str, Any], debounce: SyncSettings, judged: bool) -> list[Row]:
-    """The rows of one town's results. `judged`: this is the size the targets are set at."""
+def rows_for(
+    size: int,
+    result: dict[str, Any],
+    debounce: SyncSettings,
+    judged: bool,
+    empty_rss_mb: float | None = None,
+) -> list[Row]:
+    """The rows of one town's results. `judged`: this is the size the targets are set at;
+    `empty_rss_mb`: a daemon's RSS on a town with no tasks."""
     rows: list[Row] = []
 
     def row(
@@ -116,6 +123,24 @@ def rows_for(size: int, result: dict[str, Any], debounce: SyncSettings, judged: 
     if cold:
         seconds = {name: cold[name]["median_s"] for name in cold if isinstance(cold[name], dict)}
         push, pull = seconds["ttsyncd_push"], seconds["ttsyncd_pull"]
+        parse = seconds["ttsyncd_parse"]
+        row(
+            "cold parse: ttsyncd | toml_rs | tomllib",
+            f"{ms(parse)} | {ms(seconds['toml_rs_parse'])} | {ms(seconds['tomllib_parse'])}",
+        )
+        row(
+            "  cold parse vs toml_rs whole parse",
+            f"{parse / seconds['toml_rs_parse']:.1f}x",
+            "<= 2x",
+            parse <= 2 * seconds["toml_rs_parse"],
+        )
+        process = seconds["ttsyncd_push_process"]
+        row(
+            "cold `ttsyncd push`, a new process",
+            f"{ms(process)} ({process / seconds['limit_write']:.1f}x the limit)",
+            "<= 3x limit",
+            process <= 3 * seconds["limit_write"],
+        )
         row(
             "cold push: ttsyncd | limit | tinytown",
             f"{ms(push)} | {ms(seconds['limit_write'])} | {ms(seconds['baseline_push'])}",
@@ -177,6 +202,17 @@ def rows_for(size: int, result: dict[str, Any], debounce: SyncSettings, judged: 
             f"{memory['rss_mb']:.1f} MB ({memory['peak_rss_mb']:.1f} MB)",
             "<= 100 MB",
             memory["rss_mb"] <= 100,
+        )
+    if empty_rss_mb is not None and "memory_after_start" in live and "memory" in live:
+        start, end = live["memory_after_start"]["rss_mb"], live["memory"]["rss_mb"]
+        per_task = [(mb - empty_rss_mb) * 1024 * 1024 / size / 1000 for mb in (start, end)]
+        row(
+            "  RSS per task above an empty daemon",
+            f"{per_task[0]:.1f} KB after start, {per_task[1]:.1f} KB after the run"
+            f" (empty {empty_rss_mb:.1f} MB)",
+            "<= 2.5 KB",
+            max(per_task) <= 2.5,
+            every_size=True,
         )
     if "first_sync_s" in live:
         row("daemon start: ready after first sync", ms(live["first_sync_s"]))

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from tests.helpers import TINYTOWN_FIXTURE
 from ttsyncd.codec import RedisTask, decode_task, encode_tags, is_uuid, task_key
-from ttsyncd.identity import Identified, IdentityIndex, derived_ids, identify, task_uuid_for
+from ttsyncd.identity import (
+    TTSYNCD_NAMESPACE,
+    Identified,
+    IdentityIndex,
+    derived_ids,
+    identify,
+    task_uuid_for,
+)
 
 FIXTURE = TINYTOWN_FIXTURE
 
@@ -404,3 +411,10 @@ def test_the_index_kept_current_equals_identifying_afresh(
             if before.by_plan_id.get(plan_id) != after.by_plan_id.get(plan_id)
         }
         assert moved <= index.take_changed()
+
+
+@given(st.text(max_size=20), st.text(max_size=40))
+def test_the_derived_uuid_is_uuid5_of_town_and_plan_id(town: str, plan_id: str) -> None:
+    """task_uuid_for computes uuid5 by hand for speed; every ttsyncd must derive the same."""
+    expected = uuid.uuid5(TTSYNCD_NAMESPACE, f"{town}/{plan_id}")
+    assert task_uuid_for.__wrapped__(town, plan_id) == str(expected)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,13 +146,17 @@ def plans(draw: st.DrawFn) -> tuple[str, list[int]]:
 
 
 def same(a: Any, b: Any) -> bool:
+    """The same TOML data, value for value and type for type (nan equal to nan, a date-time's
+    offset as well as its instant)."""
     if isinstance(a, float) and isinstance(b, float):
         return a == b or (math.isnan(a) and math.isnan(b))
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+    if isinstance(a, datetime) and isinstance(b, datetime) and a.utcoffset() != b.utcoffset():
+        return False
+    return type(a) is type(b) and bool(a == b)
 
 
 @given(plans())
@@ -170,6 +175,8 @@ def test_reading_agrees_with_tomllib(plan: tuple[str, list[int]]) -> None:
     read = parse_plan(PATH, text)
     assert [e.plan_id for e in read.entries] == [t["id"] for t in data["tasks"]]
     assert [e.record.description for e in read.entries] == [t["description"] for t in data["tasks"]]
+    if read.layout is not None:  # every value of every entry, as the renderer will keep it
+        assert same(list(read.layout.tables), data["tasks"])
 
 
 @given(plans(), st.data())

@@ -1,8 +1,11 @@
 """Settings: the town, its Redis and the sync knobs, from flags, env, ttsyncd.toml, tinytown.toml.
 
-Everything here is a pure function of (arguments, environment, files on disk); nothing connects
-to Redis except `Endpoint.client()`. Passwords never reach an error message, a repr or a log
-line: errors about URLs name where the URL came from, never its text.
+Settings are a pure function of (arguments, environment, files on disk). Nothing here connects
+to Redis by itself: `Endpoint`'s client factories (`client`, `async_client`, their Sentinel and
+Cluster forms) build redis-py clients, which connect on their first command (a Cluster client
+as it is built, to learn the slots); `topology.open_client` and `connection.connect` choose and
+use them. Passwords never reach an error message, a repr or a log line: errors about URLs name
+where the URL came from, never its text.
 """
 
 from __future__ import annotations
@@ -564,7 +567,7 @@ def _tinytown_redis(tinytown: dict[str, Any], path: Path) -> dict[str, Any]:
 # --- choosing the endpoint --------------------------------------------------------------------
 
 
-def choose_endpoint(
+def choose_endpoint(  # noqa: PLR0913 — keyword-only, one per source in the precedence order
     *,
     redis_url_arg: str | None,
     env: Mapping[str, str],

@@ -103,7 +103,6 @@ class SyncReport:
     waiting_push: frozenset[str] = frozenset()
     waiting_pull: frozenset[str] = frozenset()
     plan: Plan | None = None  # the plan as this sync left it: the next Scope's starting point
-    attempts: int = 0
     duration_ms: float = 0.0
 
 
@@ -144,7 +143,7 @@ class Decision:
     refused: frozenset[str]  # deletions held back now (the guard), besides any carried over
 
 
-def sync(
+def sync(  # noqa: PLR0913 — to split: issue 12 (a request object; its callers in commands.py move)
     settings: Settings,
     client: RedisClient,
     *,
@@ -179,16 +178,17 @@ def sync(
     options = Options(
         policy=settings.sync.policy, deletions=settings.sync.deletions,
         push=push, pull=pull, force=force, stale=settings.sync.stale_writes == "keep-newer",
+        pins=pins or {},
     )  # fmt: skip
     recorded: list[Conflict] = []
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        report = SyncReport(attempts=attempt)
+    for _attempt in range(MAX_ATTEMPTS):
+        report = SyncReport()
         plan = plan_reader.read()
         snapshot = redis_source.snapshot()
         state = state_store.load()
         may_differ = scope.with_file_changes(plan) if scope is not None else None
         decided = decide(
-            settings, plan, snapshot, state, options, report, only, may_differ, pins, removing,
+            settings, plan, snapshot, state, options, report, only, may_differ, removing,
             describe_changes=dry_run,
         )  # fmt: skip
         check_file_deletions(settings, state, decided.merged, force)
@@ -282,7 +282,7 @@ def keep_what_landed(
         state_store.save(advanced(old, decided, done, epoch), done)
 
 
-def decide(
+def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(): issue 12
     settings: Settings,
     plan: Plan,
     snapshot: Snapshot,
@@ -291,7 +291,6 @@ def decide(
     report: SyncReport,
     only: frozenset[str] | None = None,
     scope: frozenset[str] | None = None,
-    pins: Pins | None = None,
     removing: frozenset[str] = frozenset(),
     *,
     describe_changes: bool = False,
@@ -348,7 +347,7 @@ def decide(
     base = within(state.base, touched)
     file_records = within(view.records, touched.difference(removing))
     redis_records = within(redis_records, touched)
-    merged = merge(base, file_records, redis_records, options, state.pending, pins)
+    merged = merge(base, file_records, redis_records, options, state.pending)
     merged.file_ops += [Delete(plan_id) for plan_id in sorted(removing) if plan_id in plan.by_id]
     refused = hold_back_deletions(settings, plan, state, merged, options.force)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]

@@ -1,5 +1,6 @@
-"""Writing files safely: an atomic replace (temp file, mode and owner kept, fsync, compare
-with what was read, rename, directory fsync).
+"""Writing files safely: one atomic replace (temp file beside the target, mode and owner set,
+fsync, an optional compare with what was read, rename, directory fsync), used for the plan
+(write_atomic) and for ttsyncd's own state (state.write_private).
 """
 
 from __future__ import annotations
@@ -17,38 +18,61 @@ def current_bytes(path: Path) -> bytes:
         return b""
 
 
-def write_atomic(path: Path, text: str, expected_current: str | None) -> bool:
-    # Follow a symlink: replace its target, not the link.
-    target = Path(os.path.realpath(path))
-    try:
-        status: os.stat_result | None = target.stat()
-    except FileNotFoundError:
-        status = None
+def replace_atomically(
+    target: Path,
+    data: bytes,
+    *,
+    mode: int,
+    owner: tuple[int, int] | None = None,
+    unless_changed_from: bytes | None = None,
+) -> bool:
+    """Replace `target` with `data` so that a reader, or a crash, sees the old bytes or the
+    new, never a mix; durable once it returns True. `owner` (uid, gid) is given to the new file
+    where the process may. With `unless_changed_from`, nothing is replaced (False) when the
+    target no longer holds those bytes."""
     descriptor, temp_name = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
     )
     try:
         with os.fdopen(descriptor, "wb") as temp:
-            temp.write(text.encode("utf-8"))
+            temp.write(data)
             temp.flush()
-            os.fchmod(temp.fileno(), status.st_mode & 0o7777 if status else 0o644)
-            if status and (status.st_uid, status.st_gid) != (os.geteuid(), os.getegid()):
+            os.fchmod(temp.fileno(), mode)
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
                 # A daemon running as root must not leave the user a root-owned file.
                 with contextlib.suppress(PermissionError):
-                    os.fchown(temp.fileno(), status.st_uid, status.st_gid)
+                    os.fchown(temp.fileno(), *owner)
             os.fsync(temp.fileno())
-        # Compare as late as possible, with the new text already on disk: the window in
+        # Compare as late as possible, with the new bytes already on disk: the window in
         # which someone's save could land between the check and the rename is a read long.
-        if expected_current is not None and current_bytes(target) != expected_current.encode():
+        if unless_changed_from is not None and current_bytes(target) != unless_changed_from:
             Path(temp_name).unlink(missing_ok=True)
-            return False  # changed since it was read: the caller re-merges
+            return False
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-    directory = os.open(target.parent, os.O_RDONLY)
+    directory = os.open(target.parent, os.O_RDONLY)  # (the rename itself, made durable)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
     return True
+
+
+def write_atomic(path: Path, text: str, expected_current: str | None) -> bool:
+    """Replace the plan file with `text`, keeping its mode and owner; False when it no longer
+    holds `expected_current` (changed since it was read: the caller re-merges). Through a
+    symlink, the link's target is replaced and the link stays a link."""
+    target = Path(os.path.realpath(path))
+    try:
+        status: os.stat_result | None = target.stat()
+    except FileNotFoundError:
+        status = None
+    return replace_atomically(
+        target,
+        text.encode("utf-8"),
+        mode=status.st_mode & 0o7777 if status else 0o644,
+        owner=(status.st_uid, status.st_gid) if status else None,
+        unless_changed_from=None if expected_current is None else expected_current.encode(),
+    )

@@ -7,13 +7,13 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ttsyncd.fsutil import replace_atomically
 from ttsyncd.merge import BaseTask, Change, Conflict, OldCopy
 from ttsyncd.model import Value
 
@@ -321,17 +321,7 @@ def save_state(
 def write_private(path: Path, text: str) -> None:
     """Atomically replace `path` with `text`, readable by its owner only."""
     ensure_private_dir(path.parent)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    replace_atomically(path, text.encode("utf-8"), mode=0o600)
 
 
 def append_conflicts(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ttsyncd.codec import RedisTask
 from ttsyncd.identity import Identified
 from ttsyncd.model import Record
-from ttsyncd.plan import AssignId, Plan, PlanEntry, new_entry_id
+from ttsyncd.plan import AssignId, Plan, PlanEntry, new_entry_id, parent_cycles
 
 
 @dataclass(frozen=True)
@@ -96,34 +96,29 @@ def redis_view(
     if only is None:
         return without_parent_cycles({plan_id: record_of(plan_id) for plan_id in by_plan_id})
     records = {plan_id: record_of(plan_id) for plan_id in only if plan_id in by_plan_id}
+
+    def parent_in_redis(plan_id: str) -> str | None:
+        if plan_id not in by_plan_id:
+            return None
+        return (records.get(plan_id) or record_of(plan_id)).parent
+
     # A cycle through a chosen task is cut as a whole view would cut it: take it in whole.
-    for start in list(records):
-        path: list[str] = []
-        node: str | None = start
-        while node is not None and node in by_plan_id and node not in path:
-            path.append(node)
-            record = records.get(node) or record_of(node)
-            node = record.parent
-        if node is not None and node in path:
-            records.update({n: records.get(n) or record_of(n) for n in path[path.index(node) :]})
+    for cycle in list(parent_cycles(parent_in_redis, list(records))):
+        records.update({n: records.get(n) or record_of(n) for n in cycle})
     return without_parent_cycles(records)
 
 
 def without_parent_cycles(records: dict[str, Record]) -> dict[str, Record]:
     """Redis does not stop `parent_id` links from going round in a circle; the file may not
     hold one. Each cycle is cut at its smallest plan id, the same way on every run."""
-    done: set[str] = set()
-    for start in sorted(records):
-        path: list[str] = []
-        node: str | None = start
-        while node is not None and node in records and node not in done:
-            if node in path:
-                cut = min(path[path.index(node) :])
-                records[cut] = records[cut].with_fields({"parent": None})
-                break
-            path.append(node)
-            node = records[node].parent
-        done.update(path)
+
+    def parent_of(plan_id: str) -> str | None:
+        record = records.get(plan_id)
+        return record.parent if record is not None else None
+
+    for cycle in parent_cycles(parent_of, sorted(records)):  # (lazy: sees each cut)
+        cut = min(cycle)
+        records[cut] = records[cut].with_fields({"parent": None})
     return records
 
 

@@ -21,6 +21,7 @@ from ttsyncd.plan.model import (
 )
 from ttsyncd.plan.read import PlanReader, forget_parses, parse_plan, read_plan, read_text
 from ttsyncd.plan.render import render_plan
+from ttsyncd.plan.validate import parent_cycles
 
 __all__ = [
     "AddEntry",
@@ -33,6 +34,7 @@ __all__ = [
     "UpdateEntry",
     "forget_parses",
     "new_entry_id",
+    "parent_cycles",
     "parse_plan",
     "read_plan",
     "read_text",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from ttsyncd.codec import PLAN_TAG_PREFIX
 from ttsyncd.model import STATES
@@ -66,6 +66,36 @@ class _Locator:
         return next(
             (n + 1 for n in range(start + 1, stop) if pattern.match(self.lines[n])), start + 1
         )
+
+
+_STATE_SET = frozenset(STATES)
+_STRING_KEYS = ("id", "agent", "parent", "result")
+
+
+def fields_look_valid(raw: TomlData) -> bool:
+    """True only for an entry _field_problems finds nothing wrong with; False may be wrong
+    (the caller then asks _field_problems). The cold read of 10,000 entries calls it once per
+    entry: it is that function's common case in a few operations, with no list to build."""
+    get = raw.get
+    description, status, tags = get("description"), get("status", "pending"), get("tags")
+    if type(description) is not str or type(status) is not str or status not in _STATE_SET:
+        return False
+    for key in _STRING_KEYS:
+        value = get(key)  # (TOML has no null: None is a missing key)
+        if value is not None and type(value) is not str:
+            return False
+    if get("id") == "":
+        return False
+    if tags is None:
+        return True
+    if type(tags) is not list:
+        return False
+    try:
+        joined = "\n".join(tags)  # raises on a tag that is not a string
+    except TypeError:
+        return False
+    # A tag holding "\nplan:" only makes this say False, which the exact check corrects.
+    return not joined.startswith(PLAN_TAG_PREFIX) and f"\n{PLAN_TAG_PREFIX}" not in joined
 
 
 def _field_problems(raw: TomlData, index: int, locate: _Locator | None) -> list[tuple[int, str]]:
@@ -133,39 +163,48 @@ def _graph_problems(tables: list[tuple[int, TomlData]], locate: _Locator) -> lis
         elif isinstance(raw.get("id"), str) and first_index[raw["id"]] == index:
             parent_of[raw["id"]] = parent
 
+    # Each cycle is reported at its first entry in the file, starting from it.
+    for cycle in parent_cycles(parent_of.get, first_index):
+        first = min(range(len(cycle)), key=lambda n: first_index[cycle[n]])
+        cycle = cycle[first:] + cycle[:first]
+        line = locate.key_line(first_index[cycle[0]], "parent")
+        if len(cycle) == 1:
+            problems.append((line, f"task {quoted(cycle[0])} is its own parent"))
+        else:
+            chain = " -> ".join(quoted(n) for n in [*cycle, cycle[0]])
+            problems.append((line, f"parent cycle: {chain}"))
+    return problems
+
+
+def parent_cycles(
+    parent_of: Callable[[str], str | None], starts: Iterable[str]
+) -> Iterator[list[str]]:
+    """Every parent cycle reached by following parents from `starts`, each once, as its ids
+    in parent order from where the walk came into it. The one cycle finder: the plan's checks
+    and the Redis view's cut use it. Lazy, so a caller may cut a cycle before the next walk.
+
+    Each walk stops at an id an earlier walk went through (what lies beyond is known), at an
+    id with no parent (`parent_of` gives None, also for an unknown id), or at an id already on
+    its own path: a cycle. So every id is walked through once in all."""
     finished: set[str] = set()
-    for start in first_index:  # file order, so each cycle is reported at its first entry
-        path: list[str] = []
+    for start in starts:
+        path: dict[str, int] = {}  # id -> its place on the path
         node: str | None = start
         while node is not None and node not in finished:
             if node in path:
-                cycle = path[path.index(node) :]
-                first = min(range(len(cycle)), key=lambda n: first_index[cycle[n]])
-                cycle = cycle[first:] + cycle[:first]  # start at its first entry in the file
-                line = locate.key_line(first_index[cycle[0]], "parent")
-                if len(cycle) == 1:
-                    problems.append((line, f"task {quoted(node)} is its own parent"))
-                else:
-                    chain = " -> ".join(quoted(n) for n in [*cycle, cycle[0]])
-                    problems.append((line, f"parent cycle: {chain}"))
+                yield list(path)[path[node] :]
                 break
-            path.append(node)
-            node = parent_of.get(node)
+            path[node] = len(path)
+            node = parent_of(node)
         finished.update(path)
-    return problems
 
 
 def _has_cycle(by_id: Mapping[str, PlanEntry], starts: Iterable[PlanEntry]) -> bool:
     """True when following parents from one of `starts` comes round again."""
-    finished: set[str] = set()
-    for entry in starts:
-        path: set[str] = set()
-        node = entry.plan_id
-        while node is not None and node not in finished:
-            if node in path:
-                return True
-            path.add(node)
-            parent = by_id.get(node)
-            node = parent.record.parent if parent is not None else None
-        finished |= path
-    return False
+
+    def parent_of(plan_id: str) -> str | None:
+        entry = by_id.get(plan_id)
+        return entry.record.parent if entry is not None else None
+
+    ids = (entry.plan_id for entry in starts if entry.plan_id is not None)
+    return next(parent_cycles(parent_of, ids), None) is not None
