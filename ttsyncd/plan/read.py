@@ -31,6 +31,8 @@ from ttsyncd.plan.validate import (
 
 _DEFAULT_AGENT_KEY = re.compile(r"""\s*(?:default_agent|"default_agent"|'default_agent')\s*=""")
 _ERROR_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+# git's conflict markers: <<<<<<< ours, ||||||| base (diff3), =======, >>>>>>> theirs.
+_CONFLICT_MARKER = re.compile(r"^(<{7}|\|{7}|={7}|>{7})(?:[ \t].*)?\r?$", re.MULTILINE)
 
 
 def read_plan(path: Path) -> Plan:
@@ -100,7 +102,8 @@ def _parse_whole(path: Path, text: str) -> Plan:
     try:
         data = _load_toml(text)
     except tomllib.TOMLDecodeError as error:
-        raise PlanError([_syntax_problem(where, text, error)]) from None
+        problem = _merge_conflict(where, text) or _syntax_problem(where, text, error)
+        raise PlanError([problem]) from None
     except RecursionError:
         line = next((n for n, row in enumerate(text.split("\n"), 1) if "[[[[[[" in row), 1)
         raise PlanError([f"{where}:{line}: invalid TOML: values nested too deeply"]) from None
@@ -393,6 +396,16 @@ def _common_suffix(a: str, b: str, limit: int) -> int:
             length += block
         block //= 4
     return length
+
+
+def _merge_conflict(where: str, text: str) -> str | None:
+    """The first git conflict marker line of a text that does not parse, in words (a lone
+    `=======` is no conflict: it may be a line of a multi-line string)."""
+    markers = list(_CONFLICT_MARKER.finditer(text))
+    if not any(m.group(1)[0] in "<>" for m in markers):
+        return None
+    line = text.count("\n", 0, markers[0].start()) + 1
+    return f"{where}:{line}: unresolved merge conflict ({markers[0].group(1)})"
 
 
 def _syntax_problem(where: str, text: str, error: tomllib.TOMLDecodeError) -> str:
