@@ -45,7 +45,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -68,12 +68,12 @@ from ttsyncd.codec import agent_key_prefix
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect, refused_by_acl
-from ttsyncd.debounce import Quiescence
 from ttsyncd.engine import Scope, SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
 from ttsyncd.notifications import notifications_arrive
 from ttsyncd.plan import Plan, PlanReader, read_text
+from ttsyncd.schedule import Batch, Owed, Schedule, Timing
 from ttsyncd.state import RefusedDeletions
 from ttsyncd.store import NotReplicated, glob_escape
 from ttsyncd.supervisor import PartFailed, Policy, Supervisor, Work
@@ -179,17 +179,6 @@ class Problem:
     message: str
 
 
-@dataclass
-class Pending:
-    """Work waiting for the syncer."""
-
-    keys: set[str] = field(default_factory=set)  # notified Redis keys, to fetch
-    file: bool = False  # the plan file changed
-    reload: bool = False  # read the whole town again (reconnect, polling)
-    pull: bool = False  # a pull is owed now (a push saw Redis-side changes it left alone)
-    must_sync: bool = False  # sync even if nothing looks changed (start, reconnect)
-
-
 class Unsynced:
     """What may have changed since the daemon's last completed sync, so that a sync merges
     only that: one edited task in a town of 10,000 is one task merged, not 10,000."""
@@ -230,15 +219,12 @@ class Daemon:
         self.syncing = False  # a sync (or a command that syncs) is under way
         self.notifications = "keyspace"
         self.topology = topology_of(settings.endpoint)
-        self.pending = Pending(reload=True, must_sync=True)
-        self.owed_push = self.owed_pull = False
+        self.schedule = Schedule(Timing.of(settings.sync))  # what to sync, when
         self.unsynced = Unsynced()
-        self.file_wait, self.redis_wait = self.new_quiescences()
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.first_sync_done = asyncio.Event()
         self.sync_lock = asyncio.Lock()
-        self.retry_at = 0.0
         self.started_at = datetime.now(UTC).isoformat()
         self.syncs = 0
         self.last_sync: SyncStamp | None = None
@@ -257,14 +243,6 @@ class Daemon:
         self.paused_since = background.paused_since(settings)
         self.verified_at: str | None = None  # the last anti-entropy pass, and what it found
         self.verify_found: str | None = None
-
-    def new_quiescences(self) -> tuple[Quiescence, Quiescence]:
-        """The debounce of each side: (file, Redis)."""
-        sync = self.settings.sync
-        return (
-            Quiescence(sync.file_debounce_ms / 1000, sync.file_max_wait_ms / 1000),
-            Quiescence(sync.redis_debounce_ms / 1000, sync.redis_max_wait_ms / 1000),
-        )
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -353,9 +331,9 @@ class Daemon:
         if self.paused_since:
             return
         if await self.file_differs():  # a save the watcher has not even reported yet
-            self.pending.file = True
-        if self.connected and (self.pending.file or self.pending.keys):
-            await self.sync_pending(everything=True)
+            self.schedule.file_changed()
+        if self.connected and (self.schedule.file or self.schedule.keys):
+            await self.sync_due(everything=True)
 
     async def file_differs(self) -> bool:
         try:
@@ -377,7 +355,7 @@ class Daemon:
         async with self.sync_lock:
             old, self.settings = self.settings, settings
             log.configure(settings.log.level, settings.log.format)
-            self.file_wait, self.redis_wait = self.new_quiescences()
+            self.schedule.retime(Timing.of(settings.sync))
             self.state_store = state_store_for(settings)
             if settings.tasks_file != old.tasks_file:
                 self.plan_reader = PlanReader(settings.tasks_file)
@@ -385,7 +363,7 @@ class Daemon:
             redis_changed = (settings.endpoint, settings.town_name) != (
                 old.endpoint, old.town_name,
             )  # fmt: skip
-            self.pending.file = True  # the policy or the file may differ: sync once
+            self.schedule.file_changed()  # the policy or the file may differ: sync once
             self.unsynced = Unsynced()
         if redis_changed:
             self.connected = False
@@ -490,7 +468,8 @@ class Daemon:
                 "changes instead (docs/managed-redis.md says how to turn them on)",
                 poll_interval_ms=self.settings.sync.poll_interval_ms,
             )
-        self.request(reload=True, must_sync=True)
+        self.schedule.reconnected()
+        self.wake.set()
         self.connected = self.ever_connected = True
         self.clear_problem("redis")
         logger.info("connected to Redis", notifications=self.notifications,
@@ -505,7 +484,8 @@ class Daemon:
             message = await notifications.get_message(timeout=1.0)
             if message is not None:
                 key = message.key if isinstance(message.key, str) else message.key.decode()
-                self.request(keys={key})
+                self.schedule.keys_changed({key})
+                self.wake.set()
             if message is None or time.monotonic() >= next_check:
                 await self.check_session(aclient, notifications)
                 next_check = time.monotonic() + HEALTH_CHECK_S
@@ -526,24 +506,8 @@ class Daemon:
             await asyncio.sleep(self.settings.sync.poll_interval_ms / 1000)
             await asyncio.to_thread(client.ping)  # raise here, in the session, when Redis goes
             await self.check_session(aclient)
-            self.request(reload=True)
-
-    def request(
-        self, *, keys: set[str] | None = None, file: bool = False, reload: bool = False,
-        pull: bool = False, must_sync: bool = False, at: float | None = None,
-    ) -> None:  # fmt: skip
-        """Queue work; `at`: when the change happened (monotonic), if earlier than now."""
-        now = time.monotonic() if at is None else at
-        if keys:
-            self.pending.keys |= keys
-            self.redis_wait.touch(now)
-        if file:
-            self.file_wait.touch(now)
-        self.pending.file |= file
-        self.pending.reload |= reload
-        self.pending.pull |= pull
-        self.pending.must_sync |= must_sync
-        self.wake.set()
+            self.schedule.reread()
+            self.wake.set()
 
     # ------------------------------------------------------------------------ file side
 
@@ -584,7 +548,8 @@ class Daemon:
         # Watching again (the watch moved, failed, or the watcher was restarted): a save made
         # while nothing watched is synced all the same. (Before the first sync: it reads all.)
         if self.first_sync_done.is_set() and await self.file_differs():
-            self.request(file=True)
+            self.schedule.file_changed()
+            self.wake.set()
         async with contextlib.aclosing(changes):
             async for _changes in changes:
                 # watchfiles hands changes over once the directory has been quiet for a step:
@@ -596,7 +561,8 @@ class Daemon:
     async def file_changed(self, at: float) -> None:
         """The watcher saw the plan's directory change at `at` (monotonic)."""
         if await self.file_differs():  # else: the echo of our own write
-            self.request(file=True, at=at)
+            self.schedule.file_changed(at)
+            self.wake.set()
 
     # ------------------------------------------------------------------------ syncing
 
@@ -615,61 +581,54 @@ class Daemon:
                         await self.wake.wait()
                 self.wake.clear()
                 continue
-            await self.sync_pending()
+            await self.sync_due()
 
     def seconds_until_due(self) -> float | None:
         if not self.connected or self.paused_since:
             return None  # the Redis session (or `resume`) wakes us
-        now = time.monotonic()
-        if self.pending.reload or self.pending.pull or self.pending.must_sync:
-            return max(0.0, self.retry_at - now)
-        deadlines = [d for d in (self.file_wait.deadline(), self.redis_wait.deadline()) if d]
-        return max(min(deadlines), self.retry_at) - now if deadlines else None
+        return self.schedule.seconds_until_due()
 
-    async def sync_pending(self, everything: bool = False) -> None:
-        """Sync the sides whose debounce is over: a file change pushes, a Redis change pulls.
-        A side still settling waits, so a Redis update never pushes a half-saved file.
-
-        A direction stays owed until a sync completes it: a sync that fails (a broken save)
-        or that sees a change for the other direction (a pull reading a save the watcher has
-        not reported yet) never makes the daemon forget that change."""
+    async def sync_due(self, everything: bool = False) -> None:
+        """One sync of the work the schedule says is due (`everything`: all that is owed,
+        settled or not): fetch what it names from Redis, sync the directions owed, report
+        the outcome to the schedule."""
         async with self.sync_lock:
             if self.paused_since:
-                return  # the work stays pending until `resume`
-            work = self.take_due_work(everything)
+                return  # the work stays owed until `resume`
+            batch = self.schedule.take(everything)
             mirror, client = self.mirror, self.client
             assert mirror is not None and client is not None
             town = Town(self.settings, client, self.plan_reader, mirror, self.state_store)
 
-            def refresh() -> bool:
-                if work.reload:
+            def fetch() -> bool:
+                if batch.reread:
                     return mirror.reload()
-                return bool(work.keys) and mirror.refresh(work.keys)
+                return bool(batch.keys) and mirror.refresh(batch.keys)
 
             try:
-                redis_changed = await asyncio.to_thread(refresh)
-                self.owed_push |= work.file or work.must_sync
-                self.owed_pull |= redis_changed or work.pull or work.must_sync
-                self.unsynced.note(mirror.take_changes(), everything=work.must_sync)
-                push, pull = self.owed_push, self.owed_pull
-                if not (push or pull):
+                redis_changed = await asyncio.to_thread(fetch)
+                owed = self.schedule.owed_by(batch, redis_changed=redis_changed)
+                self.unsynced.note(mirror.take_changes(), everything=batch.full)
+                if not (owed.push or owed.pull):
                     return  # an echo of our own write, or an agent's heartbeat
                 scope = self.unsynced.scope()
-                report = await self.under_way(town.sync, push=push, pull=pull, scope=scope)
+                report = await self.under_way(
+                    town.sync, push=owed.push, pull=owed.pull, scope=scope
+                )
             except Exception as error:
-                self.sync_failed(work, error)
+                self.sync_failed(batch, error)
                 return
             finally:
                 self.first_sync_done.set()
-            self.synced(report, push=push, pull=pull, whole_town=scope is None)
+            self.synced(report, owed, whole_town=scope is None)
 
-    def sync_failed(self, work: Pending, error: Exception) -> None:
+    def sync_failed(self, batch: Batch, error: Exception) -> None:
         """A sync raised: nothing it owed is forgotten, and the daemon goes on."""
         if isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError)):
             why = f"Redis unreachable during sync ({type(error).__name__})"
             if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
                 why = str(error)
-            self.retry_later(work, why)
+            self.retry_later(batch, why)
         elif isinstance(error, TtsyncdError):
             # A broken save, a refused deletion: nothing was written; report and wait.
             self.fail(str(error))
@@ -681,9 +640,11 @@ class Daemon:
         else:  # a bug in the engine must not stop the daemon: report it, go on
             self.fail(internal_error(error))
 
-    def synced(self, report: SyncReport, *, push: bool, pull: bool, whole_town: bool) -> None:
+    def synced(self, report: SyncReport, owed: Owed, *, whole_town: bool) -> None:
         """A sync completed: what it owed is paid; what it left for a direction is owed."""
-        self.owed_push = self.owed_pull = False
+        self.schedule.synced(
+            push_left=bool(report.waiting_push), pull_left=bool(report.waiting_pull)
+        )
         self.unsynced.synced(report)
         if whole_town:
             # A whole town now lives in memory (hundreds of thousands of objects at
@@ -692,11 +653,8 @@ class Daemon:
             # frozen with it would never be freed.
             gc.collect()
             gc.freeze()
-        if report.waiting_push:
-            self.request(file=True)
-        if report.waiting_pull:
-            self.request(pull=True)
-        self.record(report, push=push, pull=pull)
+        self.wake.set()
+        self.record(report, push=owed.push, pull=owed.pull)
 
     async def under_way(self, work: Callable[..., T], **kwargs: Any) -> T:
         """Run a sync (or a command that syncs) in a worker thread, SYNCING meanwhile."""
@@ -705,28 +663,6 @@ class Daemon:
             return await asyncio.to_thread(work, **kwargs)
         finally:
             self.syncing = False
-
-    def take_due_work(self, everything: bool) -> Pending:
-        now = time.monotonic()
-        pending = self.pending
-        take_all = pending.must_sync or everything  # `everything`: flushing, deadlines or not
-        take_file = pending.file and (take_all or self.file_wait.due(now))
-        take_keys = take_all or self.redis_wait.due(now)
-        work = Pending(
-            keys=pending.keys if take_keys else set(),
-            file=take_file,
-            reload=pending.reload,
-            pull=pending.pull,
-            must_sync=pending.must_sync,
-        )
-        if take_keys:
-            pending.keys = set()
-            self.redis_wait.reset()
-        if take_file:
-            pending.file = False
-            self.file_wait.reset()
-        pending.reload = pending.pull = pending.must_sync = False
-        return work
 
     @property
     def last_error(self) -> str | None:
@@ -757,11 +693,11 @@ class Daemon:
         systemd.notify(f"STATUS={self.status_line()}")
         self.first_sync_done.set()
 
-    def retry_later(self, work: Pending, why: str) -> None:
+    def retry_later(self, batch: Batch, why: str) -> None:
         self.report_problem("redis", why)
         logger.warning("sync deferred", error=why)
-        self.request(keys=work.keys, file=work.file, reload=True, must_sync=True)
-        self.retry_at = time.monotonic() + 1.0
+        self.schedule.failed(batch, retry=True)
+        self.wake.set()
 
     def record(self, report: SyncReport, *, push: bool, pull: bool) -> None:
         self.syncs += 1
@@ -796,19 +732,18 @@ class Daemon:
         they could not see (a notification lost, a write through a hard link) is synced late,
         never lost."""
         while True:
-            await asyncio.sleep(self.settings.sync.verify_interval_s)
+            await asyncio.sleep(self.schedule.verify_in())
+            self.schedule.verify_started()
             if self.idle() and not self.sync_lock.locked():
                 async with self.sync_lock:
                     if self.idle():  # still, now that no sync can start
                         await self.verify_once()
 
     def idle(self) -> bool:
-        """Connected, first sync done, and no sync waiting or owed."""
-        pending = self.pending
-        waiting = pending.file or pending.keys or pending.reload or pending.pull
+        """Connected, first sync done, and no sync settling or owed."""
         return (
             self.connected and self.first_sync_done.is_set() and not self.paused_since
-            and not (waiting or pending.must_sync or self.owed_push or self.owed_pull)
+            and self.schedule.settled()
         )  # fmt: skip
 
     async def verify_once(self) -> None:
@@ -835,7 +770,8 @@ class Daemon:
             logger.warning("verify: out of sync", found=self.verify_found)
             # A sync of everything (the mirror holds what differed already): whatever slipped
             # past the change detection is merged, not only what this pass saw.
-            self.request(file=file_differed, pull=redis_differed, must_sync=True)
+            self.schedule.verify_found(file_differed=file_differed, redis_differed=redis_differed)
+            self.wake.set()
 
     # ------------------------------------------------------------------------ control
 
@@ -884,10 +820,11 @@ class Daemon:
             if since is None:
                 return {"resumed": False}
             # Read both sides afresh: a long pause (a rebase) may hold more than the events say.
-            self.request(file=await self.file_differs(), reload=True)
+            self.schedule.resumed(file_differed=await self.file_differs())
+            self.wake.set()
         logger.info("resumed", paused_since=since)
         if self.connected:
-            await self.sync_pending(everything=True)
+            await self.sync_due(everything=True)
         systemd.notify(f"STATUS={self.status_line()}")
         return {"resumed": True, "paused_since": since, "synced": self.connected,
                 "last_error": self.last_error}  # fmt: skip
@@ -939,7 +876,7 @@ class Daemon:
             "syncs": self.syncs,
             "last_push": vars(self.last_push) if self.last_push else None,
             "last_pull": vars(self.last_pull) if self.last_pull else None,
-            "pending_events": {"file": self.pending.file, "redis": len(self.pending.keys)},
+            "pending_events": {"file": self.schedule.file, "redis": len(self.schedule.keys)},
             "duplicates": self.last_report.duplicates if self.last_report else {},
             "unreadable": self.last_report.unreadable if self.last_report else {},
             "unknown_agents": self.last_report.unresolved_agents if self.last_report else {},
