@@ -68,12 +68,13 @@ from ttsyncd.codec import agent_key_prefix
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect, refused_by_acl
-from ttsyncd.engine import Scope, SyncReport, state_store_for
+from ttsyncd.engine import SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
 from ttsyncd.notifications import notifications_arrive
-from ttsyncd.plan import Plan, PlanReader, read_text
+from ttsyncd.plan import PlanReader, read_text
 from ttsyncd.schedule import Batch, Owed, Schedule, Timing
+from ttsyncd.scope import OwedTasks
 from ttsyncd.state import RefusedDeletions
 from ttsyncd.store import NotReplicated, glob_escape
 from ttsyncd.supervisor import PartFailed, Policy, Supervisor, Work
@@ -179,32 +180,6 @@ class Problem:
     message: str
 
 
-class Unsynced:
-    """What may have changed since the daemon's last completed sync, so that a sync merges
-    only that: one edited task in a town of 10,000 is one task merged, not 10,000."""
-
-    def __init__(self) -> None:
-        self.plan_ids: set[str] = set()  # Redis-side changes, and what a sync left waiting
-        self.everything = True  # at start, after a reload: anything may have
-        self.plan: Plan | None = None  # the plan the last sync left
-
-    def note(self, plan_ids: frozenset[str] | None, *, everything: bool = False) -> None:
-        if plan_ids is None or everything:
-            self.everything = True
-        else:
-            self.plan_ids |= plan_ids
-
-    def scope(self) -> Scope | None:
-        if self.everything or self.plan is None:
-            return None
-        return Scope(frozenset(self.plan_ids), self.plan)
-
-    def synced(self, report: SyncReport) -> None:
-        self.plan_ids = set(report.waiting_push | report.waiting_pull)  # still owed
-        self.everything = False
-        self.plan = report.plan
-
-
 class Daemon:
     def __init__(self, settings: Settings, reload_settings: Callable[[], Settings], mode: str):
         self.settings = settings
@@ -220,7 +195,7 @@ class Daemon:
         self.notifications = "keyspace"
         self.topology = topology_of(settings.endpoint)
         self.schedule = Schedule(Timing.of(settings.sync))  # what to sync, when
-        self.unsynced = Unsynced()
+        self.owed_tasks = OwedTasks()  # which tasks it must sync
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.first_sync_done = asyncio.Event()
@@ -364,7 +339,7 @@ class Daemon:
                 old.endpoint, old.town_name,
             )  # fmt: skip
             self.schedule.file_changed()  # the policy or the file may differ: sync once
-            self.unsynced = Unsynced()
+            self.owed_tasks = OwedTasks()
         if redis_changed:
             self.connected = False
             self.start_part("redis", self.redis_session)
@@ -608,10 +583,10 @@ class Daemon:
             try:
                 redis_changed = await asyncio.to_thread(fetch)
                 owed = self.schedule.owed_by(batch, redis_changed=redis_changed)
-                self.unsynced.note(mirror.take_changes(), everything=batch.full)
+                self.owed_tasks.note(mirror.take_changes(), full=batch.full)
                 if not (owed.push or owed.pull):
                     return  # an echo of our own write, or an agent's heartbeat
-                scope = self.unsynced.scope()
+                scope = self.owed_tasks.scope()
                 report = await self.under_way(
                     town.sync, push=owed.push, pull=owed.pull, scope=scope
                 )
@@ -645,7 +620,7 @@ class Daemon:
         self.schedule.synced(
             push_left=bool(report.waiting_push), pull_left=bool(report.waiting_pull)
         )
-        self.unsynced.synced(report)
+        self.owed_tasks.synced(report.plan, report.waiting_push | report.waiting_pull)
         if whole_town:
             # A whole town now lives in memory (hundreds of thousands of objects at
             # 10,000 tasks): leave it out of the cyclic GC, whose full passes over it

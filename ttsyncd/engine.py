@@ -43,6 +43,7 @@ from ttsyncd.plan import (
     render_plan,
     write_atomic,
 )
+from ttsyncd.scope import Scope, merge_limit, touched_ids
 from ttsyncd.state import (
     RefusedDeletions,
     StateStore,
@@ -103,29 +104,6 @@ class SyncReport:
     waiting_pull: frozenset[str] = frozenset()
     plan: Plan | None = None  # the plan as this sync left it: the next Scope's starting point
     duration_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class Scope:
-    """What may have changed since a daemon's last sync: the plan ids its Redis mirror saw
-    change (and those that sync left for the other direction), and the plan it left. Only
-    these, and what the file changed since that plan, need merging."""
-
-    plan_ids: frozenset[str]
-    plan: Plan
-
-    def with_file_changes(self, plan: Plan) -> frozenset[str] | None:
-        """The plan ids to merge against `plan`, the plan read now; None: all of them."""
-        if plan.default_agent != self.plan.default_agent:
-            return None  # every entry without an agent changed
-        edited = plan.edited_since(self.plan)
-        if edited is None:  # compare every entry (an entry unchanged is the same object)
-            before, now = self.plan.by_id, plan.by_id
-            changed = {
-                plan_id for plan_id, entry in now.items() if before.get(plan_id) is not entry
-            }
-            edited = frozenset(changed | (before.keys() - now.keys()))
-        return self.plan_ids | edited
 
 
 @dataclass(frozen=True)
@@ -318,31 +296,17 @@ def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(
     }
     # A child of such a task keeps its parent link.
     hidden_parents = {known_uuid(plan_id): plan_id for plan_id in unreadable}
-    limit = only
-    if scope is not None and state.refused is not None:
-        scope = scope | state.refused.plan_ids  # judged again on every sync (the guard)
-    if scope is not None and only is None:
-        # The daemon names what may have changed since its last sync. A task leaving a side
-        # takes its children along (their parent link changes with it).
-        leaving = {i for i in scope if i not in plan.by_id or i not in identified.by_plan_id}
-        entries = plan.entries if leaving else ()
-        limit = scope | {
-            e.plan_id for e in entries if e.plan_id is not None and e.record.parent in leaving
-        }
+    # What this sync merges: the scope widened by scope.py's rules (None: every task).
+    refused_ids = state.refused.plan_ids if state.refused is not None else frozenset()
+    limit = merge_limit(scope, refused_ids, only, plan, identified.by_plan_id)
     redis_records = redis_view(
         identified, snapshot.agent_names, state.unresolved_agents, hidden_parents, limit
     )
     view = file_view(plan, None if limit is None else limit | redis_records.keys())
-    if only is not None:  # `resolve`: those tasks and no other
-        touched = only
-    elif limit is not None:  # a scope, and what it drags along: cycles, entries with no id
-        touched = frozenset(limit | redis_records.keys() | view.records.keys())
-    else:
-        touched = frozenset(set(state.base) | set(view.records) | set(redis_records))
-    touched -= unreadable
-    base = within(state.base, touched)
-    file_records = within(view.records, touched.difference(removing))
-    redis_records = within(redis_records, touched)
+    ids = touched_ids(only, limit, state.base, view.records, redis_records, unreadable)
+    base = within(state.base, ids)
+    file_records = within(view.records, ids.difference(removing))
+    redis_records = within(redis_records, ids)
     merged = merge(base, file_records, redis_records, options, state.pending)
     merged.file_ops += [Delete(plan_id) for plan_id in sorted(removing) if plan_id in plan.by_id]
     refused = hold_back_deletions(settings, plan, state, merged, options.force)
@@ -363,7 +327,7 @@ def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(
         else known_uuid(plan_id)
         for plan_id in merged.base
     }
-    return Decision(merged, writes, edits, unresolved, uuids, touched, state, refused)
+    return Decision(merged, writes, edits, unresolved, uuids, ids, state, refused)
 
 
 def state_store_for(settings: Settings) -> StateStore:
