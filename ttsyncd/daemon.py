@@ -63,18 +63,19 @@ from redis.asyncio.keyspace_notifications import (
 from redis.backoff import EqualJitterBackoff
 from redis.keyspace_notifications import KeyspaceChannel
 
-from ttsyncd import background, commands, control, log, systemd
+from ttsyncd import background, commands, control, engine, log, systemd
 from ttsyncd.codec import agent_key_prefix
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect, refused_by_acl
-from ttsyncd.engine import SyncReport, state_store_for
+from ttsyncd.engine import SyncReport, SyncRequest, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
 from ttsyncd.notifications import notifications_arrive
 from ttsyncd.plan import PlanReader, read_text
 from ttsyncd.schedule import Batch, Owed, Schedule, Timing
 from ttsyncd.scope import OwedTasks
+from ttsyncd.sides import FileSide, RedisSide, Sides
 from ttsyncd.state import RefusedDeletions
 from ttsyncd.store import NotReplicated, glob_escape
 from ttsyncd.supervisor import PartFailed, Policy, Supervisor, Work
@@ -185,7 +186,7 @@ class Daemon:
         self.settings = settings
         self.reload_settings = reload_settings
         self.mode = mode  # foreground | background | systemd
-        self.plan_reader = PlanReader(settings.tasks_file)
+        self.file_side = FileSide(PlanReader(settings.tasks_file))
         self.state_store = state_store_for(settings)
         self.client: RedisClient | None = None
         self.mirror: TownMirror | None = None
@@ -315,7 +316,7 @@ class Daemon:
             text = await asyncio.to_thread(read_text, self.settings.tasks_file)
         except TtsyncdError:
             return True  # not UTF-8: let the sync report it
-        return not self.plan_reader.is_known(text)
+        return not self.file_side.knows(text)
 
     async def reload(self) -> None:
         """SIGHUP: read the configuration again; reconnect if it names another Redis."""
@@ -333,7 +334,7 @@ class Daemon:
             self.schedule.retime(Timing.of(settings.sync))
             self.state_store = state_store_for(settings)
             if settings.tasks_file != old.tasks_file:
-                self.plan_reader = PlanReader(settings.tasks_file)
+                self.file_side = FileSide(PlanReader(settings.tasks_file))
                 self.start_part("file", self.watch_file)
             redis_changed = (settings.endpoint, settings.town_name) != (
                 old.endpoint, old.town_name,
@@ -573,7 +574,7 @@ class Daemon:
             batch = self.schedule.take(everything)
             mirror, client = self.mirror, self.client
             assert mirror is not None and client is not None
-            town = Town(self.settings, client, self.plan_reader, mirror, self.state_store)
+            sides = Sides(self.file_side, RedisSide(client, self.settings.town_name, mirror))
 
             def fetch() -> bool:
                 if batch.reread:
@@ -587,8 +588,9 @@ class Daemon:
                 if not (owed.push or owed.pull):
                     return  # an echo of our own write, or an agent's heartbeat
                 scope = self.owed_tasks.scope()
+                request = SyncRequest(push=owed.push, pull=owed.pull, scope=scope)
                 report = await self.under_way(
-                    town.sync, push=owed.push, pull=owed.pull, scope=scope
+                    engine.run_sync, self.settings, sides, request, self.state_store
                 )
             except Exception as error:
                 self.sync_failed(batch, error)
@@ -631,11 +633,11 @@ class Daemon:
         self.wake.set()
         self.record(report, push=owed.push, pull=owed.pull)
 
-    async def under_way(self, work: Callable[..., T], **kwargs: Any) -> T:
+    async def under_way(self, work: Callable[..., T], *args: Any) -> T:
         """Run a sync (or a command that syncs) in a worker thread, SYNCING meanwhile."""
         self.syncing = True
         try:
-            return await asyncio.to_thread(work, **kwargs)
+            return await asyncio.to_thread(work, *args)
         finally:
             self.syncing = False
 
@@ -725,12 +727,12 @@ class Daemon:
         """One pass; the caller holds the sync lock. The file: its text against the last text
         read or written. Redis: every hash of the town against the mirror (`TownMirror.verify`
         takes in what differs from what notifications had kept it at)."""
-        mirror, reader = self.mirror, self.plan_reader
+        mirror, file_side = self.mirror, self.file_side
         assert mirror is not None
 
         def check() -> tuple[bool, bool]:
             try:
-                file_differed = not reader.is_known(read_text(reader.path))
+                file_differed = not file_side.knows(read_text(file_side.path))
             except TtsyncdError:
                 file_differed = True  # not UTF-8: let the sync report it
             return file_differed, mirror.verify()
@@ -813,7 +815,9 @@ class Daemon:
         if not self.connected or self.mirror is None or self.client is None:
             raise RedisUnavailable(f"Redis unreachable at {self.settings.endpoint.redacted()}")
         async with self.sync_lock:
-            town = Town(self.settings, self.client, self.plan_reader, self.mirror, self.state_store)
+            town = Town(
+                self.settings, self.client, self.file_side.reader, self.mirror, self.state_store
+            )
             force, dry_run = bool(message.get("force")), bool(message.get("dry_run"))
 
             def run() -> commands.Output:

@@ -41,9 +41,9 @@ from ttsyncd.plan import (
     UpdateEntry,
     parse_plan,
     render_plan,
-    write_atomic,
 )
 from ttsyncd.scope import Scope, merge_limit, touched_ids
+from ttsyncd.sides import FileSide, RedisSide, Sides
 from ttsyncd.state import (
     RefusedDeletions,
     StateStore,
@@ -51,14 +51,7 @@ from ttsyncd.state import (
     append_conflicts,
     plan_digest,
 )
-from ttsyncd.store import (
-    LiveRead,
-    RedisSource,
-    Snapshot,
-    TaskWrite,
-    apply_writes,
-    confirm_replicated,
-)
+from ttsyncd.store import RedisSource, Snapshot, TaskWrite
 from ttsyncd.topology import RedisClient
 from ttsyncd.views import agent_uuids, file_view, redis_view
 
@@ -120,7 +113,29 @@ class Decision:
     refused: frozenset[str]  # deletions held back now (the guard), besides any carried over
 
 
-def sync(  # noqa: PLR0913 — to split: issue 12 (a request object; its callers in commands.py move)
+@dataclass(frozen=True)
+class SyncRequest:
+    """What one sync is asked to do.
+
+    `only` limits it to those plan ids (`resolve`): every other task keeps its base as it is.
+    `scope` (the daemon) names the plan ids that may have changed since the last sync: only
+    they, and what they drag along (scope.py), are merged.
+    `resolving` (with `only`): the user settled those tasks; `pins` gives values both sides
+    must take (a set-aside write applied on purpose); `removing`, entries to take out of the
+    file as well (a removal set aside, applied on purpose: with `force` and `push`)."""
+
+    push: bool
+    pull: bool
+    force: bool = False
+    dry_run: bool = False
+    only: frozenset[str] | None = None
+    scope: Scope | None = None
+    pins: Pins | None = None
+    removing: frozenset[str] = frozenset()
+    resolving: bool = False
+
+
+def sync(  # noqa: PLR0913 — the one-shot commands' keywords (commands.py, bench): a SyncRequest
     settings: Settings,
     client: RedisClient,
     *,
@@ -138,38 +153,45 @@ def sync(  # noqa: PLR0913 — to split: issue 12 (a request object; its callers
     state_store: StateStore | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> SyncReport:
-    """Run one sync; retries the whole read-merge-write when either side changed under it.
+    """`run_sync` with the sides made of a plan reader and a Redis source (by default, both
+    read afresh: a one-shot command)."""
+    sides = Sides(
+        FileSide(plan_reader or PlanReader(settings.tasks_file)),
+        RedisSide(client, settings.town_name, redis_source),
+    )
+    request = SyncRequest(push, pull, force, dry_run, only, scope, pins, removing, resolving)
+    return run_sync(settings, sides, request, state_store or state_store_for(settings), clock)
 
-    `only` limits it to those plan ids (`resolve`): every other task keeps its base as it is.
-    `scope` (the daemon) names the plan ids that may have changed since the last sync: only
-    they, and what they drag along, are merged.
-    `resolving` (with `only`): the user settled those tasks; `pins` gives values both sides
-    must take (a set-aside write applied on purpose); `removing`, entries to take out of the
-    file as well (a removal set aside, applied on purpose: with `force` and `push`).
-    The daemon passes its cached plan reader and Redis mirror; one-shot commands read both.
-    """
-    plan_reader = plan_reader or PlanReader(settings.tasks_file)
-    redis_source = redis_source or LiveRead(client, settings.town_name)
-    state_store = state_store or state_store_for(settings)
+
+def run_sync(
+    settings: Settings,
+    sides: Sides,
+    request: SyncRequest,
+    state_store: StateStore,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> SyncReport:
+    """Run one sync; retries the whole read-merge-write when either side changed under it."""
     started = time.perf_counter()
+    only, force = request.only, request.force
     options = Options(
         policy=settings.sync.policy, deletions=settings.sync.deletions,
-        push=push, pull=pull, force=force, stale=settings.sync.stale_writes == "keep-newer",
-        pins=pins or {},
+        push=request.push, pull=request.pull, force=force,
+        stale=settings.sync.stale_writes == "keep-newer", pins=request.pins or {},
     )  # fmt: skip
     recorded: list[Conflict] = []
     for _attempt in range(MAX_ATTEMPTS):
         report = SyncReport()
-        plan = plan_reader.read()
-        snapshot = redis_source.snapshot()
+        plan = sides.file.read()
+        snapshot = sides.redis.read()
         state = state_store.load()
+        scope = request.scope
         may_differ = scope.with_file_changes(plan) if scope is not None else None
         decided = decide(
-            settings, plan, snapshot, state, options, report, only, may_differ, removing
+            settings, plan, snapshot, state, options, report, only, may_differ, request.removing
         )
         check_file_deletions(settings, state, decided.merged, force)
         new_plan = render_checked(plan, decided.edits)
-        if dry_run:
+        if request.dry_run:
             report.settled = decided.merged.settled
             report.refused = refusal(
                 settings, decided.state, decided.refused, plan, plan, decided.merged.base
@@ -181,21 +203,18 @@ def sync(  # noqa: PLR0913 — to split: issue 12 (a request object; its callers
         fresh = [c for c in found if c not in recorded]
         append_conflicts(settings.state_dir, fresh, policy=settings.sync.policy, now=clock())
         recorded.extend(fresh)
-        epoch = snapshot.epoch or redis_source.ensure_epoch()
-        changed = apply_writes(client, settings.town_name, decided.writes)
-        redis_source.wrote(w for w in decided.writes if w not in changed)
+        epoch = sides.redis.epoch(snapshot)
+        changed = sides.redis.apply(decided.writes)
         report.redis_writes = len(decided.writes) - len(changed)
         if changed:
             log.info("redis changed during sync, merging again", keys=len(changed))
-            redis_source.changed_under_us(w.key for w in changed)
             keep_what_landed(state_store, decided, changed, epoch)
             continue
         if new_plan is not None:
-            if not write_atomic(settings.tasks_file, new_plan.text, plan.text):
+            if not sides.file.apply(new_plan, over=plan):
                 log.info("tasks file changed during sync, merging again")
                 keep_what_landed(state_store, decided, [], epoch)
                 continue
-            plan_reader.wrote(new_plan)
             report.file_written = True
         report.plan = new_plan or plan
         touched, old = decided.touched, decided.state
@@ -206,10 +225,10 @@ def sync(  # noqa: PLR0913 — to split: issue 12 (a request object; its callers
             old.set_aside,
             decided.merged.set_aside,
             new_state.base,
-            only if resolving and only is not None else frozenset(),
+            only if request.resolving and only is not None else frozenset(),
         )
         log_changes(decided.merged)
-        confirm_replicated(client, settings.town_name, epoch)  # behind Sentinel
+        sides.redis.confirm(epoch)  # behind Sentinel
         state_store.save(new_state, touched if old is state else None)
         # Every agent name Redis cannot hold, not only those of the tasks this sync merged.
         report.unresolved_agents = dict(new_state.unresolved_agents)
