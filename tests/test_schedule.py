@@ -243,10 +243,10 @@ def test_a_retry_waits_and_takes_everything_again() -> None:
 def test_what_a_sync_left_for_the_other_direction_is_owed() -> None:
     clock = Clock()
     schedule = schedule_at(clock)
-    schedule.synced(pull_left=True)
+    schedule.synced(owed_pull=True)
     assert schedule.seconds_until_due() == 0
     assert schedule.take().pull
-    schedule.synced(push_left=True)  # a save the watcher has not reported: it settles first
+    schedule.synced(owed_push=True)  # a save the watcher has not reported: it settles first
     assert schedule.seconds_until_due() == TIMING.file_quiet
 
 

@@ -1,4 +1,11 @@
-"""`ttsyncd run`: live two-way sync of one town on one asyncio loop.
+"""`ttsyncd run`: live two-way sync of one town on one asyncio loop: lifecycle and wiring.
+
+The path of a change, top-down: the file watcher (`watch_file`) or the Redis session
+(`connect_and_listen`) feeds an event to the schedule (ttsyncd/schedule.py: debounce, the work
+owed, retries, the verify interval); the syncer (`syncer`, `sync_due`) takes what is due,
+fetches what it names into the mirror, adds the tasks it touched to the scope
+(ttsyncd/scope.py) and runs the engine (`engine.run_sync`) in a worker thread, which reads and
+writes both sides through ttsyncd/sides.py; the outcome goes back to the schedule.
 
 The daemon's long-lived tasks ("parts") share the loop under one owner, a `Supervisor`
 (ttsyncd/supervisor.py, an `asyncio.TaskGroup`), beside the control socket. Echoes of the
@@ -16,8 +23,8 @@ A part that raises is logged with its traceback, then, by its policy (`POLICY`):
 | file     | watchfiles on the plan's directory         | restarted: watching again, it      |
 |          |                                            | checks the file, so a save made    |
 |          |                                            | meanwhile is synced                |
-| syncer   | debounces both sides and runs the engine   | exit 1: what it holds (the work    |
-|          | in a worker thread, one sync at a time;    | owed, the scope of the next sync)  |
+| syncer   | syncs what the schedule says is due, in a  | exit 1: what it holds (the work    |
+|          | worker thread, one sync at a time;         | owed, the scope of the next sync)  |
 |          | the only part that writes                  | can no longer be trusted; the next |
 |          |                                            | daemon starts from the persisted   |
 |          |                                            | base (systemd: Restart=on-failure) |
@@ -309,7 +316,7 @@ class Daemon:
         if await self.file_differs():  # a save the watcher has not even reported yet
             self.schedule.file_changed()
         if self.connected and (self.schedule.file or self.schedule.keys):
-            await self.sync_due(everything=True)
+            await self.sync_due(all_owed=True)
 
     async def file_differs(self) -> bool:
         try:
@@ -564,14 +571,14 @@ class Daemon:
             return None  # the Redis session (or `resume`) wakes us
         return self.schedule.seconds_until_due()
 
-    async def sync_due(self, everything: bool = False) -> None:
-        """One sync of the work the schedule says is due (`everything`: all that is owed,
+    async def sync_due(self, all_owed: bool = False) -> None:
+        """One sync of the work the schedule says is due (`all_owed`: all that is owed,
         settled or not): fetch what it names from Redis, sync the directions owed, report
         the outcome to the schedule."""
         async with self.sync_lock:
             if self.paused_since:
                 return  # the work stays owed until `resume`
-            batch = self.schedule.take(everything)
+            batch = self.schedule.take(all_owed)
             mirror, client = self.mirror, self.client
             assert mirror is not None and client is not None
             sides = Sides(self.file_side, RedisSide(client, self.settings.town_name, mirror))
@@ -619,10 +626,8 @@ class Daemon:
 
     def synced(self, report: SyncReport, owed: Owed, *, whole_town: bool) -> None:
         """A sync completed: what it owed is paid; what it left for a direction is owed."""
-        self.schedule.synced(
-            push_left=bool(report.waiting_push), pull_left=bool(report.waiting_pull)
-        )
-        self.owed_tasks.synced(report.plan, report.waiting_push | report.waiting_pull)
+        self.schedule.synced(owed_push=bool(report.owed_push), owed_pull=bool(report.owed_pull))
+        self.owed_tasks.synced(report.plan, report.owed_push | report.owed_pull)
         if whole_town:
             # A whole town now lives in memory (hundreds of thousands of objects at
             # 10,000 tasks): leave it out of the cyclic GC, whose full passes over it
@@ -801,7 +806,7 @@ class Daemon:
             self.wake.set()
         logger.info("resumed", paused_since=since)
         if self.connected:
-            await self.sync_due(everything=True)
+            await self.sync_due(all_owed=True)
         systemd.notify(f"STATUS={self.status_line()}")
         return {"resumed": True, "paused_since": since, "synced": self.connected,
                 "last_error": self.last_error}  # fmt: skip

@@ -92,9 +92,10 @@ class SyncReport:
     redis_writes: int = 0
     file_written: bool = False
     new_redis: bool = False  # Redis held none of the town's tasks: repopulated from the file
-    # Changes a one-way sync saw and left for the other direction (push: file-side changes).
-    waiting_push: frozenset[str] = frozenset()
-    waiting_pull: frozenset[str] = frozenset()
+    # Work owed: changes a one-way sync saw and left for the other direction (owed_push:
+    # file-side changes a pull saw; owed_pull: Redis-side changes a push saw).
+    owed_push: frozenset[str] = frozenset()
+    owed_pull: frozenset[str] = frozenset()
     plan: Plan | None = None  # the plan as this sync left it: the next Scope's starting point
     duration_ms: float = 0.0
 
@@ -331,8 +332,8 @@ def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(
     refused = hold_back_deletions(settings, plan, state, merged, options.force)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
     report.set_aside = [*merged.set_aside, *merged.set_aside_later]
-    report.waiting_push = frozenset(merged.waiting_push)
-    report.waiting_pull = frozenset(merged.waiting_pull)
+    report.owed_push = frozenset(merged.waiting_push)
+    report.owed_pull = frozenset(merged.waiting_pull)
     writes, unresolved = redis_writes(
         town, merged, identified, redis_records, snapshot.agent_names, state.unresolved_agents
     )

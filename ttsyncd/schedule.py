@@ -52,7 +52,7 @@ class Batch:
     """The work one sync takes from the schedule."""
 
     keys: frozenset[str] = frozenset()  # notified Redis keys to fetch first
-    file: bool = False  # the file changed (and settled, or the sync takes everything)
+    file: bool = False  # the file changed (and settled, or the sync takes all owed)
     reread: bool = False  # read the whole town from Redis first
     pull: bool = False  # a pull is owed whatever the fetch finds
     full: bool = False  # every task, both ways
@@ -180,12 +180,12 @@ class Schedule:
 
     # ------------------------------------------------------------------------ one sync
 
-    def take(self, everything: bool = False) -> Batch:
+    def take(self, all_owed: bool = False) -> Batch:
         """The work due now, for one sync: what owes at once, and each side whose events have
-        settled (`everything`, or a full sync: settled or not)."""
+        settled (`all_owed`, or a full sync: settled or not)."""
         now = self.clock()
         owed_now = self.owed_now
-        take_all = owed_now.full or everything
+        take_all = owed_now.full or all_owed
         take_file = self.file and (take_all or self.file_settling.due(now))
         take_keys = take_all or self.redis_settling.due(now)
         batch = Batch(
@@ -213,13 +213,13 @@ class Schedule:
         owed.pull |= redis_changed or batch.pull or batch.full
         return Owed(push=owed.push, pull=owed.pull)
 
-    def synced(self, *, push_left: bool = False, pull_left: bool = False) -> None:
-        """A sync completed what it owed. `push_left`/`pull_left`: changes it saw and left
+    def synced(self, *, owed_push: bool = False, owed_pull: bool = False) -> None:
+        """A sync completed what it owed. `owed_push`/`owed_pull`: changes it saw and left
         for the other direction (a pull reading a save the watcher has not reported yet)."""
         self.owed = Owed()
-        if push_left:
+        if owed_push:
             self.file_changed()
-        if pull_left:
+        if owed_pull:
             self.owed_now.pull = True
 
     def failed(self, batch: Batch, *, retry: bool) -> None:
