@@ -54,7 +54,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import redis
@@ -62,7 +61,6 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 import structlog
-import watchfiles
 from redis.asyncio.keyspace_notifications import (
     AsyncClusterKeyspaceNotifications,
     AsyncKeyspaceNotifications,
@@ -95,6 +93,7 @@ from ttsyncd.topology import (
     primary_clients,
     topology_of,
 )
+from ttsyncd.watcher import PlanWatcher
 
 logger = structlog.get_logger("ttsyncd.daemon")
 T = TypeVar("T")
@@ -103,9 +102,6 @@ T = TypeVar("T")
 # x (expiry). `A` stands for all classes but K and E, m and n.
 NEEDED_FLAGS = "Khgx"
 ALL_CLASSES = set("g$lshzxetd")
-# How long watchfiles waits for more changes before handing them over; it also wakes this
-# often when idle, so not less.
-WATCHFILES_STEP_MS = 10
 # The wait before the n-th reconnect in a row (n from 0): between half and all of
 # min(5, 0.1 * 2**n) seconds, at random, so daemons sharing a Redis do not retry in lockstep.
 RECONNECT_BACKOFF = EqualJitterBackoff(cap=5.0, base=0.1)
@@ -495,57 +491,28 @@ class Daemon:
     # ------------------------------------------------------------------------ file side
 
     async def watch_file(self) -> None:
-        """watchfiles on the plan's directory, so every way of saving is seen (rewrite in
-        place, write-temp-and-rename, delete-and-recreate). A plan that is a symlink is watched
-        in the link's directory and in its target's (plans kept in another folder or repo);
-        when the link is pointed elsewhere the watch moves with it. watchfiles hands changes
-        over within a few ms; the file side's debounce is ours, so `status` can show it as
-        pending and SIGTERM can flush it."""
-        link = self.settings.tasks_file
-        while not self.stopping.is_set():
-            try:
-                await self.watch_until_moved(link)
-            except OSError as error:  # the directory went away: wait for it to come back
-                self.report_problem("watch", f"cannot watch {link.parent}: {error}")
-                logger.error("file watcher failed, retrying", error=str(error))
-                await asyncio.sleep(1.0)
+        """The plan file's watcher (ttsyncd/watcher.py); what it sees goes to `file_changed`."""
+        await PlanWatcher(
+            self.settings.tasks_file, self.stopping,
+            lambda: self.settings.sync.file_max_wait_ms, self.file_changed, self.watch_problem,
+        ).run()  # fmt: skip
 
-    async def watch_until_moved(self, link: Path) -> None:
-        """Watch the plan until the link is pointed elsewhere (or the daemon stops)."""
-        target = Path(os.path.realpath(link))
-        wanted = {Path(os.path.realpath(link.parent)), target.parent}
-        directories = sorted(d for d in wanted if d.is_dir())
-        names = {link.name, target.name}
-
-        def is_plan(_change: watchfiles.Change, changed: str) -> bool:
-            return Path(changed).name in names
-
-        if not directories:
-            raise FileNotFoundError(f"no such directory: {link.parent}")
-        changes = watchfiles.awatch(
-            *directories, watch_filter=is_plan, recursive=False,
-            stop_event=self.stopping, step=WATCHFILES_STEP_MS,
-            debounce=self.settings.sync.file_max_wait_ms,
-        )  # fmt: skip
-        self.clear_problem("watch")
-        # Watching again (the watch moved, failed, or the watcher was restarted): a save made
-        # while nothing watched is synced all the same. (Before the first sync: it reads all.)
-        if self.first_sync_done.is_set() and await self.file_differs():
-            self.schedule.file_changed()
-            self.wake.set()
-        async with contextlib.aclosing(changes):
-            async for _changes in changes:
-                # watchfiles hands changes over once the directory has been quiet for a step:
-                # the quiet period the debounce waits for began that long ago.
-                await self.file_changed(at=time.monotonic() - WATCHFILES_STEP_MS / 1000)
-                if Path(os.path.realpath(link)) != target:
-                    return  # the link points elsewhere now: watch its new target
-
-    async def file_changed(self, at: float) -> None:
-        """The watcher saw the plan's directory change at `at` (monotonic)."""
+    async def file_changed(self, at: float | None) -> None:
+        """The watcher saw the plan's directory change at `at` (monotonic); None: it watches
+        again after a gap (moved, failed, restarted), and a save made while nothing watched
+        is synced all the same (before the first sync: that sync reads it all)."""
+        if at is None and not self.first_sync_done.is_set():
+            return
         if await self.file_differs():  # else: the echo of our own write
             self.schedule.file_changed(at)
             self.wake.set()
+
+    def watch_problem(self, message: str | None) -> None:
+        """The watcher cannot watch the plan's directory (None: it watches again)."""
+        if message is None:
+            self.clear_problem("watch")
+        else:
+            self.report_problem("watch", message)
 
     # ------------------------------------------------------------------------ syncing
 
