@@ -61,28 +61,28 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 import structlog
-from redis.asyncio.keyspace_notifications import (
-    AsyncClusterKeyspaceNotifications,
-    AsyncKeyspaceNotifications,
-)
 from redis.backoff import EqualJitterBackoff
-from redis.keyspace_notifications import KeyspaceChannel
 
 from ttsyncd import background, commands, control, engine, log, systemd
-from ttsyncd.codec import agent_key_prefix
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.engine import SyncReport, SyncRequest, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.mirror import TownMirror
-from ttsyncd.notifications import notifications_arrive
+from ttsyncd.notifications import (
+    FollowingClusterNotifications,
+    Notifications,
+    enable_notifications,
+    notifications_arrive,
+    subscribe,
+)
 from ttsyncd.plan import PlanReader, read_text
 from ttsyncd.schedule import Batch, Owed, Schedule, Timing
 from ttsyncd.scope import OwedTasks
 from ttsyncd.sides import FileSide, RedisSide, Sides
 from ttsyncd.state import RefusedDeletions
-from ttsyncd.store import NotReplicated, glob_escape
+from ttsyncd.store import NotReplicated
 from ttsyncd.supervisor import PartFailed, Policy, Supervisor, Work
 from ttsyncd.topology import (
     AsyncRedisClient,
@@ -90,7 +90,6 @@ from ttsyncd.topology import (
     current_primaries,
     current_topology,
     open_async_client,
-    primary_clients,
     topology_of,
 )
 from ttsyncd.watcher import PlanWatcher
@@ -98,10 +97,6 @@ from ttsyncd.watcher import PlanWatcher
 logger = structlog.get_logger("ttsyncd.daemon")
 T = TypeVar("T")
 
-# Keyspace events ttsyncd needs: K (keyspace channel), h (hash commands), g (DEL, RENAME, ...),
-# x (expiry). `A` stands for all classes but K and E, m and n.
-NEEDED_FLAGS = "Khgx"
-ALL_CLASSES = set("g$lshzxetd")
 # The wait before the n-th reconnect in a row (n from 0): between half and all of
 # min(5, 0.1 * 2**n) seconds, at random, so daemons sharing a Redis do not retry in lockstep.
 RECONNECT_BACKOFF = EqualJitterBackoff(cap=5.0, base=0.1)
@@ -127,12 +122,6 @@ class Paused(TtsyncdError):
 class TopologyChanged(redis.ConnectionError):
     """The primary the session listens to is no longer the one (a Sentinel failover, a
     Cluster's primaries changing): reconnect, resubscribe and sync in full, as after a loss."""
-
-
-def merged_notify_flags(current: str, needed: str = NEEDED_FLAGS) -> str:
-    """`notify-keyspace-events` with the flags ttsyncd needs added and none removed."""
-    present = set(current) | (ALL_CLASSES if "A" in current else set())
-    return current + "".join(flag for flag in needed if flag not in present)
 
 
 # What an anti-entropy pass found, by (file differed, Redis differed).
@@ -870,58 +859,6 @@ class Daemon:
             return f"{state}: {self.last_error.splitlines()[0]}"
         last = self.last_sync.time if self.last_sync else "never"
         return f"{state}: {self.syncs} syncs, last {last}; notifications: {self.notifications}"
-
-
-def enable_notifications(client: RedisClient) -> bool:
-    """Add the flags ttsyncd needs to notify-keyspace-events on every primary (a Cluster's
-    nodes each have their own); False where CONFIG is refused (managed Redis,
-    `rename-command CONFIG ""`, an ACL without it)."""
-    try:
-        for primary in primary_clients(client):
-            events = primary.config_get("notify-keyspace-events")
-            current = str(events.get("notify-keyspace-events", ""))
-            wanted = merged_notify_flags(current)
-            if wanted != current:
-                primary.config_set("notify-keyspace-events", wanted)
-    except redis.ResponseError:
-        return False
-    return True
-
-
-class FollowingClusterNotifications(AsyncClusterKeyspaceNotifications):
-    """redis-py's Cluster notifications, which resubscribe on their own after a node's
-    connection fails (or its primary changes). Notifications sent meanwhile are lost, and a
-    new primary has notify-keyspace-events still off: so a resubscription is reported, and
-    the session starts over (notifications on, subscribed, full sync)."""
-
-    refreshed = False
-
-    async def refresh_subscriptions(self) -> None:
-        self.refreshed = True
-        await super().refresh_subscriptions()  # type: ignore[no-untyped-call]
-
-
-Notifications = AsyncKeyspaceNotifications | FollowingClusterNotifications
-
-
-async def subscribe(aclient: AsyncRedisClient, town: str, db: int) -> Notifications:
-    """Subscribed to the town's task and agent keys (in the endpoint's db: a Cluster has only
-    0), on every primary of a Cluster."""
-    channels = (
-        KeyspaceChannel(glob_escape(f"tt:{town}:task:") + "*", db),
-        KeyspaceChannel(glob_escape(agent_key_prefix(town)) + "*", db),
-    )
-    # Subscribe first, load the mirror second (the caller): nothing falls between the two.
-    if isinstance(aclient, redis.asyncio.cluster.RedisCluster):
-        cluster = FollowingClusterNotifications(aclient)
-        await cluster.subscribe(*channels)
-        # subscribe() skips a node it cannot reach (to retry later): make sure none was.
-        await cluster.refresh_subscriptions()
-        cluster.refreshed = False
-        return cluster
-    single = AsyncKeyspaceNotifications(aclient)
-    await single.subscribe(*channels)
-    return single
 
 
 def internal_error(error: Exception) -> str:
