@@ -50,6 +50,7 @@ from ttsyncd.plan import Plan, PlanReader, read_text
 from ttsyncd.state import RefusedDeletions
 from ttsyncd.store import NotReplicated, glob_escape
 from ttsyncd.topology import (
+    UNREACHABLE,
     AsyncRedisClient,
     RedisClient,
     current_primaries,
@@ -343,7 +344,7 @@ class Daemon:
                 logger.warning("Redis topology changed, reconnecting", change=str(change))
                 self.connected = False
                 backoff = RECONNECT_BACKOFF[0]
-            except (redis.ConnectionError, redis.TimeoutError, OSError, RedisUnavailable) as e:
+            except (*UNREACHABLE, RedisUnavailable) as e:
                 if self.connected:
                     logger.warning("lost Redis, reconnecting", error=type(e).__name__)
                     backoff = RECONNECT_BACKOFF[0]  # it was up: a blip, not a long outage
@@ -542,7 +543,7 @@ class Daemon:
                     return  # an echo of our own write, or an agent's heartbeat
                 scope = self.unsynced.scope()
                 report = await asyncio.to_thread(town.sync, push=push, pull=pull, scope=scope)
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            except UNREACHABLE as error:
                 why = f"Redis unreachable during sync ({type(error).__name__})"
                 if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
                     why = str(error)
@@ -699,7 +700,7 @@ class Daemon:
 
         try:
             file_differed, redis_differed = await asyncio.to_thread(check)
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except UNREACHABLE:
             return  # the Redis session notices and reconnects (and then syncs in full)
         self.verified_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         self.verify_found = VERIFY_FOUND[file_differed, redis_differed]

@@ -21,6 +21,7 @@ import redis.cluster
 import redis.sentinel
 import structlog
 from redis.client import NEVER_DECODE
+from redis.crc import key_slot
 
 from ttsyncd.codec import (
     BadHash,
@@ -69,6 +70,15 @@ GUARDED_WRITE_SHA: Final = hashlib.sha1(GUARDED_WRITE.encode()).hexdigest()
 REPLICA_WAIT_MS: Final = 1000
 
 
+@dataclass(frozen=True)
+class Marker:
+    """An epoch marker of a Cluster primary as read: its token (None: missing), and the slots
+    of the primary that holds it, whose keys go when the primary comes back without its data."""
+
+    token: str | None
+    slots: frozenset[int]
+
+
 @dataclass
 class Snapshot:
     """A town's tasks and agents as read from Redis."""
@@ -79,6 +89,8 @@ class Snapshot:
     epoch: str | None = None  # this Redis's ttsyncd marker (see epoch_key); None: not set
     # The tasks identified, where the source keeps that current (the daemon's mirror).
     identified: Identified | None = field(default=None, compare=False, repr=False)
+    # A Cluster's marker on each primary (see cluster_markers), epoch_key's among them.
+    markers: dict[str, Marker] = field(default_factory=dict)
 
     def identify(self) -> Identified:
         return self.identified if self.identified is not None else identify(self.tasks)
@@ -170,6 +182,68 @@ def ensure_epoch(client: RedisClient, town: str) -> str:
     return str(client.get(epoch_key(town)))
 
 
+# How far cluster_markers looks for a marker key that hashes into a primary's slots: ~1.3 tries
+# a primary on average; a town whose name holds a hash tag ({...}) puts all its keys, markers
+# included, in one slot, and then the other primaries hold none of the town's keys anyway.
+MARKER_CANDIDATES: Final = 4096
+
+
+def marker_key(town: str, n: int) -> str:
+    return f"{epoch_key(town)}:{n}"
+
+
+def cluster_markers(client: redis.cluster.RedisCluster, town: str) -> dict[str, frozenset[int]]:
+    """One epoch marker key in the slots of each primary of a Cluster, as the client's slot map
+    has it now, with that primary's slots: epoch_key for the primary that holds its slot, else
+    the first `tt:<town>:ttsyncd:epoch:<n>` that hashes into its slots.
+
+    A primary that restarts without its data (no replica, no persistence) loses its marker with
+    its keys, while the others keep theirs: its slots are then known to have been emptied, and
+    only the tasks in them are repopulated from the file (the engine), instead of reading as
+    deleted in Redis. A marker moves with its slot (resharding), and a promoted replica holds
+    its primary's."""
+    slots_of: dict[str, set[int]] = {}
+    for slot, nodes in client.nodes_manager.slots_cache.items():
+        if nodes:
+            slots_of.setdefault(nodes[0].name, set()).add(slot)
+    candidates = [epoch_key(town), *(marker_key(town, n) for n in range(MARKER_CANDIDATES))]
+    markers: dict[str, frozenset[int]] = {}
+    for _name, slots in sorted(slots_of.items()):
+        key = next((k for k in candidates if key_slot(k.encode()) in slots), None)
+        if key is not None:
+            markers[key] = frozenset(slots)
+    return markers
+
+
+def read_markers(client: RedisClient, town: str) -> dict[str, Marker]:
+    """A Cluster's markers with their tokens ({} on one server: epoch_key is its marker)."""
+    if not isinstance(client, redis.cluster.RedisCluster):
+        return {}
+    slots = cluster_markers(client, town)
+    tokens = client.mget_nonatomic(list(slots)) if slots else []
+    return {
+        key: Marker(None if token is None else str(token), slots[key])
+        for key, token in zip(slots, tokens, strict=True)
+    }
+
+
+def ensure_markers(client: RedisClient, town: str, markers: dict[str, Marker]) -> dict[str, str]:
+    """Each Cluster marker's token (epoch_key's left out: ensure_epoch keeps it), a fresh one
+    set first where it is missing (NX: every daemon of the town agrees on it). Done before the
+    sync writes anything and saved in the base after: a crash or another restart in between
+    leaves the base's token and the marker differing, so the slots are repopulated again."""
+    tokens: dict[str, str] = {}
+    for key, marker in markers.items():
+        if key == epoch_key(town):
+            continue
+        if marker.token is None:
+            client.set(key, uuid.uuid4().hex, nx=True)
+            tokens[key] = str(client.get(key))
+        else:
+            tokens[key] = marker.token
+    return tokens
+
+
 def read_snapshot(client: RedisClient, town: str) -> Snapshot:
     """Every task hash of the town and every agent's name: SCAN, then pipelined HGETALLs."""
     task_prefix = f"tt:{town}:task:"
@@ -179,6 +253,7 @@ def read_snapshot(client: RedisClient, town: str) -> Snapshot:
     snapshot = read_hashes(client, task_keys, agent_keys)
     epoch = client.get(epoch_key(town))
     snapshot.epoch = str(epoch) if epoch is not None else None
+    snapshot.markers = read_markers(client, town)
     for key in undecodable:
         snapshot.unreadable[key] = "the key name is not UTF-8 text"
     return snapshot
@@ -417,6 +492,9 @@ class RedisSource(Protocol):
     def ensure_epoch(self) -> str:
         """The Redis's ttsyncd marker, set if missing."""
 
+    def ensure_markers(self, markers: dict[str, Marker]) -> dict[str, str]:
+        """A Cluster's markers per primary (see store.ensure_markers), set where missing."""
+
 
 class LiveRead:
     """The one-shot commands' source: every snapshot reads the whole town."""
@@ -435,3 +513,6 @@ class LiveRead:
 
     def ensure_epoch(self) -> str:
         return ensure_epoch(self.client, self.town)
+
+    def ensure_markers(self, markers: dict[str, Marker]) -> dict[str, str]:
+        return ensure_markers(self.client, self.town, markers)

@@ -26,6 +26,18 @@ from ttsyncd.config import Endpoint
 RedisClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
 AsyncRedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
+# What says "this Redis cannot answer right now", retried as a lost connection is: also a
+# Cluster between a primary's loss and its return or its replica's promotion (CLUSTERDOWN, a
+# slot with no node), or mid-resharding (TRYAGAIN).
+UNREACHABLE: Final = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OSError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
+
 STANDALONE: Final = "standalone"
 SENTINEL: Final = "sentinel"
 CLUSTER: Final = "cluster"
