@@ -22,6 +22,7 @@ import redis
 import redis.cluster
 
 from tests.daemon_harness import RedisServer, wait_until
+from tests.tls_harness import Certificates
 from ttsyncd.embedded import find_redis_server, server_args, wait_until_answering
 
 SLOTS = 16384
@@ -48,20 +49,36 @@ def free_port(offset: int = 0) -> int:
     raise RuntimeError("no free port pair found")
 
 
-class TcpServer(RedisServer):
-    """A RedisServer that also listens on 127.0.0.1:<port>."""
+def tls_args(port: int, certs: Certificates) -> list[str]:
+    """TLS only on `port` (no plain TCP), client certificates required, and TLS to the other
+    servers too (replication; a sentinel's links), with the client certificate."""
+    return [
+        "--port", "0", "--tls-port", str(port), *certs.server_args(),
+        "--tls-replication", "yes", "--tls-cluster", "yes",
+        "--tls-client-cert-file", str(certs.client_cert),
+        "--tls-client-key-file", str(certs.client_key),
+    ]  # fmt: skip
 
-    def __init__(self, workdir: Path, port: int, extra: list[str]) -> None:
-        super().__init__(
-            workdir, ["--save", "", "--port", str(port), "--bind", "127.0.0.1", *extra]
-        )
+
+class TcpServer(RedisServer):
+    """A RedisServer that also listens on 127.0.0.1:<port> (TLS only, with `tls`)."""
+
+    def __init__(
+        self, workdir: Path, port: int, extra: list[str], tls: Certificates | None = None
+    ) -> None:
+        tcp = ["--port", str(port)] if tls is None else tls_args(port, tls)
+        super().__init__(workdir, ["--save", "", *tcp, "--bind", "127.0.0.1", *extra])
         self.port = port
+        self.tls = tls
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def tcp_client(self) -> redis.Redis:
+        """An admin's client: over TCP, or the unix socket where TCP is TLS only."""
+        if self.tls is not None:
+            return self.client()
         return redis.Redis("127.0.0.1", self.port, decode_responses=True)
 
     def alive(self) -> bool:
@@ -133,7 +150,8 @@ class SentinelSetup:
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://{self.sentinel.address}/{self.service}/0"
+        scheme = "redis+sentinel" if self.sentinel.tls is None else "rediss+sentinel"
+        return f"{scheme}://{self.sentinel.address}/{self.service}/0"
 
     def sentinel_client(self) -> redis.Redis:
         return self.sentinel.tcp_client()
@@ -159,19 +177,21 @@ class SentinelSetup:
 
 @contextmanager
 def redis_sentinel(
-    down_after_ms: int = 500, failover_timeout_ms: int = 2000
+    down_after_ms: int = 500, failover_timeout_ms: int = 2000, tls: Certificates | None = None
 ) -> Iterator[SentinelSetup]:
+    """With `tls`: every server and the sentinel TLS only (client certificates required), and
+    TLS between them."""
     with ExitStack() as stack:
 
         def workdir() -> Path:
             return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ttss-")))
 
-        primary = TcpServer(workdir(), free_port(), ["--appendonly", "no"])
+        primary = TcpServer(workdir(), free_port(), ["--appendonly", "no"], tls)
         primary.start()
         stack.callback(stop_quietly, primary)
         replica = TcpServer(
             workdir(), free_port(),
-            ["--appendonly", "no", "--replicaof", "127.0.0.1", str(primary.port)],
+            ["--appendonly", "no", "--replicaof", "127.0.0.1", str(primary.port)], tls,
         )  # fmt: skip
         replica.start()
         stack.callback(stop_quietly, replica)
@@ -186,7 +206,7 @@ def redis_sentinel(
             f"sentinel failover-timeout {SENTINEL_SERVICE} {failover_timeout_ms}\n"
             f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
         )
-        sentinel = SentinelServer(sentinel_dir, sentinel_port, config)
+        sentinel = SentinelServer(sentinel_dir, sentinel_port, config, tls)
         sentinel.start()
         stack.callback(stop_quietly, sentinel)
         setup = SentinelSetup(primary, replica, sentinel)
@@ -196,8 +216,10 @@ def redis_sentinel(
 
 
 class SentinelServer(TcpServer):
-    def __init__(self, workdir: Path, port: int, config: Path) -> None:
-        super().__init__(workdir, port, [])
+    def __init__(
+        self, workdir: Path, port: int, config: Path, tls: Certificates | None = None
+    ) -> None:
+        super().__init__(workdir, port, [], tls)
         self.config = config
 
     def start(self) -> None:

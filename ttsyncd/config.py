@@ -46,6 +46,7 @@ TLS_VERIFY_MODES: Final = ("required", "optional", "none")
 TLS_FILES: Final = ("tls_ca_cert", "tls_client_cert", "tls_client_key")
 MASK: Final = "***"
 SENTINEL_SCHEME: Final = "redis+sentinel"
+SENTINEL_TLS_SCHEME: Final = "rediss+sentinel"  # TLS to the sentinels and to the primary
 SENTINEL_PORT: Final = 26379  # Sentinel's own default port
 
 
@@ -68,8 +69,9 @@ class Endpoint:
     tls_verify: str | None = None  # one of TLS_VERIFY_MODES; None: redis-py's default, required
     managed: bool = False
     # Sentinel: the sentinels' (host, port) and the primary's service name; the fields above
-    # (db, username, password, TLS) are then the primary's. `sentinel_password` is the
-    # sentinels' own (`requirepass` in sentinel.conf), if they have one.
+    # (db, username, password) are then the primary's, and TLS (with its files) is used both
+    # with the sentinels and with the primary. `sentinel_password` is the sentinels' own
+    # (`requirepass` in sentinel.conf), if they have one.
     sentinels: tuple[tuple[str, int], ...] = ()
     service_name: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
@@ -88,7 +90,8 @@ class Endpoint:
             userinfo = f"{user}:{MASK}@" if self.password is not None else f"{user}@"
         if self.is_sentinel:
             hosts = ",".join(f"{_url_host(host)}:{port}" for host, port in self.sentinels)
-            return f"{SENTINEL_SCHEME}://{userinfo}{hosts}/{self.service_name}/{self.db}"
+            scheme = SENTINEL_TLS_SCHEME if self.tls else SENTINEL_SCHEME
+            return f"{scheme}://{userinfo}{hosts}/{self.service_name}/{self.db}"
         if self.unix_socket is not None:
             db_query = f"?db={self.db}" if self.db else ""
             return f"unix://{userinfo}{self.unix_socket}{db_query}"
@@ -160,6 +163,8 @@ class Endpoint:
             "socket_connect_timeout": options.get("socket_connect_timeout"),
             "retry": options.get("retry"),
             "password": self.sentinel_password,
+            # TLS: the same CA, client certificate and verification as with the primary.
+            **({"ssl": True, **self.tls_options()} if self.tls else {}),
         }
         return {"sentinel_kwargs": sentinel}, primary
 
@@ -427,8 +432,9 @@ _TOPOLOGY_KEYS: Final[dict[str, Check]] = {
     "password": _string,
     "db": _int_at_least(0),
     "cluster": _bool,
+    "tls": _bool,  # with sentinels: TLS to them and to the primary (a URL says rediss://)
 }
-_SENTINEL_ONLY: Final = ("service_name", "sentinel_password", "username", "password", "db")
+_SENTINEL_ONLY: Final = ("service_name", "sentinel_password", "username", "password", "db", "tls")
 _CONFIG_SCHEMA["redis"].update(_TOPOLOGY_KEYS)
 
 
@@ -445,7 +451,7 @@ def _check_topology(redis_table: dict[str, Any], path: Path) -> None:
         if key in redis_table:
             raise ConfigError(
                 f"{path}: redis.{key} goes with redis.sentinels only "
-                "(credentials of a redis:// endpoint go in its url)"
+                "(the credentials of a redis:// endpoint go in its url, and TLS is rediss://)"
             )
 
 
@@ -591,6 +597,7 @@ def sentinel_endpoint_from_config(table: Mapping[str, Any], source: str) -> Endp
         sentinels=tuple(parse_host_port(h, SENTINEL_PORT, invalid) for h in table["sentinels"]),
         service_name=table["service_name"],
         sentinel_password=table.get("sentinel_password"),
+        tls=table.get("tls", False),
     )
 
 
@@ -650,7 +657,7 @@ def endpoint_from_url(url: str, source: str) -> Endpoint:
     def invalid(reason: str) -> ConfigError:
         return ConfigError(f"{source}: invalid Redis URL: {reason}")
 
-    if url.lower().startswith(f"{SENTINEL_SCHEME}://"):
+    if url.lower().startswith((f"{SENTINEL_SCHEME}://", f"{SENTINEL_TLS_SCHEME}://")):
         return sentinel_endpoint_from_url(url, source, invalid)
     try:
         parts = urlsplit(url)
@@ -661,7 +668,10 @@ def endpoint_from_url(url: str, source: str) -> Endpoint:
             "password must be percent-encoded)"
         ) from None
     if parts.scheme not in URL_SCHEMES:
-        raise invalid("the scheme must be redis://, rediss://, unix:// or redis+sentinel://")
+        raise invalid(
+            "the scheme must be redis://, rediss://, unix://, redis+sentinel:// "
+            "or rediss+sentinel://"
+        )
     if parts.fragment:
         raise invalid("unexpected '#' (percent-encode it as %23 in a password)")
     query = parse_qs(parts.query)
@@ -702,9 +712,11 @@ def sentinel_endpoint_from_url(
 ) -> Endpoint:
     """`redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`: the primary of
     `service`, found through these sentinels; the credentials and db are the primary's.
+    `rediss+sentinel://…`: the same over TLS, to the sentinels and to the primary.
 
     urllib cannot parse a list of hosts, so the authority is split here."""
-    rest = url[len(SENTINEL_SCHEME) + 3 :]
+    scheme, _, rest = url.partition("://")
+    tls = scheme.lower() == SENTINEL_TLS_SCHEME
     rest, _, query_text = rest.partition("?")
     if "#" in rest or "#" in query_text:
         raise invalid("unexpected '#' (percent-encode it as %23 in a password)")
@@ -721,7 +733,7 @@ def sentinel_endpoint_from_url(
     sentinels = tuple(parse_host_port(h, SENTINEL_PORT, invalid) for h in hosts_text.split(","))
     service, _, db_text = unquote(path).strip("/").partition("/")
     if not service:
-        raise invalid("name the primary's service: redis+sentinel://host:26379/mymaster[/db]")
+        raise invalid(f"name the primary's service: {scheme}://host:26379/mymaster[/db]")
     return Endpoint(
         source=source,
         db=_db_number(db_text or _first(query, "db"), invalid),
@@ -730,6 +742,7 @@ def sentinel_endpoint_from_url(
         sentinels=sentinels,
         service_name=service,
         sentinel_password=_first(query, "sentinel_password"),
+        tls=tls,
     )
 
 
