@@ -220,7 +220,10 @@ def read_markers(client: RedisClient, town: str) -> dict[str, Marker]:
     if not isinstance(client, redis.cluster.RedisCluster):
         return {}
     slots = cluster_markers(client, town)
-    tokens = client.mget_nonatomic(list(slots)) if slots else []
+    pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+    for key in slots:
+        pipe.get(key)  # GETs, not MGET: the ACL user has +get
+    tokens = pipe.execute()
     return {
         key: Marker(None if token is None else str(token), slots[key])
         for key, token in zip(slots, tokens, strict=True)
