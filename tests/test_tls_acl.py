@@ -57,8 +57,8 @@ def readme_acl_line() -> str:
 
 
 def readme_acl_addition(permission: str) -> str:
-    """The README's line adding `permission` (and whatever goes with it) to the user."""
-    lines = [line for line in readme_acl_lines() if permission in line.split()]
+    """The README's line that adds `permission` first (and whatever goes with it)."""
+    lines = [line for line in readme_acl_lines() if line.split()[3] == permission]
     assert len(lines) == 1 and " reset " not in lines[0], f"one README line adds {permission}"
     return lines[0]
 

@@ -77,12 +77,14 @@ def test_rediss_sentinel_with_the_readme_acl_user(tmp_path: Path) -> None:
 
 
 def test_the_readme_acl_user_on_a_cluster(tmp_path: Path) -> None:
-    """The README's lines on every node; the user cannot turn notifications on or probe every
-    primary, so the daemon polls (a short interval here): agents' updates still arrive."""
+    """The README's lines on every node, replicas included (a sync WAITs for them); the user
+    cannot turn notifications on or probe every primary, so the daemon polls (a short interval
+    here): agents' updates still arrive."""
     town = make_town(tmp_path / "town", TOWN, PLAN)
     (town / "ttsyncd.toml").write_text("[sync]\npoll_interval_ms = 300\n")
-    with redis_cluster(extra=("--notify-keyspace-events", "Khgx")) as cluster:
-        nodes = [node.tcp_client() for node in cluster.nodes]
+    notify = ("--notify-keyspace-events", "Khgx")
+    with redis_cluster(extra=notify, replicas=True) as cluster:  # replicas: the syncs WAIT
+        nodes = [server.tcp_client() for server in cluster.servers]
         for node in nodes:
             run_readme_lines(node, "+cluster|slots")
         url = f"redis://ttsyncd:{PASSWORD}@{cluster.nodes[0].address}/0"

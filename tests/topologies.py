@@ -87,33 +87,93 @@ class TcpServer(RedisServer):
 
 @dataclass
 class Cluster:
-    nodes: list[TcpServer]
+    nodes: list[TcpServer]  # the primaries it was formed with
+    replicas: list[TcpServer] = field(default_factory=list)  # replicas[n] replicates nodes[n]
 
     @property
     def url(self) -> str:
         return f"redis://{self.nodes[0].address}/0"
 
+    @property
+    def servers(self) -> list[TcpServer]:
+        return [*self.nodes, *self.replicas]
+
     def client(self) -> redis.cluster.RedisCluster:
         return redis.cluster.RedisCluster("127.0.0.1", self.nodes[0].port, decode_responses=True)
 
+    def role(self, server: TcpServer) -> str:
+        """master or slave, as the server says now."""
+        return str(server.tcp_client().info("replication")["role"])
+
+    def primaries(self) -> list[TcpServer]:
+        return [s for s in self.servers if s.alive() and self.role(s) == "master"]
+
+    def healthy(self) -> bool:
+        """cluster_state:ok on every live server, and each primary's replica online and caught
+        up (a failover could then promote it without losing anything acknowledged)."""
+        try:
+            live = [s for s in self.servers if s.alive()]
+            states = [s.tcp_client().execute_command("CLUSTER INFO")["cluster_state"] for s in live]
+            if any(state != "ok" for state in states):
+                return False
+            primaries = self.primaries()
+            return len(primaries) == len(self.nodes) and all(
+                replica_in_sync(p) for p in primaries if self.replicas
+            )
+        except (redis.ConnectionError, redis.ResponseError):
+            return False
+
+
+def cluster_node(workdir: Path, node_timeout_ms: int, extra: tuple[str, ...]) -> TcpServer:
+    return TcpServer(
+        workdir, free_port(offset=10000),
+        ["--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf"),
+         "--cluster-node-timeout", str(node_timeout_ms), "--appendonly", "no", *extra],
+    )  # fmt: skip
+
 
 @contextmanager
-def redis_cluster(primaries: int = 3, extra: tuple[str, ...] = ()) -> Iterator[Cluster]:
-    """`primaries` cluster nodes, the slots split evenly between them, cluster_state:ok."""
+def redis_cluster(
+    primaries: int = 3,
+    extra: tuple[str, ...] = (),
+    replicas: bool = False,
+    node_timeout_ms: int = 2000,
+) -> Iterator[Cluster]:
+    """`primaries` cluster nodes, the slots split evenly between them, cluster_state:ok; with
+    `replicas`, one replica of each, online and caught up."""
     with ExitStack() as stack:
-        nodes = []
-        for _ in range(primaries):
+
+        def started() -> TcpServer:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ttsc-")))
-            node = TcpServer(
-                workdir, free_port(offset=10000),
-                ["--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf"),
-                 "--cluster-node-timeout", "2000", "--appendonly", "no", *extra],
-            )  # fmt: skip
+            node = cluster_node(workdir, node_timeout_ms, extra)
             node.start()
             stack.callback(stop_quietly, node)
-            nodes.append(node)
+            return node
+
+        nodes = [started() for _ in range(primaries)]
         form_cluster(nodes)
-        yield Cluster(nodes)
+        cluster = Cluster(nodes)
+        if replicas:
+            cluster.replicas = [started() for _ in range(primaries)]
+            add_replicas(nodes, cluster.replicas)
+            wait_until(cluster.healthy, 60.0, "every replica online")
+        yield cluster
+
+
+def add_replicas(primaries: list[TcpServer], replicas: list[TcpServer]) -> None:
+    """replicas[n] joins the cluster and replicates primaries[n]."""
+    seed = primaries[0].tcp_client()
+    for replica in replicas:
+        seed.execute_command("CLUSTER MEET", "127.0.0.1", replica.port)
+    for primary, replica in zip(primaries, replicas, strict=True):
+        node_id = primary.tcp_client().execute_command("CLUSTER MYID")
+        client = replica.tcp_client()
+
+        def knows(client: redis.Redis = client, node_id: str = node_id) -> bool:
+            return node_id in str(client.execute_command("CLUSTER NODES"))
+
+        wait_until(knows, 30.0, "the replica to learn the cluster")
+        client.execute_command("CLUSTER REPLICATE", node_id)
 
 
 def form_cluster(nodes: list[TcpServer]) -> None:

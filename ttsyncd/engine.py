@@ -236,7 +236,7 @@ def sync(
             only if resolving and only is not None else frozenset(),
         )
         log_changes(decided.merged)
-        confirm_replicated(client, settings.town_name, epoch)  # behind Sentinel
+        confirm_replicated(client, settings.town_name, epoch, markers)  # Sentinel, Cluster
         state_store.save(new_state, touched if old is state else None)
         # Every agent name Redis cannot hold, not only those of the tasks this sync merged.
         report.unresolved_agents = dict(new_state.unresolved_agents)

@@ -409,7 +409,9 @@ class NotReplicated(RedisUnavailable, redis.ConnectionError):
     after a lost connection), a one-shot command exits 3."""
 
 
-def confirm_replicated(client: RedisClient, town: str, epoch: str) -> None:
+def confirm_replicated(
+    client: RedisClient, town: str, epoch: str, markers: dict[str, str] | None = None
+) -> None:
     """Behind Sentinel, before a sync saves its base: what it read and wrote is on the primary
     Sentinel names now, and on every replica a failover could promote. Redis replicates
     asynchronously, and a failover loses what the old primary acknowledged but had not passed
@@ -422,8 +424,10 @@ def confirm_replicated(client: RedisClient, town: str, epoch: str) -> None:
 
     WAIT counts the writes of its own connection, and the replication offset is global: a
     write on this connection (the epoch marker set to what it holds) then WAIT covers
-    everything before it, this sync's writes included. Plain servers and Clusters skip this."""
+    everything before it, this sync's writes included. On a Cluster, the same on every primary
+    (confirm_on_cluster); a plain server skips this."""
     if isinstance(client, redis.cluster.RedisCluster):
+        confirm_on_cluster(client, {epoch_key(town): epoch, **(markers or {})})
         return
     pool = client.connection_pool
     if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
@@ -448,6 +452,56 @@ def confirm_replicated(client: RedisClient, town: str, epoch: str) -> None:
             f"{acknowledged} of {len(replicas)} replicas acknowledged within "
             f"{REPLICA_WAIT_MS} ms: a failover could lose this sync's writes; syncing again"
         )
+
+
+def confirm_on_cluster(client: redis.cluster.RedisCluster, markers: dict[str, str]) -> None:
+    """confirm_replicated on a Cluster: on each primary, its marker set to what it holds (XX)
+    and, where it has replicas online, WAIT for them on that connection. A Cluster fails a
+    primary over to one of its replicas just as Sentinel does, and loses what the replica had
+    not received. A marker that is gone (XX sets nothing) means its primary restarted empty
+    during the sync: what the sync wrote there is gone too, so its base is not saved either."""
+    by_node: dict[str, list[str]] = {}
+    nodes: dict[str, Any] = {}
+    for key in markers:
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        by_node.setdefault(node.name, []).append(key)
+        nodes[node.name] = node
+    for name, keys in sorted(by_node.items()):
+        primary = client.get_redis_connection(nodes[name])
+        try:
+            replicas = online_replicas(primary.info("replication"))
+            pipe = primary.pipeline(transaction=False)
+            for key in keys:
+                pipe.set(key, markers[key], xx=True)
+            if replicas:
+                pipe.execute_command("WAIT", replicas, REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
+            replies = pipe.execute()
+        except (redis.exceptions.MovedError, redis.exceptions.ReadOnlyError) as error:
+            raise NotReplicated(
+                f"{name} is no longer the primary of its slots ({type(error).__name__}): "
+                "its writes may be lost; syncing again"
+            ) from None
+        if not all(replies[: len(keys)]):
+            raise NotReplicated(
+                f"{name} lost its epoch marker during the sync (it restarted empty?); syncing again"
+            )
+        acknowledged = int(replies[-1]) if replicas else 0
+        if acknowledged < replicas:
+            log.warning("the replicas did not acknowledge the sync in time", primary=name,
+                        acknowledged=acknowledged, replicas=replicas)  # fmt: skip
+            raise NotReplicated(
+                f"{acknowledged} of {replicas} replicas of {name} acknowledged within "
+                f"{REPLICA_WAIT_MS} ms: a failover could lose this sync's writes; syncing again"
+            )
+
+
+def online_replicas(info: dict[str, Any]) -> int:
+    """The replicas INFO replication lists as online (the ones a WAIT can count on)."""
+    return sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
 
 
 def promotable(pool: redis.sentinel.SentinelConnectionPool) -> list[str]:

@@ -138,12 +138,30 @@ def current_topology(client: RedisClient) -> Topology:
 
 
 async def current_primaries(aclient: AsyncRedisClient) -> tuple[str, ...]:
-    """The primaries the asyncio client would use now: asks the sentinels, or the Cluster
-    client's slot map (which redis-py refreshes on MOVED and on connection errors)."""
+    """The primaries now: as the sentinels name them, or as the Cluster says (cluster_primaries)."""
     if isinstance(aclient, redis.asyncio.cluster.RedisCluster):
-        return tuple(sorted(node.name for node in aclient.get_primaries()))
+        return await cluster_primaries(aclient)
     pool = aclient.connection_pool
     if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
         host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
         return (f"{host}:{port}",)
     return ()
+
+
+async def cluster_primaries(aclient: redis.asyncio.cluster.RedisCluster) -> tuple[str, ...]:
+    """The primaries of every slot as the Cluster says now (CLUSTER SLOTS, of the first primary
+    the client knows that answers). Not the client's own slot map: redis-py refreshes that on
+    MOVED or a lost connection only, and a handover (CLUSTER FAILOVER) causes neither on
+    connections that only listen for notifications, which would then miss every event of the
+    promoted primary."""
+    failure: Exception = redis.ConnectionError("no node of the cluster answers")
+    for node in aclient.get_primaries():
+        try:
+            slots = await aclient.execute_command("CLUSTER SLOTS", target_nodes=node)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            failure = error
+            continue
+        addresses = {f"{served['primary'][0] or node.host}:{served['primary'][1]}"
+                     for served in slots.values()}  # fmt: skip
+        return tuple(sorted(addresses))
+    raise failure
