@@ -17,7 +17,9 @@ import redis.cluster
 from tests.daemon_harness import QUIET_S, Daemon, FileWrites, wait_until
 from tests.helpers import make_town, plan_records, run_cli, town_records
 from tests.topologies import Cluster, TcpServer, redis_cluster
-from ttsyncd.store import epoch_key, read_markers
+from ttsyncd.engine import markers_lost
+from ttsyncd.state import SyncState
+from ttsyncd.store import Marker, Snapshot, epoch_key, read_markers
 
 TOWN = "shards"
 COUNT = 30  # enough that every primary holds some (checked)
@@ -149,3 +151,45 @@ def test_the_daemon_repopulates_an_emptied_primary_and_never_writes_the_file(
         assert plan_records(path) == town_records(client, TOWN)
     finally:
         assert daemon.terminate() == 0, daemon.log()
+
+
+# ---------------------------------------------------------------------------- the rule itself
+
+
+def snapshot_with(epoch: str | None, markers: dict[str, tuple[str | None, range]]) -> Snapshot:
+    return Snapshot(
+        epoch=epoch,
+        markers={k: Marker(token, frozenset(slots)) for k, (token, slots) in markers.items()},
+    )
+
+
+def test_which_markers_say_which_slots_were_emptied() -> None:
+    main, one, two = epoch_key(TOWN), f"{epoch_key(TOWN)}:1", f"{epoch_key(TOWN)}:7"
+    state = SyncState(redis_epoch="e", redis_markers={one: "m1", two: "m2"})
+    now = {main: ("e", range(0, 5)), one: ("m1", range(5, 10)), two: ("m2", range(10, 16))}
+    assert markers_lost(state, snapshot_with("e", now), TOWN) == (False, frozenset())
+    # One primary came back empty (its marker gone, or set anew by another process).
+    for token in (None, "other"):
+        lost = {**now, one: (token, range(5, 10))}
+        assert markers_lost(state, snapshot_with("e", lost), TOWN) == (
+            False,
+            frozenset(range(5, 10)),
+        )
+    # The main marker's primary: the same, the others' base kept.
+    lost = {**now, main: (None, range(0, 5))}
+    assert markers_lost(state, snapshot_with(None, lost), TOWN) == (False, frozenset(range(5)))
+    # Every marker gone: another Redis (or all of it restarted empty).
+    gone = {k: (None, slots) for k, (_token, slots) in now.items()}
+    assert markers_lost(state, snapshot_with(None, gone), TOWN) == (True, frozenset())
+    # A marker the base does not know (a new primary), or one the slot map no longer picks
+    # (resharding), is not compared.
+    moved = {main: ("e", range(0, 8)), f"{epoch_key(TOWN)}:9": (None, range(8, 16))}
+    assert markers_lost(state, snapshot_with("e", moved), TOWN) == (False, frozenset())
+    # A base from before per-primary markers (or one server): the main marker alone decides.
+    old = SyncState(redis_epoch="e")
+    assert markers_lost(old, snapshot_with("e", {**now, one: (None, range(5, 10))}), TOWN) == (
+        False,
+        frozenset(),
+    )
+    assert markers_lost(old, snapshot_with("x", {}), TOWN) == (True, frozenset())
+    assert markers_lost(SyncState(), snapshot_with(None, {}), TOWN) == (False, frozenset())

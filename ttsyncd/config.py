@@ -8,7 +8,7 @@ line: errors about URLs name where the URL came from, never its text.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
@@ -169,18 +170,29 @@ class Endpoint:
         return {"sentinel_kwargs": sentinel}, primary
 
     def cluster_client(
-        self, *, decode_responses: bool = True, timeout_s: float = 5.0
+        self,
+        *,
+        decode_responses: bool = True,
+        timeout_s: float = 5.0,
+        nodes: Sequence[tuple[str, int]] = (),
     ) -> redis.cluster.RedisCluster:
-        """A Redis Cluster client that starts from this endpoint's node."""
+        """A Redis Cluster client that starts from `nodes` (host, port), then this endpoint's
+        node."""
         url, options = self.connection_options(decode_responses, timeout_s)
         options.pop("db", None)  # a cluster has db 0 only; from_url checks the URL's
+        if nodes:
+            options["startup_nodes"] = [redis.cluster.ClusterNode(h, p) for h, p in nodes]  # type: ignore[no-untyped-call]
         if url is not None:
             return redis.cluster.RedisCluster.from_url(url, **options)
         return redis.cluster.RedisCluster(**options)
 
-    def async_cluster_client(self, *, timeout_s: float = 5.0) -> redis.asyncio.RedisCluster:
+    def async_cluster_client(
+        self, *, timeout_s: float = 5.0, nodes: Sequence[tuple[str, int]] = ()
+    ) -> redis.asyncio.RedisCluster:
         url, options = self.async_options(timeout_s)
         options.pop("db", None)
+        if nodes:
+            options["startup_nodes"] = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in nodes]
         if url is not None:
             return redis.asyncio.RedisCluster.from_url(url, **options)
         return redis.asyncio.RedisCluster(**options)

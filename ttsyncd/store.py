@@ -477,6 +477,8 @@ def confirm_on_cluster(client: redis.cluster.RedisCluster, markers: dict[str, st
                 pipe.execute_command("WAIT", replicas, REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
             replies = pipe.execute()
         except (redis.exceptions.MovedError, redis.exceptions.ReadOnlyError) as error:
+            # The client's slot map is older than a failover: read it anew for the retry.
+            client.nodes_manager.initialize()
             raise NotReplicated(
                 f"{name} is no longer the primary of its slots ({type(error).__name__}): "
                 "its writes may be lost; syncing again"

@@ -71,9 +71,19 @@ class Topology:
         return STANDALONE
 
 
+# The nodes of each Cluster this process has connected to (by endpoint identity), as its slot
+# map last listed them: a reconnect starts from all of them, not only from the node the URL
+# names, which may be the very primary that was lost.
+known_cluster_nodes: dict[str, tuple[tuple[str, int], ...]] = {}
+
+
 def open_client(endpoint: Endpoint, *, timeout_s: float = 5.0) -> RedisClient:
     """A client of `endpoint`'s Redis, not yet connected. A Cluster client when the endpoint says
-    so (`[redis] cluster = true`) or when its node reports `cluster_enabled:1`."""
+    so (`[redis] cluster = true`), when its node reports `cluster_enabled:1`, or when this
+    process met a Cluster there before (see known_cluster_nodes)."""
+    known = known_cluster_nodes.get(endpoint.identity())
+    if known and endpoint.cluster is not False:
+        return endpoint.cluster_client(timeout_s=timeout_s, nodes=known)
     client = endpoint.client(timeout_s=timeout_s)
     if wants_cluster(endpoint, client):
         client.close()
@@ -100,7 +110,9 @@ def is_cluster_node(client: redis.Redis) -> bool:
 
 def open_async_client(endpoint: Endpoint, cluster: bool) -> AsyncRedisClient:
     """The asyncio client for keyspace notifications, of the same kind as the sync one."""
-    return endpoint.async_cluster_client() if cluster else endpoint.async_client()
+    if cluster:
+        return endpoint.async_cluster_client(nodes=known_cluster_nodes.get(endpoint.identity(), ()))
+    return endpoint.async_client()
 
 
 def primary_clients(client: RedisClient) -> list[redis.Redis]:
@@ -123,6 +135,13 @@ def topology_of(endpoint: Endpoint) -> Topology:
 def describe(status_topology: dict[str, Any]) -> str:
     """`describe()` of a topology as the status JSON carries it."""
     return Topology.from_json(status_topology).describe()
+
+
+def remember_cluster_nodes(endpoint: Endpoint, client: RedisClient) -> None:
+    """A connected Cluster client's nodes, primaries and replicas, for the next open_client."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        nodes = client.get_nodes()  # type: ignore[no-untyped-call]
+        known_cluster_nodes[endpoint.identity()] = tuple(sorted((n.host, n.port) for n in nodes))
 
 
 def current_topology(client: RedisClient) -> Topology:
