@@ -57,8 +57,15 @@ def judged_size(sizes: Sequence[int]) -> int:
     return TARGET_SIZE if TARGET_SIZE in sizes else max(sizes)
 
 
-def rows_for(size: int, result: dict[str, Any], debounce: SyncSettings, judged: bool) -> list[Row]:
-    """The rows of one town's results. `judged`: this is the size the targets are set at."""
+def rows_for(
+    size: int,
+    result: dict[str, Any],
+    debounce: SyncSettings,
+    judged: bool,
+    empty_rss_mb: float | None = None,
+) -> list[Row]:
+    """The rows of one town's results. `judged`: this is the size the targets are set at;
+    `empty_rss_mb`: a daemon's RSS on a town with no tasks."""
     rows: list[Row] = []
 
     def row(
@@ -104,26 +111,7 @@ def rows_for(size: int, result: dict[str, Any], debounce: SyncSettings, judged: 
             f"p50 <= {limit} ms (debounce {debounce.redis_debounce_ms} + 25)",
             update["p50_ms"] <= limit,
         )
-        floor = live.get("file_floor")
-        if floor is not None:
-            # Redis -> file rewrites the whole plan: its cost grows with the file. The target
-            # beyond 10,000 tasks is the debounce plus what any durable rewrite costs, + 30 ms.
-            ceiling = debounce.redis_debounce_ms + floor["p50_ms"] + GROWTH_MS
-            row(
-                "  floor: write + fsync + rename p50",
-                f"{floor['p50_ms']:.1f} ms ({floor['bytes'] / 1e6:.1f} MB)",
-            )
-            row(
-                "  p50 vs debounce + floor",
-                f"{update['p50_ms']:.1f} ms; {update['p50_ms'] - ceiling + GROWTH_MS:+.1f} "
-                f"over {debounce.redis_debounce_ms} + {floor['p50_ms']:.1f}",
-                f"<= {GROWTH_MS} ms over",
-                update["p50_ms"] <= ceiling,
-                every_size=True,
-            )
-            if update.get("daemon_sync_ms_median") is not None:
-                row("  the daemon's sync (median; write included)",
-                    f"{update['daemon_sync_ms_median']:.1f} ms")  # fmt: skip
+        rows += floor_rows(size, update, live.get("file_floor"), debounce)
         file_writes = update["file_writes_per_update"]
         redis_writes = update["daemon_redis_writes_per_update"]
         row(
@@ -217,8 +205,42 @@ def rows_for(size: int, result: dict[str, Any], debounce: SyncSettings, judged: 
             "<= 100 MB",
             memory["rss_mb"] <= 100,
         )
+    if empty_rss_mb is not None and "memory_after_start" in live and "memory" in live:
+        start, end = live["memory_after_start"]["rss_mb"], live["memory"]["rss_mb"]
+        per_task = [(mb - empty_rss_mb) * 1024 * 1024 / size / 1000 for mb in (start, end)]
+        row(
+            "  RSS per task above an empty daemon",
+            f"{per_task[0]:.1f} KB after start, {per_task[1]:.1f} KB after the run"
+            f" (empty {empty_rss_mb:.1f} MB)",
+            "<= 2.5 KB",
+            max(per_task) <= 2.5,
+            every_size=True,
+        )
     if "first_sync_s" in live:
         row("daemon start: ready after first sync", ms(live["first_sync_s"]))
+    return rows
+
+
+def floor_rows(
+    size: int, update: dict[str, Any], floor: dict[str, Any] | None, debounce: SyncSettings
+) -> list[Row]:
+    """Redis -> file rewrites the whole plan, so its cost grows with the file: beside its p50,
+    the floor measured at this size, and the target past 10,000 tasks (judged at every size):
+    the debounce plus what any durable rewrite costs, + GROWTH_MS."""
+    if floor is None:
+        return []
+    ceiling = debounce.redis_debounce_ms + floor["p50_ms"] + GROWTH_MS
+    rows = [
+        Row("  floor: write + fsync + rename p50", size,
+            f"{floor['p50_ms']:.1f} ms ({floor['bytes'] / 1e6:.1f} MB)"),
+        Row("  p50 vs debounce + floor", size,
+            f"{update['p50_ms']:.1f} ms; {update['p50_ms'] - ceiling + GROWTH_MS:+.1f} "
+            f"over {debounce.redis_debounce_ms} + {floor['p50_ms']:.1f}",
+            f"<= {GROWTH_MS} ms over", update["p50_ms"] <= ceiling),
+    ]  # fmt: skip
+    if update.get("daemon_sync_ms_median") is not None:
+        rows.append(Row("  the daemon's sync (median; write included)", size,
+                        f"{update['daemon_sync_ms_median']:.1f} ms"))  # fmt: skip
     return rows
 
 

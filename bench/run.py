@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         server = RedisServer(workdir / "redis")
         machine = machine_info(server)
         print(header(params, machine), flush=True)
+        progress(started, "empty town: daemon RSS")
+        machine["empty_daemon"] = empty_daemon_memory(workdir, server)
         for size in params.sizes:
             progress(started, f"{size:,} tasks")
             results[size] = measure_size(size, workdir, server, params, started)
@@ -132,11 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
     debounce = SyncSettings()  # the towns have no ttsyncd.toml: the daemon runs the defaults
+    empty_rss = machine.get("empty_daemon", {}).get("rss_mb")
     judged = report.judged_size(params.sizes)
     rows = [
         row
         for size in params.sizes
-        for row in report.rows_for(size, results[size], debounce, judged=size == judged)
+        for row in report.rows_for(
+            size, results[size], debounce, judged=size == judged, empty_rss_mb=empty_rss
+        )
     ]
     rows += report.growth_rows(results)
     took = perf_counter() - started
@@ -201,6 +206,7 @@ def measure_live(
         progress(started, "  daemon: first sync")
         daemon.wait_ready(READY_TIMEOUT_S)
         out["first_sync_s"] = perf_counter() - daemon.started
+        out["memory_after_start"] = memory_mb(daemon.pid)
         live = LiveTown(town, size, daemon, client, db=0, debounce=SyncSettings())
         progress(started, f"  save -> Redis x{params.repeat}")
         out["save_to_redis"] = with_summary(save_to_redis(live, params.repeat))
@@ -218,6 +224,19 @@ def measure_live(
     finally:
         out["stop_exit_code"] = daemon.stop()
         client.close()
+
+
+def empty_daemon_memory(workdir: Path, server: RedisServer) -> dict[str, float]:
+    """The RSS of a daemon on a town with no tasks, after its first sync: what the per-task
+    memory figures are counted above."""
+    town = make_town(workdir / "town-empty", 0)
+    server.client().flushall()
+    daemon = Daemon(town, server.url, workdir / "daemon-empty.log")
+    try:
+        daemon.wait_ready(READY_TIMEOUT_S)
+        return memory_mb(daemon.pid)
+    finally:
+        daemon.stop()
 
 
 def with_summary(measured: dict[str, Any]) -> dict[str, Any]:

@@ -80,15 +80,19 @@ def redis_server(*extra: str) -> Iterator[RedisServer]:
 
 
 class Daemon:
-    """`python -m ttsyncd --town T --redis-url U --log-format json run` in a subprocess."""
+    """`python -m ttsyncd --town T --redis-url U --log-format json run` in a subprocess;
+    `program` runs another module with the same arguments (tests.faulty_daemon)."""
 
-    def __init__(self, town: Path, redis_url: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, town: Path, redis_url: str, env: dict[str, str] | None = None,
+        program: tuple[str, ...] = ("-m", "ttsyncd"),
+    ) -> None:  # fmt: skip
         self.town = town
         self.log_path = town.parent / f"{town.name}-daemon.log"
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "ttsyncd", "--town", str(town), "--redis-url", redis_url,
+                [sys.executable, *program, "--town", str(town), "--redis-url", redis_url,
                  "--log-format", "json", "run"],
                 stdout=log, stderr=subprocess.STDOUT, env={**clean, **(env or {})},
             )  # fmt: skip

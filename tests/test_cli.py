@@ -178,12 +178,12 @@ def test_dry_run_writes_nothing(town: Path, redis_url: str, rdb: redis.Redis) ->
     rdb.config_resetstat()
     code, out, _ = cli(town, redis_url, "push", "--dry-run")
     assert code == 0
-    assert "would redis: create auth-api" in out and "created 3" in out
+    assert "\n  redis: create auth-api: " in out and "would create 3," in out
     assert write_counts(rdb) == {} and rdb.keys("*") == []
     text = (town / "tasks.toml").read_text()
     set_task(rdb, TOWN, new_task("From an agent", []))
     code, out, _ = cli(town, redis_url, "pull", "--dry-run")
-    assert "would file: create task-" in out
+    assert "\n  file: create task-" in out
     assert (town / "tasks.toml").read_text() == text
 
 

@@ -91,9 +91,12 @@ def test_find_town_walks_up_from_a_subdirectory(tmp_path: Path, marker: str) -> 
     assert find_town(None, {}, deep) == town.resolve()
 
 
-def test_find_town_falls_back_to_cwd(tmp_path: Path) -> None:
+def test_find_town_without_a_town_file_up_the_tree_finds_none(tmp_path: Path) -> None:
     plain = make_town(tmp_path / "plain")
-    assert find_town(None, {}, plain) == plain.resolve()
+    with pytest.raises(ConfigError, match="no town found") as caught:
+        find_town(None, {}, plain)
+    assert caught.value.exit_code == 2
+    assert find_town(str(plain), {}, tmp_path) == plain.resolve()  # named, it is a town
 
 
 @pytest.mark.parametrize("origin", ["--town", "TTSYNCD_TOWN"])

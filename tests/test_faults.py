@@ -774,7 +774,8 @@ def test_the_reconnect_backoff_starts_over_after_a_successful_connection(
 ) -> None:
     """A first outage long enough for a few failed reconnects, then a blip: Redis is back at
     once, so the daemon must be back within a couple of seconds, as after its first outage
-    (its first wait is 0.1 s), not after the grown backoff. The bound is in whole seconds."""
+    (its first wait is at most 0.1 s), not after the grown backoff. The bound is in whole
+    seconds."""
     town = make_town(tmp_path / "town", TOWN, plan_text(3))
     path = town / "tasks.toml"
     with redis_server() as server:
@@ -785,7 +786,7 @@ def test_the_reconnect_backoff_starts_over_after_a_successful_connection(
             daemon.wait_ready()
             server.kill()
             wait_until(lambda: connected(daemon) is False, CONVERGE_S, "the outage noticed")
-            time.sleep(4.0)  # reconnects fail and the backoff doubles: 0.1, 0.2, ... 3.2 s
+            time.sleep(4.0)  # reconnects fail and the (jittered) backoff doubles towards 5 s
             server.start()
             wait_until(lambda: connected(daemon), CONVERGE_S, "the daemon back after the outage")
             wait_converged(daemon, path, client)

@@ -796,7 +796,7 @@ def test_a_reparse_from_the_previous_plan_equals_a_parse_from_scratch(
             assert (again.layout is None) == (fresh.layout is None)
             if again.layout and fresh.layout:
                 assert again.layout.starts == fresh.layout.starts
-                assert again.layout.tables == fresh.layout.tables
+                assert list(again.layout.tables) == list(fresh.layout.tables)
             assert again.by_id == {e.plan_id: e for e in fresh.entries if e.plan_id}
             previous = again
 

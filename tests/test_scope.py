@@ -113,8 +113,20 @@ def test_a_scoped_sync_decides_what_a_full_sync_decides(
     state = apply(decision, plan, index, SyncState())
     index.take_changed()
     synced_plan = plan
+    edit_redis(index, redis_edits)
+    entries = edit_file(entries, file_edits)
+    plan = parse_plan(PATH, plan_text(entries), previous=synced_plan)
 
-    # Redis side: tinytown-like edits of the hashes.
+    scope = Scope(frozenset(index.take_changed()), synced_plan)
+    full, _ = run(town, plan, index, state, None)
+    scoped, _ = run(town, plan, index, state, scope.with_file_changes(plan))
+    assert summary(scoped, plan, apply(scoped, plan, IdentityIndex(), state)) == summary(
+        full, plan, apply(full, plan, IdentityIndex(), state)
+    )
+
+
+def edit_redis(index: IdentityIndex, redis_edits: list[tuple[str, str, str]]) -> None:
+    """Tinytown-like edits of the hashes."""
     for kind, plan_id, other in redis_edits:
         task = index.identified.by_plan_id.get(plan_id)
         if kind == "create":
@@ -141,7 +153,12 @@ def test_a_scoped_sync_decides_what_a_full_sync_decides(
             raw["parent_id"] = target.uuid
         index.update([decode_task(task.key, raw)], [])
 
-    # File side: edits that keep the plan valid.
+
+def edit_file(
+    entries: dict[str, tuple[str, str | None]], file_edits: list[tuple[str, str, str]]
+) -> dict[str, tuple[str, str | None]]:
+    """Edits of the plan's entries (description, parent) that keep the plan valid."""
+    entries = dict(entries)
     for kind, plan_id, other in file_edits:
         if kind == "add" and plan_id not in entries:
             entries[plan_id] = ("added", None)
@@ -162,11 +179,4 @@ def test_a_scoped_sync_decides_what_a_full_sync_decides(
                 node = candidate[node][1]
             if node is None:
                 entries = candidate
-    plan = parse_plan(PATH, plan_text(entries), previous=synced_plan)
-
-    scope = Scope(frozenset(index.take_changed()), synced_plan)
-    full, _ = run(town, plan, index, state, None)
-    scoped, _ = run(town, plan, index, state, scope.with_file_changes(plan))
-    assert summary(scoped, plan, apply(scoped, plan, IdentityIndex(), state)) == summary(
-        full, plan, apply(full, plan, IdentityIndex(), state)
-    )
+    return entries

@@ -283,7 +283,7 @@ def test_resolve_pins_the_stale_value_on_both_sides() -> None:
     world.file = dict(buffer)
     world.sync()
     pins = {A: ("file", {c.field: c.file for c in world.set_aside})}
-    result = merge(world.base, world.file, world.redis, Options(), pins=pins)  # type: ignore[arg-type]
+    result = merge(world.base, world.file, world.redis, Options(pins=pins))  # type: ignore[arg-type]
     world.file = applied(world.file, result.file_ops)
     world.redis = applied(world.redis, result.redis_ops)
     world.base = result.base

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ttsyncd.config import endpoint_from_url
-from ttsyncd.topology import Topology, describe, topology_of
+from ttsyncd.topology import topology_of
+from ttsyncd.topology_status import Topology, describe
 
 PASSWORD = "Zq5-topology-S3CRET"
 

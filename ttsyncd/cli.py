@@ -3,6 +3,10 @@
 push, pull, check, conflicts and resolve go through the control socket when a daemon serves
 the town (so the daemon's caches and the file stay consistent), and run in this process
 otherwise; either way they print the same.
+
+Each command imports what it needs when it runs: `--version` and `--help` import nothing of
+ttsyncd's, `status` and a command a daemon serves need no redis-py, only a command run in this
+process loads the sync engine, and only `run` and `start` the daemon and python-daemon.
 """
 
 from __future__ import annotations
@@ -13,85 +17,213 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis
+from ttsyncd import __version__
+from ttsyncd.errors import EXIT_OK, EXIT_PLAN, ConfigError, TtsyncdError
 
-from ttsyncd import __version__, background, commands, control, log
-from ttsyncd.commands import Output, Town
-from ttsyncd.config import Settings, load_settings
-from ttsyncd.connection import connect, refused_by_acl
-from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
-from ttsyncd.topology import describe
+if TYPE_CHECKING:
+    from ttsyncd.config import Settings
+    from ttsyncd.output import Output
+
+# The options every command takes, before or after its name. Their defaults are SUPPRESSed in
+# the parsers (a subcommand's default would otherwise overwrite the value given before it) and
+# filled in by `parse_args`.
+GLOBAL_DEFAULTS: dict[str, Any] = {
+    "town": None,
+    "config": None,
+    "redis_url": None,
+    "log_format": None,
+    "verbose": False,
+}
+
+
+def global_options() -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    group = options.add_argument_group("options of every command (before or after it)")
+    group.add_argument(
+        "--town", metavar="DIR", default=argparse.SUPPRESS,
+        help="the town directory (default: the nearest one holding tinytown.toml or "
+        "tasks.toml, from the current directory up)",
+    )  # fmt: skip
+    group.add_argument(
+        "--config", metavar="FILE", default=argparse.SUPPRESS,
+        help="ttsyncd config (default: <town>/ttsyncd.toml)",
+    )  # fmt: skip
+    group.add_argument(
+        "--redis-url", metavar="URL", default=argparse.SUPPRESS,
+        help="Redis to use (overrides REDIS_URL)",
+    )  # fmt: skip
+    group.add_argument(
+        "--log-format", choices=("auto", "console", "json"), default=argparse.SUPPRESS,
+        help="log format (default: config)",
+    )  # fmt: skip
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="log progress, not only problems",
+    )  # fmt: skip
+    return options
 
 
 def build_parser() -> argparse.ArgumentParser:
+    common = global_options()
     parser = argparse.ArgumentParser(
         prog="ttsyncd",
         description="Keep a tinytown town's tasks.toml and its Redis tasks in sync.",
+        parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"ttsyncd {__version__}")
-    parser.add_argument(
-        "--town", metavar="DIR", help="the town directory (default: found from cwd)"
-    )
-    parser.add_argument(
-        "--config", metavar="FILE", help="ttsyncd config (default: <town>/ttsyncd.toml)"
-    )
-    parser.add_argument("--redis-url", metavar="URL", help="Redis to use (overrides REDIS_URL)")
-    parser.add_argument(
-        "--log-format", choices=("auto", "console", "json"), help="log format (default: config)"
-    )
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log progress, not only problems"
-    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("run", help="run the daemon in the foreground (as systemd does)")
-    sub.add_parser("start", help="run the daemon in the background")
-    sub.add_parser("stop", help="stop the background daemon")
-    status = sub.add_parser("status", help="what the daemon is doing")
-    status.add_argument("--json", action="store_true", help="one JSON object")
-    for name, help_text in (
-        ("push", "apply the file's changes to Redis"),
-        ("pull", "apply Redis's changes to the file"),
-    ):
-        command = sub.add_parser(name, help=help_text)
-        command.add_argument(
+
+    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=description, parents=[common])
+
+    command(
+        "run", "run the daemon in the foreground (as systemd does)",
+        "Run the daemon in the foreground: sync the town's tasks.toml and Redis both ways, "
+        "live, until SIGTERM or Ctrl-C (pending work is flushed first). Under systemd "
+        "(NOTIFY_SOCKET set) it reports READY, STATUS and WATCHDOG; SIGHUP reloads the config.",
+    )  # fmt: skip
+    command(
+        "start", "run the daemon in the background",
+        "Start the daemon in the background (pidfile and log under <town>/.tt/). Returns once "
+        "the first sync is done and the control socket answers; exits non-zero with the reason "
+        "when the daemon cannot come up or one already serves the town.",
+    )  # fmt: skip
+    command(
+        "stop", "stop the background daemon",
+        "Stop the town's daemon: asked through its control socket (else SIGTERM to the "
+        "pidfile's pid), and wait until it has flushed its work and exited.",
+    )  # fmt: skip
+    status = command(
+        "status", "what the daemon is doing",
+        "Show what the town's daemon is doing: Redis, notifications, the last push and pull, "
+        "pending events, conflicts, errors. Exits 1 when no daemon serves the town.",
+    )  # fmt: skip
+    status.add_argument(
+        "--json", action="store_true",
+        help='one JSON object, also with no daemon ({"running": false, ...})',
+    )  # fmt: skip
+    for name, help_text, description in (
+        ("push", "apply the file's changes to Redis",
+         "Apply the changes made in tasks.toml since the last sync to the town's Redis tasks "
+         "(three-way merge: a change made in Redis waits for `pull`, it is not overwritten)."),
+        ("pull", "apply Redis's changes to the file",
+         "Apply the changes made in the town's Redis tasks since the last sync to tasks.toml, "
+         "keeping its comments and layout (creates tasks.toml when the town has none)."),
+    ):  # fmt: skip
+        push_or_pull = command(name, help_text, description)
+        push_or_pull.add_argument(
             "--force", action="store_true",
             help="make the target equal the source for every task, deletions included",
         )  # fmt: skip
-        command.add_argument(
-            "--dry-run", action="store_true", help="show what would change, write nothing"
+        push_or_pull.add_argument(
+            "--dry-run", action="store_true", help="show every change it would make, write nothing"
         )
-    sub.add_parser(
-        "pause",
-        help="stop syncing and writing either side (before a rebase or a branch switch); "
-        "changes wait, also across a daemon restart",
-    )
-    sub.add_parser("resume", help="sync again after `pause`: one sync right away, then live")
-    sub.add_parser("check", help="validate the plan and the town's Redis tasks, write nothing")
-    repair = sub.add_parser("repair", help="delete duplicate tasks left by `tt sync push`")
+    command(
+        "pause", "stop syncing and writing either side (for git)",
+        "Stop syncing and writing either side (before a rebase or a branch switch); changes "
+        "wait, also across a daemon restart, until `ttsyncd resume`.",
+    )  # fmt: skip
+    command(
+        "resume", "sync again after `pause`",
+        "Sync again after `pause`: one sync of everything that changed meanwhile right away, "
+        "then live.",
+    )  # fmt: skip
+    command(
+        "check", "validate the plan and the town's Redis tasks, write nothing",
+        "Validate tasks.toml and the town's Redis tasks and report what is out of sync, "
+        "duplicates, unreadable hashes and conflicts; writes nothing. Exits 1 on a problem.",
+    )  # fmt: skip
+    repair = command(
+        "repair", "delete duplicate tasks left by `tt sync push`",
+        "Delete the duplicate tasks `tt sync push` leaves (several tasks carrying one plan "
+        "tag), keeping the most recently updated of each.",
+    )  # fmt: skip
     repair.add_argument("--dry-run", action="store_true", help="show what would be deleted")
-    conflicts = sub.add_parser("conflicts", help="list recorded and unresolved conflicts")
+    conflicts = command(
+        "conflicts", "list recorded and unresolved conflicts",
+        "List every conflict settled by the policy (with the losing value), every one left "
+        "for you, and every stale or held write set aside.",
+    )  # fmt: skip
     conflicts.add_argument("--json", action="store_true", help="one JSON object")
-    resolve = sub.add_parser("resolve", help="settle a conflict left for you (manual policy)")
+    resolve = command(
+        "resolve", "settle a conflict left for you (manual policy)",
+        "Settle one task on purpose: make it equal on both sides to the side taken. Settles a "
+        "conflict the manual policy left for you, applies a stale write set aside, or lets a "
+        "held or refused deletion go through (--take file).",
+    )  # fmt: skip
     resolve.add_argument("plan_id", metavar="ID", help="the task's plan id")
     resolve.add_argument(
         "--take", choices=("file", "redis"), required=True, help="whose values win"
     )
-    demo = sub.add_parser("demo", help="make a demo town and run the daemon on it")
+    service = command(
+        "service", "install the daemon as a systemd service (install, uninstall, status)",
+        "The town's daemon as a systemd service: `install` writes the unit ttsyncd@.service "
+        "(ExecStart set to this ttsyncd) and runs `systemctl daemon-reload` and "
+        "`enable --now` of the town's instance; `uninstall` undoes it; `status` asks systemctl.",
+    )  # fmt: skip
+    actions = service.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, help_text, description in (
+        ("install", "write the unit, daemon-reload, enable --now",
+         "Write ttsyncd@.service (ExecStart: this ttsyncd; --system: a drop-in running it as "
+         "the town's owner) into the unit directory, then `systemctl daemon-reload` and "
+         "`systemctl enable --now ttsyncd@<town>.service`."),
+        ("uninstall", "disable --now, remove the unit, daemon-reload",
+         "`systemctl disable --now ttsyncd@<town>.service`, remove its drop-in, and the unit "
+         "too when no other town's instance is enabled, then `systemctl daemon-reload`."),
+        ("status", "where the unit is, and what systemctl says of the town's instance",
+         "Show where the unit is and `systemctl status` of the town's instance; exits 0 when "
+         "it is active, 1 otherwise."),
+    ):  # fmt: skip
+        parser_of_action = actions.add_parser(
+            action, help=help_text, description=description, parents=[common]
+        )
+        scope = parser_of_action.add_mutually_exclusive_group()
+        scope.add_argument(
+            "--user", dest="system", action="store_false",
+            help="a user unit, ~/.config/systemd/user (the default)",
+        )  # fmt: skip
+        scope.add_argument(
+            "--system", dest="system", action="store_true",
+            help="a system unit, /etc/systemd/system, run as the town's owner",
+        )  # fmt: skip
+        parser_of_action.set_defaults(system=False)
+        parser_of_action.add_argument(
+            "--unit-dir", metavar="DIR", help="the unit directory to use instead"
+        )
+        if action != "status":
+            parser_of_action.add_argument(
+                "--dry-run", action="store_true",
+                help="print the files and the systemctl commands, change nothing",
+            )  # fmt: skip
+    demo = command(
+        "demo", "make a demo town and run the daemon on it",
+        "Make a demo town (a tinytown.toml and a commented tasks.toml) with an embedded "
+        "redis-server, and run the daemon on it, showing a sync in each direction.",
+    )  # fmt: skip
     demo.add_argument(
         "dir", nargs="?", default="ttsyncd-demo", help="where (default: ./ttsyncd-demo)"
     )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
+    for name, default in GLOBAL_DEFAULTS.items():
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         if args.command == "demo":
             from ttsyncd.demo import run_demo
 
             return run_demo(Path(args.dir), args.log_format)
+        from ttsyncd.config import load_settings
 
         def reload_settings() -> Settings:
             return load_settings(
@@ -105,9 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = reload_settings()
         if args.command in ("run", "start"):
             return run_daemon(args.command, settings, reload_settings, args.log_format)
-        log.configure("info" if args.verbose else "warning", args.log_format or settings.log.format)
         if args.command == "stop":
+            from ttsyncd import background
+
             return background.stop(settings)
+        if args.command == "service":
+            return manage_service(args, settings)
         if args.command == "status":
             return show_status(settings, as_json=args.json)
         if args.command in ("pause", "resume"):
@@ -122,7 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_daemon(command: str, settings: Settings, reload_settings: Any, fmt: str | None) -> int:
     if command == "start":
+        from ttsyncd import background
+
         return background.start(settings, reload_settings)
+    from ttsyncd import log
     from ttsyncd.daemon import run_foreground
 
     log.configure(settings.log.level, fmt or settings.log.format)
@@ -130,28 +268,104 @@ def run_daemon(command: str, settings: Settings, reload_settings: Any, fmt: str 
     return run_foreground(settings, reload_settings, mode)
 
 
+def manage_service(args: argparse.Namespace, settings: Settings) -> int:
+    from ttsyncd import control, service
+
+    unit = service.service_for(settings.town_dir, system=args.system, unit_dir=args.unit_dir)
+    if args.action == "status":
+        return service.status(unit)
+    if args.action == "install" and not args.dry_run:
+        answer = control.request(control.socket_path(settings.town_dir), {"cmd": "status"}, 5.0)
+        running = answer.get("result", {}) if answer and answer.get("ok") else None
+        if running is not None and running.get("mode") != "systemd":
+            raise TtsyncdError(
+                f"a ttsyncd daemon (pid {running.get('pid')}, {running.get('mode')}) already "
+                "serves this town: `ttsyncd stop` it first, the service starts its own"
+            )
+    if settings.endpoint.source in EXPLICIT_ENDPOINTS:
+        print(
+            f"note: {settings.endpoint.source} is not written into the unit: the service finds "
+            "its Redis as `ttsyncd run` does (the town's ttsyncd.toml [redis] url, or "
+            "tinytown.toml)",
+            file=sys.stderr,
+        )
+    if args.action == "install":
+        return service.install(unit, dry_run=args.dry_run)
+    return service.uninstall(unit, dry_run=args.dry_run)
+
+
 def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
-    """push/pull/check/conflicts/resolve/repair: through the daemon if one serves the town."""
+    """push/pull/check/conflicts/resolve/repair: through the daemon if one serves the town
+    on the Redis the command means, else in this process."""
+    from ttsyncd import control
+    from ttsyncd.output import Output
+
     request: dict[str, Any] = {"cmd": args.command}
     for name in ("force", "dry_run", "json", "plan_id", "take"):
         if hasattr(args, name):
             request[name] = getattr(args, name)
-    answer = control.request(control.socket_path(settings.town_dir), request)
+    sock = control.socket_path(settings.town_dir)
+    elsewhere = daemon_on_another_redis(sock, settings)
+    answer = None if elsewhere is not None else control.request(sock, request)
     if answer is not None:
         if not answer.get("ok"):
             return Output(stderr=[f"ttsyncd: {answer.get('error')}"], code=answer.get("code", 1))
         return Output.from_json(answer["result"])
+    output = run_here(args, settings)
+    if elsewhere is not None:
+        output.stderr.insert(
+            0,
+            f"note: the daemon serving this town uses {elsewhere}; {settings.endpoint.source} "
+            f"names {settings.endpoint.redacted()}: ran on its own against that one",
+        )
+    return output
+
+
+# Where an endpoint given for one command comes from; a daemon on another Redis does not
+# serve such a command.
+EXPLICIT_ENDPOINTS = ("--redis-url", "REDIS_URL")
+
+
+def daemon_on_another_redis(sock: Path, settings: Settings) -> str | None:
+    """The Redis of the daemon serving the town (as its status shows it) when the command
+    names another one explicitly (--redis-url, REDIS_URL); else None: the daemon, if one
+    runs, serves the command."""
+    if settings.endpoint.source not in EXPLICIT_ENDPOINTS:
+        return None
+    from ttsyncd import control
+    from ttsyncd.config import endpoint_from_url
+
+    answer = control.request(sock, {"cmd": "status"}, 10.0)
+    if answer is None or not answer.get("ok"):
+        return None
+    theirs = str(answer["result"].get("redis"))
+    try:  # the daemon shows its endpoint redacted: compare server and db, not the text
+        same = endpoint_from_url(theirs, "the daemon").identity() == settings.endpoint.identity()
+    except ConfigError:
+        same = theirs == settings.endpoint.redacted()
+    return None if same else theirs
+
+
+def run_here(args: argparse.Namespace, settings: Settings) -> Output:
+    """A one-shot command in this process, against the settings' Redis."""
+    import redis
+
+    from ttsyncd import commands, log
+    from ttsyncd.connection import connect, refused_by_acl
+
+    log.configure("info" if args.verbose else "warning", args.log_format or settings.log.format)
     if args.command == "conflicts":
         return commands.conflicts(settings, as_json=args.json)
     writes = args.command in ("push", "pull", "resolve", "repair") and not getattr(
         args, "dry_run", False
     )
-    since = background.paused_since(settings)
-    if writes and since is not None:  # as a paused daemon answers: the town is paused
-        return Output(
+    since = paused_since(settings) if writes else None
+    if since is not None:  # as a paused daemon answers: the town is paused
+        return commands.Output(
             stderr=[f"ttsyncd: paused since {since}; `ttsyncd resume` first"], code=EXIT_PLAN
         )
-    town = Town(settings, connect(settings))
+    commands.require_plan(settings, args.command)  # before connecting: no Redis started for it
+    town = commands.Town(settings, connect(settings))
     try:
         if args.command == "check":
             return commands.check(town)
@@ -167,11 +381,26 @@ def one_shot(args: argparse.Namespace, settings: Settings) -> Output:
         raise refused from None
 
 
+def paused_since(settings: Settings) -> str | None:
+    """When the town's pause began (background.paused_since), None when it is not paused.
+    Looks for the marker first: background.py imports python-daemon, which a push or pull of
+    a town that is not paused has no use for."""
+    if not os.path.lexists(settings.state_dir / "paused"):  # background.pause_marker
+        return None
+    from ttsyncd import background
+
+    return background.paused_since(settings)
+
+
 def pause_or_resume(settings: Settings, command: str) -> int:
     """Through the daemon if one serves the town; else the pause marker alone, which the
     next daemon to start obeys."""
+    from ttsyncd import control
+
     answer = control.request(control.socket_path(settings.town_dir), {"cmd": command})
     if answer is None:
+        from ttsyncd import background
+
         if command == "pause":
             began = background.mark_paused(settings)
             print(f"ttsyncd paused since {began}: no daemon running; it will start paused")
@@ -202,15 +431,32 @@ def pause_or_resume(settings: Settings, command: str) -> int:
 
 
 def show_status(settings: Settings, *, as_json: bool) -> int:
-    answer = control.request(control.socket_path(settings.town_dir), {"cmd": "status"}, 10.0)
-    if answer is None:
+    """The daemon's status; exits 1 when none serves the town. `--json` always prints one
+    JSON object, `"running"` saying whether a daemon answered."""
+    from ttsyncd import control
+
+    sock = control.socket_path(settings.town_dir)
+    answer = control.request(sock, {"cmd": "status"}, 10.0)
+    if answer is None or not answer.get("ok"):
+        error = None if answer is None else str(answer.get("error"))
+        if as_json:
+            not_serving: dict[str, Any] = {
+                "running": answer is not None,
+                "town": settings.town_name,
+                "town_dir": str(settings.town_dir),
+                "socket": str(sock),
+            }
+            if error is not None:
+                not_serving["error"] = error
+            print(json.dumps(not_serving, indent=2))
+            return EXIT_PLAN
+        if error is not None:
+            raise TtsyncdError(error)
         print(f"ttsyncd is not running for {settings.town_dir}", file=sys.stderr)
         return EXIT_PLAN
-    if not answer.get("ok"):
-        raise TtsyncdError(str(answer.get("error")))
     status: dict[str, Any] = answer["result"]
     if as_json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps({"running": True, **status}, indent=2))
         return EXIT_OK
     for line in status_lines(status):
         print(line)
@@ -225,6 +471,8 @@ def verify_lines(verify: dict[str, Any] | None) -> list[str]:
 
 
 def status_lines(status: dict[str, Any]) -> list[str]:
+    from ttsyncd.topology_status import describe
+
     def stamp(entry: dict[str, Any] | None) -> str:
         if not entry:
             return "never"

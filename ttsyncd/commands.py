@@ -4,44 +4,23 @@ its own process, or a running daemon on behalf of the CLI (so the output is the 
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from ttsyncd.config import Settings
 from ttsyncd.engine import SyncReport, set_aside_line, state_store_for, sync
-from ttsyncd.errors import EXIT_OK, EXIT_PLAN
+from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
 from ttsyncd.identity import identify
 from ttsyncd.merge import ENTRY, Conflict, Side
-from ttsyncd.plan import PlanReader
-from ttsyncd.state import StateStore, append_conflicts, conflict, read_conflicts
-from ttsyncd.store import RedisSource, TaskWrite, apply_writes, read_snapshot
+from ttsyncd.output import Output as Output  # re-exported: the daemon answers with it
+from ttsyncd.plan import PlanReader, read_text
+from ttsyncd.state import StateStore, SyncState, append_conflicts, conflict, read_conflicts
+from ttsyncd.store import LiveRead, RedisSource, TaskWrite, apply_writes, read_snapshot
 from ttsyncd.topology import RedisClient
 
 PUSH_LINE = "⬆️  Pushed {n} tasks from {file} to Redis"
 PULL_LINE = "⬇️  Pulled {n} tasks from Redis to {file}"
-
-
-@dataclass
-class Output:
-    stdout: list[str] = field(default_factory=list)
-    stderr: list[str] = field(default_factory=list)
-    code: int = EXIT_OK
-
-    def show(self) -> int:
-        for line in self.stdout:
-            print(line)
-        for line in self.stderr:
-            print(line, file=sys.stderr)
-        return self.code
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @staticmethod
-    def from_json(data: dict[str, Any]) -> Output:
-        return Output(list(data["stdout"]), list(data["stderr"]), int(data["code"]))
 
 
 @dataclass
@@ -64,15 +43,51 @@ class Town:
         return self.state_store or state_store_for(self.settings)
 
 
+# The head of a tasks.toml that `pull` creates (a town with tasks in Redis and no plan yet).
+PLAN_HEADER = """\
+# The plan of tinytown town {town}: one [[tasks]] entry per task (id, description, agent,
+# status, tags, parent). ttsyncd keeps it and the town's Redis in sync, both ways; comments
+# and layout are kept. Started by `ttsyncd pull` from the tasks in Redis.
+"""
+
+
+def require_plan(settings: Settings, command: str) -> None:
+    """A push needs a plan to push: a town without its tasks file says so (a missing file
+    would otherwise read as an empty plan)."""
+    if command == "push" and not settings.tasks_file.exists():
+        raise TtsyncdError(
+            f"no {settings.tasks_file.name} in {settings.tasks_file.parent}: nothing to push "
+            "(`ttsyncd pull` creates it from the town's Redis)"
+        )
+
+
+def start_plan(settings: Settings) -> str | None:
+    """Create the tasks file holding only PLAN_HEADER, for `pull` to fill in; the text
+    written, None when the file exists (or could not be made: the sync says why)."""
+    header = PLAN_HEADER.format(town=json.dumps(settings.town_name, ensure_ascii=False))
+    try:
+        with open(settings.tasks_file, "x", encoding="utf-8") as plan:
+            plan.write(header)
+    except OSError:
+        return None
+    return header
+
+
 def push_or_pull(town: Town, command: str, *, force: bool, dry_run: bool) -> Output:
     pushing = command == "push"
-    report = town.sync(push=pushing, pull=not pushing, force=force, dry_run=dry_run)
+    require_plan(town.settings, command)
+    started = None if pushing or dry_run else start_plan(town.settings)
+    try:
+        report = town.sync(push=pushing, pull=not pushing, force=force, dry_run=dry_run)
+    except BaseException:
+        if started is not None and read_text(town.settings.tasks_file) == started:
+            town.settings.tasks_file.unlink(missing_ok=True)  # not left behind by a failed pull
+        raise
     out = Output()
     name = town.settings.tasks_file.name
     if dry_run:
-        out.stdout.append("(dry run: nothing written)")
-        out.stdout += [f"  would {line}" for line in report.changes or ["no changes"]]
-    if pushing:
+        out.stdout = dry_run_lines(report, pushing, name, town.settings.tasks_file.exists())
+    elif pushing:
         out.stdout.append(PUSH_LINE.format(n=report.plan_tasks, file=name))
         out.stdout.append(report.to_redis.summary())
     else:
@@ -86,6 +101,26 @@ def push_or_pull(town: Town, command: str, *, force: bool, dry_run: bool) -> Out
     elif report.refused is not None:
         out.stderr.append(f"warning: {report.refused.message}")
     return out
+
+
+def dry_run_lines(report: SyncReport, pushing: bool, name: str, file_exists: bool) -> list[str]:
+    """What a push or pull would do: every change with its fields and values, then the
+    counts; "nothing to push/pull" when it would change nothing."""
+    verb = "push" if pushing else "pull"
+    if not report.changes:
+        return [f"nothing to {verb} (dry run: nothing written)"]
+    if pushing:
+        head = f"would push {report.plan_tasks} tasks from {name} to Redis"
+    else:
+        created = "" if file_exists else f", creating {name}"
+        head = f"would pull {report.redis_tasks} tasks from Redis to {name}{created}"
+    counts = report.to_redis if pushing else report.to_file
+    return [
+        f"{head} (dry run: nothing written):",
+        *(f"  {line}" for line in report.changes),
+        f"would create {counts.created}, update {counts.updated}, delete {counts.deleted}; "
+        f"{counts.unchanged} unchanged",
+    ]
 
 
 def warnings(report: SyncReport) -> list[str]:
@@ -122,7 +157,12 @@ def check(town: Town) -> Output:
     settings = town.settings
     report = town.sync(push=True, pull=True, dry_run=True)
     out = Output()
-    out.stdout.append(f"{settings.tasks_file}: {report.plan_tasks} tasks, valid")
+    if settings.tasks_file.exists():
+        out.stdout.append(f"{settings.tasks_file}: {report.plan_tasks} tasks, valid")
+    else:
+        out.stdout.append(
+            f"{settings.tasks_file}: no such file (`ttsyncd pull` creates it from Redis)"
+        )
     out.stdout.append(
         f"Redis {settings.endpoint.redacted()}: "
         f"{report.redis_tasks} tasks of town {settings.town_name!r}"
@@ -140,6 +180,11 @@ def resolve(town: Town, plan_id: str, take: str) -> Output:
     sides); a held or refused deletion goes through with --take file."""
     settings = town.settings
     state = town.state().load()
+    if not knows(town, state, plan_id):
+        raise TtsyncdError(
+            f"no task has the id {plan_id!r} (not in {settings.tasks_file.name}, not in Redis, "
+            "not in the last sync): nothing to resolve"
+        )
     waiting = state.pending.get(plan_id, [])
     set_aside = state.set_aside.get(plan_id, [])
     chosen: Side = "file" if take == "file" else "redis"
@@ -167,6 +212,19 @@ def resolve(town: Town, plan_id: str, take: str) -> Output:
         policy="manual", now=datetime.now(UTC),
     )  # fmt: skip
     return Output([f"{plan_id}: took the {take}'s values ({changed.summary()})"])
+
+
+def knows(town: Town, state: SyncState, plan_id: str) -> bool:
+    """True when `plan_id` names a task of the town: in the base, left for the user, set
+    aside, refused, in the plan or in Redis."""
+    if plan_id in state.base or plan_id in state.pending or plan_id in state.set_aside:
+        return True
+    if state.refused is not None and plan_id in state.refused.plan_ids:
+        return True
+    if plan_id in (town.plan_reader or PlanReader(town.settings.tasks_file)).read().by_id:
+        return True
+    source = town.redis_source or LiveRead(town.client, town.settings.town_name)
+    return plan_id in source.snapshot().identify().by_plan_id
 
 
 def repair(town: Town, *, dry_run: bool) -> Output:

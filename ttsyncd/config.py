@@ -1,8 +1,11 @@
 """Settings: the town, its Redis and the sync knobs, from flags, env, ttsyncd.toml, tinytown.toml.
 
-Everything here is a pure function of (arguments, environment, files on disk); nothing connects
-to Redis except `Endpoint.client()`. Passwords never reach an error message, a repr or a log
-line: errors about URLs name where the URL came from, never its text.
+Settings are a pure function of (arguments, environment, files on disk). Nothing here connects
+to Redis by itself: `Endpoint`'s client factories (`client`, `async_client`, their Sentinel and
+Cluster forms) build redis-py clients, which connect on their first command (a Cluster client
+as it is built, to learn the slots); `topology.open_client` and `connection.connect` choose and
+use them. Passwords never reach an error message, a repr or a log line: errors about URLs name
+where the URL came from, never its text.
 """
 
 from __future__ import annotations
@@ -11,20 +14,15 @@ import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.asyncio.retry
-import redis.asyncio.sentinel
-import redis.cluster
-import redis.sentinel
-from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.retry import Retry
-
 from ttsyncd.errors import ConfigError
+
+if TYPE_CHECKING:  # redis-py is imported when a client is made: `status` needs none (fast start)
+    import redis
+    import redis.asyncio
+    import redis.cluster
 
 POLICIES: Final = ("owner", "file", "redis", "manual")
 DELETION_MODES: Final = ("delete", "cancel", "keep")
@@ -112,6 +110,8 @@ class Endpoint:
     def client(self, *, decode_responses: bool = True, timeout_s: float = 5.0) -> redis.Redis:
         """A client of the server (behind Sentinel: of the current primary; see cluster_client
         for a Redis Cluster)."""
+        import redis
+
         url, options = self.connection_options(decode_responses, timeout_s)
         if self.is_sentinel:
             return self.sentinel_client(options)
@@ -121,6 +121,8 @@ class Endpoint:
 
     def async_client(self, *, timeout_s: float = 5.0) -> redis.asyncio.Redis:
         """The same connection for asyncio (keyspace notifications)."""
+        import redis.asyncio
+
         url, options = self.async_options(timeout_s)
         if self.is_sentinel:
             return self.async_sentinel_client(options)
@@ -129,6 +131,9 @@ class Endpoint:
         return redis.asyncio.Redis(**options)
 
     def async_options(self, timeout_s: float) -> tuple[str | None, dict[str, Any]]:
+        import redis.asyncio.retry
+        from redis.backoff import NoBackoff
+
         url, options = self.connection_options(True, timeout_s)
         options["socket_timeout"] = None  # a subscriber waits for messages as long as it takes
         # No retries: the daemon reconnects, resubscribes and resyncs itself.
@@ -140,12 +145,16 @@ class Endpoint:
 
     # (redis.sentinel has no type hints.)
     def sentinel_client(self, options: dict[str, Any]) -> redis.Redis:
+        import redis.sentinel
+
         sentinel_options, primary_options = self.sentinel_options(options)
         sentinel = redis.sentinel.Sentinel(list(self.sentinels), **sentinel_options)  # type: ignore[no-untyped-call]
         primary: redis.Redis = sentinel.master_for(str(self.service_name), **primary_options)  # type: ignore[no-untyped-call]
         return primary
 
     def async_sentinel_client(self, options: dict[str, Any]) -> redis.asyncio.Redis:
+        import redis.asyncio.sentinel
+
         sentinel_options, primary_options = self.sentinel_options(options)
         sentinel = redis.asyncio.sentinel.Sentinel(list(self.sentinels), **sentinel_options)  # type: ignore[no-untyped-call]
         primary: redis.asyncio.Redis = sentinel.master_for(
@@ -178,6 +187,8 @@ class Endpoint:
     ) -> redis.cluster.RedisCluster:
         """A Redis Cluster client that starts from `nodes` (host, port), then this endpoint's
         node."""
+        import redis.cluster
+
         url, options = self.connection_options(decode_responses, timeout_s)
         options.pop("db", None)  # a cluster has db 0 only; from_url checks the URL's
         if nodes:
@@ -189,6 +200,9 @@ class Endpoint:
     def async_cluster_client(
         self, *, timeout_s: float = 5.0, nodes: Sequence[tuple[str, int]] = ()
     ) -> redis.asyncio.RedisCluster:
+        import redis.asyncio
+        import redis.asyncio.cluster
+
         url, options = self.async_options(timeout_s)
         options.pop("db", None)
         if nodes:
@@ -201,6 +215,9 @@ class Endpoint:
         self, decode_responses: bool, timeout_s: float
     ) -> tuple[str | None, dict[str, Any]]:
         """(the URL or None, keyword arguments) for redis-py's Redis or redis.asyncio.Redis."""
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
+
         options: dict[str, Any] = {
             "decode_responses": decode_responses,
             "socket_timeout": timeout_s,
@@ -275,7 +292,9 @@ class Settings:
 
 
 def find_town(town_arg: str | None, env: Mapping[str, str], cwd: Path) -> Path:
-    """--town, else $TTSYNCD_TOWN, else the nearest ancestor of cwd with a town file, else cwd."""
+    """--town, else $TTSYNCD_TOWN, else the nearest directory from cwd up holding a town file.
+    Never cwd by default: a command run outside a town must not make one there (`.tt/`, a
+    redis-server)."""
     for explicit, origin in ((town_arg, "--town"), (env.get("TTSYNCD_TOWN"), "TTSYNCD_TOWN")):
         if explicit:
             town_dir = (cwd / explicit).resolve()
@@ -286,7 +305,10 @@ def find_town(town_arg: str | None, env: Mapping[str, str], cwd: Path) -> Path:
     for candidate in (start, *start.parents):
         if (candidate / TINYTOWN_FILE).is_file() or (candidate / TASKS_FILE).is_file():
             return candidate
-    return start
+    raise ConfigError(
+        f"no town found: no {TINYTOWN_FILE} or {TASKS_FILE} in {start} or any directory above "
+        "it; run ttsyncd inside a town, or name one with --town DIR"
+    )
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -563,7 +585,7 @@ def _tinytown_redis(tinytown: dict[str, Any], path: Path) -> dict[str, Any]:
 # --- choosing the endpoint --------------------------------------------------------------------
 
 
-def choose_endpoint(
+def choose_endpoint(  # noqa: PLR0913 — keyword-only, one per source in the precedence order
     *,
     redis_url_arg: str | None,
     env: Mapping[str, str],

@@ -4,7 +4,6 @@ answer per line, `{"cmd": "status"}` -> `{"ok": true, "result": {...}}` or
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -12,13 +11,22 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
-
-import structlog
+from typing import TYPE_CHECKING, Any
 
 from ttsyncd.errors import TtsyncdError
 
-log = structlog.get_logger("ttsyncd.control")
+if TYPE_CHECKING:  # the serving side's imports; a CLI that only asks (`request`) needs neither
+    import asyncio
+
+    import structlog
+
+
+def log() -> structlog.typing.FilteringBoundLogger:
+    import structlog
+
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("ttsyncd.control")
+    return logger
+
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 MAX_REQUEST = 1 << 20
@@ -41,6 +49,8 @@ class DaemonAlreadyRunning(TtsyncdError):
 async def serve(path: Path, handle: Handler) -> asyncio.Server:
     """Listen on `path` (0600). Refuses when another daemon answers there; a stale socket
     file (nobody listening) is replaced."""
+    import asyncio
+
     if path.exists():
         if request(path, {"cmd": "status"}, timeout=2.0) is not None:
             raise DaemonAlreadyRunning(f"a ttsyncd daemon already serves this town ({path})")
@@ -50,7 +60,7 @@ async def serve(path: Path, handle: Handler) -> asyncio.Server:
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             if peer_uid(writer.get_extra_info("socket")) != os.getuid():
-                log.warning("control socket: refused a peer of another uid")
+                log().warning("control socket: refused a peer of another uid")
                 await reply(writer, {"ok": False, "error": "permission denied: not your daemon"})
                 return
             while line := await reader.readline():
@@ -82,7 +92,7 @@ async def answer(line: bytes, handle: Handler) -> dict[str, Any]:
     except ValueError as error:
         return {"ok": False, "error": str(error)}
     except Exception as error:  # the daemon keeps serving; the caller learns what failed
-        log.exception("control request failed")
+        log().exception("control request failed")
         return {"ok": False, "error": f"{type(error).__name__}: {error}"}
 
 

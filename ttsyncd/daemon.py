@@ -1,11 +1,36 @@
 """`ttsyncd run`: live two-way sync of one town on one asyncio loop.
 
-Four tasks share the loop: the Redis session (connect, turn keyspace notifications on,
-subscribe, mirror the town, then listen or poll; reconnect with backoff when Redis goes), the
-file watcher (watchfiles on the plan's directory), the syncer (debounces both sides and runs
-the engine in a worker thread, one sync at a time) and the control socket. Echoes of the
+The daemon's long-lived tasks ("parts") share the loop under one owner, a `Supervisor`
+(ttsyncd/supervisor.py, an `asyncio.TaskGroup`), beside the control socket. Echoes of the
 daemon's own writes are recognised by content: a file event whose text is what the daemon
 wrote, a notification whose hash is what the mirror already holds, starts no sync.
+
+A part that raises is logged with its traceback, then, by its policy (`POLICY`):
+
+| part     | what it does                               | on an unexpected exception         |
+|----------|--------------------------------------------|------------------------------------|
+| redis    | the Redis session: connect, notifications  | restarted (jittered backoff): it   |
+|          | on, subscribe, load the mirror, then listen| connects again and syncs in full, |
+|          | or poll; it reconnects by itself (jittered | as after an outage                 |
+|          | backoff) after a lost connection           |                                    |
+| file     | watchfiles on the plan's directory         | restarted: watching again, it      |
+|          |                                            | checks the file, so a save made    |
+|          |                                            | meanwhile is synced                |
+| syncer   | debounces both sides and runs the engine   | exit 1: what it holds (the work    |
+|          | in a worker thread, one sync at a time;    | owed, the scope of the next sync)  |
+|          | the only part that writes                  | can no longer be trusted; the next |
+|          |                                            | daemon starts from the persisted   |
+|          |                                            | base (systemd: Restart=on-failure) |
+| verify   | anti-entropy, every `verify_interval_s`    | restarted                          |
+| watchdog | WATCHDOG=1, only while the syncer makes    | exit 1: without its pings systemd  |
+|          | progress                                   | would kill the daemon anyway       |
+| reload   | SIGHUP: read the configuration again       | restarted: reading it again is     |
+|          | (one-shot)                                 | harmless                           |
+
+A restarted part that fails `supervisor.MAX_RESTARTS` times in a row exits 1 as well. The
+syncer reports progress on every pass of its loop (at least every `beat_s` while idle); the
+watchdog pings systemd only while that is fresh, so a syncer that died or is stuck in a sync
+that never returns stops the pings and systemd restarts the daemon.
 """
 
 from __future__ import annotations
@@ -14,6 +39,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import enum
 import gc
 import os
 import signal
@@ -22,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import redis
 import redis.asyncio
@@ -34,6 +60,7 @@ from redis.asyncio.keyspace_notifications import (
     AsyncClusterKeyspaceNotifications,
     AsyncKeyspaceNotifications,
 )
+from redis.backoff import EqualJitterBackoff
 from redis.keyspace_notifications import KeyspaceChannel
 
 from ttsyncd import background, commands, control, log, systemd
@@ -44,11 +71,13 @@ from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.debounce import Quiescence
 from ttsyncd.engine import Scope, SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
+from ttsyncd.memory import release_free_memory
 from ttsyncd.mirror import TownMirror
 from ttsyncd.notifications import notifications_arrive
 from ttsyncd.plan import Plan, PlanReader, read_text
 from ttsyncd.state import RefusedDeletions
 from ttsyncd.store import NotReplicated, glob_escape
+from ttsyncd.supervisor import PartFailed, Policy, Supervisor, Work
 from ttsyncd.topology import (
     UNREACHABLE,
     AsyncRedisClient,
@@ -61,6 +90,7 @@ from ttsyncd.topology import (
 )
 
 logger = structlog.get_logger("ttsyncd.daemon")
+T = TypeVar("T")
 
 # Keyspace events ttsyncd needs: K (keyspace channel), h (hash commands), g (DEL, RENAME, ...),
 # x (expiry). `A` stands for all classes but K and E, m and n.
@@ -69,9 +99,22 @@ ALL_CLASSES = set("g$lshzxetd")
 # How long watchfiles waits for more changes before handing them over; it also wakes this
 # often when idle, so not less.
 WATCHFILES_STEP_MS = 10
-RECONNECT_BACKOFF = (0.1, 5.0)  # first and longest wait between reconnect attempts, seconds
+# The wait before the n-th reconnect in a row (n from 0): between half and all of
+# min(5, 0.1 * 2**n) seconds, at random, so daemons sharing a Redis do not retry in lockstep.
+RECONNECT_BACKOFF = EqualJitterBackoff(cap=5.0, base=0.1)
 SHUTDOWN_FLUSH_S = 4.0  # SIGTERM: flush pending work, and exit within 5 s
 HEALTH_CHECK_S = 1.0  # how often the session checks Redis is there and its primaries the same
+HEARTBEAT_S = 1.0  # the syncer reports progress at least this often while idle
+
+# What a part's failure does (the table above).
+POLICY: dict[str, Policy] = {
+    "redis": Policy.RESTART,
+    "file": Policy.RESTART,
+    "syncer": Policy.FATAL,
+    "verify": Policy.RESTART,
+    "watchdog": Policy.FATAL,
+    "reload": Policy.RESTART,
+}
 
 
 class Paused(TtsyncdError):
@@ -115,6 +158,19 @@ class SyncStamp:
 # (watching again); `reload`, a SIGHUP whose configuration was refused (a reload that works);
 # `refused`, deletions the guard holds back (a sync that finds the refusal lifted).
 ErrorKind = Literal["redis", "sync", "refused", "watch", "reload"]
+
+
+class DaemonState(enum.StrEnum):
+    """What the daemon is doing, as `status` (`state`) and systemd's STATUS= line say. The
+    facts behind it are independent (a pause, the connection, a sync under way, the last
+    error), so `Daemon.state` decides it from them in one place, first match wins:"""
+
+    PAUSED = "paused"  # `ttsyncd pause`: both sides watched, nothing written
+    SYNCING = "syncing"  # a sync, or a push/pull/resolve/repair sent through the socket
+    STARTING = "starting"  # not yet connected to Redis, or the first sync not yet done
+    RECONNECTING = "reconnecting"  # Redis was lost (or failed a sync): waiting to connect again
+    ERROR = "error"  # the last sync failed, deletions are refused, the watch or a reload failed
+    IDLE = "idle"  # synced; watching both sides
 
 
 @dataclass(frozen=True)
@@ -172,6 +228,8 @@ class Daemon:
         self.client: RedisClient | None = None
         self.mirror: TownMirror | None = None
         self.connected = False
+        self.ever_connected = False  # STARTING until the first connection, RECONNECTING after
+        self.syncing = False  # a sync (or a command that syncs) is under way
         self.notifications = "keyspace"
         self.topology = topology_of(settings.endpoint)
         self.pending = Pending(reload=True, must_sync=True)
@@ -190,7 +248,12 @@ class Daemon:
         self.last_pull: SyncStamp | None = None
         self.problem: Problem | None = None
         self.last_report: SyncReport | None = None  # duplicates, unreadable hashes, agents
-        self.workers: dict[str, asyncio.Task[None]] = {}
+        self.parts = Supervisor()
+        self.watchdog_interval = systemd.watchdog_interval()
+        # How long the syncer may wait idle before it reports progress again: well within the
+        # watchdog's window, so an idle syncer never reads as a stuck one.
+        interval = self.watchdog_interval
+        self.beat_s = min(HEARTBEAT_S, interval / 2) if interval else HEARTBEAT_S
         # `ttsyncd pause`: when it began; None when syncing. Kept in a marker file, so a daemon
         # restarted in the middle of a checkout starts paused.
         self.paused_since = background.paused_since(settings)
@@ -219,17 +282,37 @@ class Daemon:
                 sock.unlink()
 
     async def serve(self, on_ready: Callable[[], None] | None) -> int:
+        """0 after a stop; 1 when a part's failure took the daemon down."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.spawn("reload", self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self.start_part, "reload", self.reload)
         # Fail fast (and say why) when Redis is wrong from the start; later outages are waited out.
         self.client = await asyncio.to_thread(connect, self.settings)
-        self.spawn("redis", self.redis_session())
-        self.spawn("file", self.watch_file())
-        self.spawn("syncer", self.syncer())
-        self.spawn("watchdog", self.watchdog())
-        self.spawn("verify", self.verify())
+        failed: list[PartFailed] = []
+        try:
+            async with self.parts:
+                self.start_part("redis", self.redis_session)
+                self.start_part("file", self.watch_file)
+                self.start_part("syncer", self.syncer)
+                self.start_part("watchdog", self.watchdog)
+                self.start_part("verify", self.verify)
+                await self.serve_until_stopped(on_ready)
+                self.parts.cancel_all()
+        except* PartFailed as group:
+            failed = [e for e in group.exceptions if isinstance(e, PartFailed)]
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+        if failed:
+            systemd.notify(f"STATUS=failed: {failed[0]}", "STOPPING=1")
+            logger.critical("ttsyncd stopped: a part failed", part=failed[0].part,
+                            error=str(failed[0].error))  # fmt: skip
+            return 1
+        logger.info("ttsyncd stopped")
+        return 0
+
+    async def serve_until_stopped(self, on_ready: Callable[[], None] | None) -> None:
+        """Ready once the first sync is done; then serve until asked to stop, and flush."""
         logger.info(
             "ttsyncd started", town=self.settings.town_name, pid=os.getpid(),
             tasks_file=str(self.settings.tasks_file), redis=self.settings.endpoint.redacted(),
@@ -239,9 +322,13 @@ class Daemon:
                            since=self.paused_since)  # fmt: skip
             self.first_sync_done.set()  # ready: serving, watching, and holding everything
         ready = asyncio.ensure_future(self.first_sync_done.wait())
-        await asyncio.wait([ready, asyncio.ensure_future(self.stopping.wait())],
-                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-        if ready.done():
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait([ready, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            stop.cancel()
+        if self.first_sync_done.is_set():
             systemd.notify("READY=1", f"STATUS={self.status_line()}")
             if on_ready:
                 on_ready()
@@ -251,17 +338,11 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SHUTDOWN_FLUSH_S):
                 await self.flush()
-        for task in self.workers.values():
-            task.cancel()
-        await asyncio.gather(*self.workers.values(), return_exceptions=True)
-        logger.info("ttsyncd stopped")
-        return 0
 
-    def spawn(self, name: str, work: Any) -> None:
-        old = self.workers.get(name)
-        if old and not old.done():
-            old.cancel()
-        self.workers[name] = asyncio.ensure_future(work)
+    def start_part(self, name: str, work: Work) -> None:
+        """Run `work` as the part `name` under the supervisor, with the part's policy; a part
+        of that name already running is cancelled first (a reload moving the watch)."""
+        self.parts.start(name, work, POLICY[name])
 
     def stop(self) -> None:
         self.stopping.set()
@@ -302,7 +383,7 @@ class Daemon:
             self.state_store = state_store_for(settings)
             if settings.tasks_file != old.tasks_file:
                 self.plan_reader = PlanReader(settings.tasks_file)
-                self.spawn("file", self.watch_file())
+                self.start_part("file", self.watch_file)
             redis_changed = (settings.endpoint, settings.town_name) != (
                 old.endpoint, old.town_name,
             )  # fmt: skip
@@ -310,18 +391,33 @@ class Daemon:
             self.unsynced = Unsynced()
         if redis_changed:
             self.connected = False
-            self.spawn("redis", self.redis_session())
+            self.start_part("redis", self.redis_session)
         self.clear_problem("reload")
         self.wake.set()
         logger.info("configuration reloaded", redis=settings.endpoint.redacted())
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
 
     async def watchdog(self) -> None:
-        interval = systemd.watchdog_interval()
+        """WATCHDOG=1 every half WatchdogSec, while the syncer makes progress: silent for a
+        whole WatchdogSec (dead, or stuck in a sync that never returns), it gets no more pings,
+        and systemd restarts the daemon. Paused or idle, the syncer still reports progress."""
+        interval = self.watchdog_interval
         if interval is None:
             return
+        stalled = False
         while True:
-            systemd.notify("WATCHDOG=1")
+            silent = self.parts.silent_for("syncer")
+            if silent <= 2 * interval:
+                systemd.notify("WATCHDOG=1")
+                if stalled:
+                    logger.warning("the syncer makes progress again: watchdog pings resumed")
+                stalled = False
+            elif not stalled:
+                stalled = True
+                logger.error(
+                    "the syncer has made no progress: no more watchdog pings, so systemd "
+                    "restarts the daemon", silent_s=round(silent, 1),
+                )  # fmt: skip
             await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------------ Redis side
@@ -329,8 +425,16 @@ class Daemon:
     async def redis_session(self) -> None:
         """Stay connected: notifications on, subscribed, mirror loaded; after any loss, back
         off, reconnect and sync in full, so edits made during the outage arrive. A failover
-        takes the same path: the new primary gets notifications turned on and a full sync."""
-        backoff = RECONNECT_BACKOFF[0]
+        takes the same path: the new primary gets notifications turned on and a full sync.
+        A failure none of that expects ends the session (the supervisor restarts it)."""
+        try:
+            await self.stay_connected()
+        except Exception:
+            self.connected = False
+            raise
+
+    async def stay_connected(self) -> None:
+        failures = 0  # reconnects in a row that failed, for the backoff
         while True:
             aclient: AsyncRedisClient | None = None
             try:
@@ -343,11 +447,11 @@ class Daemon:
             except TopologyChanged as change:
                 logger.warning("Redis topology changed, reconnecting", change=str(change))
                 self.connected = False
-                backoff = RECONNECT_BACKOFF[0]
+                failures = 0
             except (*UNREACHABLE, RedisUnavailable) as e:
                 if self.connected:
                     logger.warning("lost Redis, reconnecting", error=type(e).__name__)
-                    backoff = RECONNECT_BACKOFF[0]  # it was up: a blip, not a long outage
+                    failures = 0  # it was up: a blip, not a long outage
                 self.connected = False
                 self.report_problem(
                     "redis", f"Redis unreachable at {self.settings.endpoint.redacted()}"
@@ -359,8 +463,8 @@ class Daemon:
             finally:
                 if aclient is not None:
                     await aclient.aclose()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, RECONNECT_BACKOFF[1])
+            await asyncio.sleep(RECONNECT_BACKOFF.compute(failures))
+            failures += 1
 
     async def connect_and_listen(self, client: RedisClient, aclient: AsyncRedisClient) -> None:
         keyspace = await asyncio.to_thread(enable_notifications, client)
@@ -389,7 +493,7 @@ class Daemon:
                 poll_interval_ms=self.settings.sync.poll_interval_ms,
             )
         self.request(reload=True, must_sync=True)
-        self.connected = True
+        self.connected = self.ever_connected = True
         self.clear_problem("redis")
         logger.info("connected to Redis", notifications=self.notifications,
                     topology=topology.describe())  # fmt: skip
@@ -453,48 +557,59 @@ class Daemon:
         over within a few ms; the file side's debounce is ours, so `status` can show it as
         pending and SIGTERM can flush it."""
         link = self.settings.tasks_file
-        restarted = False
         while not self.stopping.is_set():
-            target = Path(os.path.realpath(link))
-            wanted = {Path(os.path.realpath(link.parent)), target.parent}
-            directories = sorted(d for d in wanted if d.is_dir())
-            names = {link.name, target.name}
-
-            def is_plan(_change: watchfiles.Change, changed: str, names: set[str] = names) -> bool:
-                return Path(changed).name in names
-
             try:
-                if not directories:
-                    raise FileNotFoundError(f"no such directory: {link.parent}")
-                changes = watchfiles.awatch(
-                    *directories, watch_filter=is_plan, recursive=False,
-                    stop_event=self.stopping, step=WATCHFILES_STEP_MS,
-                    debounce=self.settings.sync.file_max_wait_ms,
-                )  # fmt: skip
-                self.clear_problem("watch")
-                if restarted and await self.file_differs():  # a save while the watch moved
-                    self.request(file=True)
-                restarted = True
-                async with contextlib.aclosing(changes):
-                    async for _changes in changes:
-                        # watchfiles hands changes over once the directory has been quiet for a
-                        # step: the quiet period the debounce waits for began that long ago.
-                        changed_at = time.monotonic() - WATCHFILES_STEP_MS / 1000
-                        if await self.file_differs():  # else: the echo of our own write
-                            self.request(file=True, at=changed_at)
-                        if Path(os.path.realpath(link)) != target:
-                            break  # the link points elsewhere now: watch its new target
+                await self.watch_until_moved(link)
             except OSError as error:  # the directory went away: wait for it to come back
                 self.report_problem("watch", f"cannot watch {link.parent}: {error}")
                 logger.error("file watcher failed, retrying", error=str(error))
                 await asyncio.sleep(1.0)
 
+    async def watch_until_moved(self, link: Path) -> None:
+        """Watch the plan until the link is pointed elsewhere (or the daemon stops)."""
+        target = Path(os.path.realpath(link))
+        wanted = {Path(os.path.realpath(link.parent)), target.parent}
+        directories = sorted(d for d in wanted if d.is_dir())
+        names = {link.name, target.name}
+
+        def is_plan(_change: watchfiles.Change, changed: str) -> bool:
+            return Path(changed).name in names
+
+        if not directories:
+            raise FileNotFoundError(f"no such directory: {link.parent}")
+        changes = watchfiles.awatch(
+            *directories, watch_filter=is_plan, recursive=False,
+            stop_event=self.stopping, step=WATCHFILES_STEP_MS,
+            debounce=self.settings.sync.file_max_wait_ms,
+        )  # fmt: skip
+        self.clear_problem("watch")
+        # Watching again (the watch moved, failed, or the watcher was restarted): a save made
+        # while nothing watched is synced all the same. (Before the first sync: it reads all.)
+        if self.first_sync_done.is_set() and await self.file_differs():
+            self.request(file=True)
+        async with contextlib.aclosing(changes):
+            async for _changes in changes:
+                # watchfiles hands changes over once the directory has been quiet for a step:
+                # the quiet period the debounce waits for began that long ago.
+                await self.file_changed(at=time.monotonic() - WATCHFILES_STEP_MS / 1000)
+                if Path(os.path.realpath(link)) != target:
+                    return  # the link points elsewhere now: watch its new target
+
+    async def file_changed(self, at: float) -> None:
+        """The watcher saw the plan's directory change at `at` (monotonic)."""
+        if await self.file_differs():  # else: the echo of our own write
+            self.request(file=True, at=at)
+
     # ------------------------------------------------------------------------ syncing
 
     async def syncer(self) -> None:
+        """Sync what is due, one sync at a time; otherwise wait for work (or its deadline),
+        reporting progress on every pass, at least every `beat_s`: the watchdog's evidence."""
         while True:
+            self.parts.progress("syncer")
             timeout = self.seconds_until_due()
             if timeout is None or timeout > 0:
+                timeout = self.beat_s if timeout is None else min(timeout, self.beat_s)
                 # asyncio.timeout, not wait_for: on 3.11 a cancel racing wait_for's timeout
                 # could leave this task stuck "cancelling", and SIGTERM never finishing.
                 with contextlib.suppress(TimeoutError):
@@ -542,42 +657,57 @@ class Daemon:
                 if not (push or pull):
                     return  # an echo of our own write, or an agent's heartbeat
                 scope = self.unsynced.scope()
-                report = await asyncio.to_thread(town.sync, push=push, pull=pull, scope=scope)
-            except UNREACHABLE as error:
-                why = f"Redis unreachable during sync ({type(error).__name__})"
-                if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
-                    why = str(error)
-                self.retry_later(work, why)
-                return
-            except TtsyncdError as error:
-                # A broken save, a refused deletion: nothing was written; report and wait.
-                self.fail(str(error))
-                return
-            except redis.ResponseError as error:
-                # An ACL refusal is the operator's to fix: the same line a one-shot command
-                # prints. Any other reply error is a bug, reported as one.
-                refused = refused_by_acl(error, self.settings.endpoint)
-                self.fail(str(refused) if refused else internal_error(error))
-                return
-            except Exception as error:  # a bug must not stop the daemon: report it, go on
-                self.fail(internal_error(error))
+                report = await self.under_way(town.sync, push=push, pull=pull, scope=scope)
+            except Exception as error:
+                self.sync_failed(work, error)
                 return
             finally:
                 self.first_sync_done.set()
-            self.owed_push = self.owed_pull = False
-            self.unsynced.synced(report)
-            if scope is None:
-                # A whole town now lives in memory (hundreds of thousands of objects at
-                # 10,000 tasks): leave it out of the cyclic GC, whose full passes over it
-                # would stall a later sync for tens of milliseconds. Collect first: garbage
-                # frozen with it would never be freed.
-                gc.collect()
-                gc.freeze()
-            if report.waiting_push:
-                self.request(file=True)
-            if report.waiting_pull:
-                self.request(pull=True)
-            self.record(report, push=push, pull=pull)
+            self.synced(report, push=push, pull=pull, whole_town=scope is None)
+
+    def sync_failed(self, work: Pending, error: Exception) -> None:
+        """A sync raised: nothing it owed is forgotten, and the daemon goes on."""
+        if isinstance(error, UNREACHABLE):
+            why = f"Redis unreachable during sync ({type(error).__name__})"
+            if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
+                why = str(error)
+            self.retry_later(work, why)
+        elif isinstance(error, TtsyncdError):
+            # A broken save, a refused deletion: nothing was written; report and wait.
+            self.fail(str(error))
+        elif isinstance(error, redis.ResponseError):
+            # An ACL refusal is the operator's to fix: the same line a one-shot command
+            # prints. Any other reply error is a bug, reported as one.
+            refused = refused_by_acl(error, self.settings.endpoint)
+            self.fail(str(refused) if refused else internal_error(error))
+        else:  # a bug in the engine must not stop the daemon: report it, go on
+            self.fail(internal_error(error))
+
+    def synced(self, report: SyncReport, *, push: bool, pull: bool, whole_town: bool) -> None:
+        """A sync completed: what it owed is paid; what it left for a direction is owed."""
+        self.owed_push = self.owed_pull = False
+        self.unsynced.synced(report)
+        if whole_town:
+            # A whole town now lives in memory (hundreds of thousands of objects at
+            # 10,000 tasks): leave it out of the cyclic GC, whose full passes over it
+            # would stall a later sync for tens of milliseconds. Collect first: garbage
+            # frozen with it would never be freed.
+            gc.collect()
+            gc.freeze()
+            release_free_memory()
+        if report.waiting_push:
+            self.request(file=True)
+        if report.waiting_pull:
+            self.request(pull=True)
+        self.record(report, push=push, pull=pull)
+
+    async def under_way(self, work: Callable[..., T], **kwargs: Any) -> T:
+        """Run a sync (or a command that syncs) in a worker thread, SYNCING meanwhile."""
+        self.syncing = True
+        try:
+            return await asyncio.to_thread(work, **kwargs)
+        finally:
+            self.syncing = False
 
     def take_due_work(self, everything: bool) -> Pending:
         now = time.monotonic()
@@ -627,7 +757,7 @@ class Daemon:
     def fail(self, error: str) -> None:
         self.report_problem("sync", error)
         logger.error("sync failed", error=error)
-        systemd.notify(f"STATUS=error: {error.splitlines()[0]}")
+        systemd.notify(f"STATUS={self.status_line()}")
         self.first_sync_done.set()
 
     def retry_later(self, work: Pending, why: str) -> None:
@@ -788,7 +918,7 @@ class Daemon:
                     return commands.repair(town, dry_run=dry_run)
                 return commands.push_or_pull(town, command, force=force, dry_run=dry_run)
 
-            output = await asyncio.to_thread(run)
+            output = await self.under_way(run)
             if writes:  # a forced push or a resolve may have lifted (or made) a refusal
                 self.show_refusal(self.state_store.load().refused)
             return output
@@ -805,6 +935,7 @@ class Daemon:
             "redis": settings.endpoint.redacted(),
             "topology": self.topology.to_json(),
             "mode": self.mode,
+            "state": self.state.value,
             "notifications": self.notifications,
             "redis_connected": self.connected,
             "started_at": self.started_at,
@@ -821,6 +952,7 @@ class Daemon:
             "paused": {"since": self.paused_since} if self.paused_since else None,
             "last_error": self.last_error,
             "last_error_kind": self.problem.kind if self.problem else None,
+            "part_failures": dict(self.parts.failures),  # per part, restarted or not
             "verify": {
                 "last": self.verified_at,
                 "found": self.verify_found,
@@ -828,13 +960,31 @@ class Daemon:
             },
         }
 
-    def status_line(self) -> str:
+    @property
+    def state(self) -> DaemonState:
+        """The one place the daemon's state is decided (DaemonState lists the order)."""
+        problem = self.problem.kind if self.problem else None
         if self.paused_since:
+            return DaemonState.PAUSED
+        if self.syncing:
+            return DaemonState.SYNCING
+        if not self.connected or problem == "redis":
+            return DaemonState.RECONNECTING if self.ever_connected else DaemonState.STARTING
+        if problem is not None:
+            return DaemonState.ERROR
+        if not self.first_sync_done.is_set():
+            return DaemonState.STARTING
+        return DaemonState.IDLE
+
+    def status_line(self) -> str:
+        """systemd's STATUS= line: the state, and what goes with it."""
+        state = self.state
+        if state is DaemonState.PAUSED:
             return f"paused since {self.paused_since}"
-        if self.last_error:
-            return f"error: {self.last_error.splitlines()[0]}"
+        if self.last_error and state in (DaemonState.ERROR, DaemonState.RECONNECTING):
+            return f"{state}: {self.last_error.splitlines()[0]}"
         last = self.last_sync.time if self.last_sync else "never"
-        return f"{self.syncs} syncs, last {last}; notifications: {self.notifications}"
+        return f"{state}: {self.syncs} syncs, last {last}; notifications: {self.notifications}"
 
 
 def enable_notifications(client: RedisClient) -> bool:

@@ -6,6 +6,7 @@ The imperative shell around the pure merge. push, pull and the daemon's two-way 
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
@@ -32,7 +33,7 @@ from ttsyncd.merge import (
     Upsert,
     merge,
 )
-from ttsyncd.model import Record
+from ttsyncd.model import FIELDS, Record, Value
 from ttsyncd.plan import (
     AddEntry,
     FileEdit,
@@ -96,7 +97,7 @@ class SyncReport:
     unreadable: dict[str, str] = field(default_factory=dict)
     duplicates: dict[str, list[str]] = field(default_factory=dict)  # plan id -> extra uuids
     unresolved_agents: dict[str, str] = field(default_factory=dict)
-    changes: list[str] = field(default_factory=list)  # one line per change, for --dry-run
+    changes: list[str] = field(default_factory=list)  # one line per change (dry runs only)
     redis_writes: int = 0
     file_written: bool = False
     new_redis: bool = False  # Redis held none of the town's tasks: repopulated from the file
@@ -106,7 +107,6 @@ class SyncReport:
     waiting_push: frozenset[str] = frozenset()
     waiting_pull: frozenset[str] = frozenset()
     plan: Plan | None = None  # the plan as this sync left it: the next Scope's starting point
-    attempts: int = 0
     duration_ms: float = 0.0
 
 
@@ -147,7 +147,7 @@ class Decision:
     refused: frozenset[str]  # deletions held back now (the guard), besides any carried over
 
 
-def sync(
+def sync(  # noqa: PLR0913 — to split: issue 12 (a request object; its callers in commands.py move)
     settings: Settings,
     client: RedisClient,
     *,
@@ -182,17 +182,19 @@ def sync(
     options = Options(
         policy=settings.sync.policy, deletions=settings.sync.deletions,
         push=push, pull=pull, force=force, stale=settings.sync.stale_writes == "keep-newer",
+        pins=pins or {},
     )  # fmt: skip
     recorded: list[Conflict] = []
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        report = SyncReport(attempts=attempt)
+    for _attempt in range(MAX_ATTEMPTS):
+        report = SyncReport()
         plan = plan_reader.read()
         snapshot = redis_source.snapshot()
         state = state_store.load()
         may_differ = scope.with_file_changes(plan) if scope is not None else None
         decided = decide(
-            settings, plan, snapshot, state, options, report, only, may_differ, pins, removing
-        )
+            settings, plan, snapshot, state, options, report, only, may_differ, removing,
+            describe_changes=dry_run,
+        )  # fmt: skip
         check_file_deletions(settings, state, decided.merged, force)
         new_plan = render_checked(plan, decided.edits)
         if dry_run:
@@ -293,7 +295,7 @@ def keep_what_landed(
         state_store.save(advanced(old, decided, done, epoch, markers), done)
 
 
-def decide(
+def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(): issue 12
     settings: Settings,
     plan: Plan,
     snapshot: Snapshot,
@@ -302,8 +304,9 @@ def decide(
     report: SyncReport,
     only: frozenset[str] | None = None,
     scope: frozenset[str] | None = None,
-    pins: Pins | None = None,
     removing: frozenset[str] = frozenset(),
+    *,
+    describe_changes: bool = False,
 ) -> Decision:
     town = settings.town_name
     identified = snapshot.identify()
@@ -365,7 +368,7 @@ def decide(
     base = within(state.base, touched)
     file_records = within(view.records, touched.difference(removing))
     redis_records = within(redis_records, touched)
-    merged = merge(base, file_records, redis_records, options, state.pending, pins)
+    merged = merge(base, file_records, redis_records, options, state.pending)
     merged.file_ops += [Delete(plan_id) for plan_id in sorted(removing) if plan_id in plan.by_id]
     refused = hold_back_deletions(settings, plan, state, merged, options.force)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
@@ -378,7 +381,8 @@ def decide(
     edits: list[FileEdit] = [*view.new_ids, *file_edits(merged.file_ops)]
     report.unresolved_agents = unresolved
     count_changes(report, merged)
-    report.changes = describe(merged)
+    if describe_changes:  # a dry run: every change in words
+        report.changes = describe(merged, {"file": view.records, "redis": redis_records})
     uuids = {
         plan_id: identified.by_plan_id[plan_id].uuid
         if plan_id in identified.by_plan_id
@@ -580,16 +584,31 @@ def count_changes(report: SyncReport, merged: MergeResult) -> None:
         counts.unchanged = max(0, source_size - counts.created - counts.updated)
 
 
-def describe(merged: MergeResult) -> list[str]:
-    """One line per change, for --dry-run and the log."""
+def describe(merged: MergeResult, before: Mapping[str, Mapping[str, Record]]) -> list[str]:
+    """One line per change, for --dry-run and `check`: the task, and each field it sets with
+    its value (an update: old → new). `before`: each side's records as the merge read them."""
     lines: list[str] = []
     for side, ops in (("redis", merged.redis_ops), ("file", merged.file_ops)):
         for op in ops:
+            old = before[side].get(op.plan_id)
             if isinstance(op, Delete):
                 verb = {"delete": "delete", "cancel": "cancel", "keep": "stop syncing"}[op.mode]
-                lines.append(f"{side}: {verb} {op.plan_id}")
+                what = f" ({shown(old.description)})" if old is not None else ""
+                lines.append(f"{side}: {verb} {op.plan_id}{what}")
+            elif op.created or old is None:
+                values = ", ".join(
+                    f"{name} {shown(value)}"
+                    for name in FIELDS
+                    if (value := op.record.get(name)) not in (None, ())
+                )
+                lines.append(f"{side}: create {op.plan_id}: {values}")
             else:
-                lines.append(f"{side}: {'create' if op.created else 'update'} {op.plan_id}")
+                changed = ", ".join(
+                    f"{name} {shown(old.get(name))} → {shown(op.record.get(name))}"
+                    for name in FIELDS
+                    if old.get(name) != op.record.get(name)
+                )
+                lines.append(f"{side}: update {op.plan_id}" + (f": {changed}" if changed else ""))
     lines.extend(
         f"conflict {c.plan_id}.{c.field}: file={c.file!r} redis={c.redis!r} -> {c.winner}"
         for c in merged.settled
@@ -601,6 +620,13 @@ def describe(merged: MergeResult) -> list[str]:
     )
     lines.extend(set_aside_line(c) for c in [*merged.set_aside, *merged.set_aside_later])
     return lines
+
+
+def shown(value: Value) -> str:
+    """A field's value as the file writes it: "text", ["a", "b"]; (none) for unset."""
+    if value is None:
+        return "(none)"
+    return json.dumps(value if isinstance(value, str) else list(value), ensure_ascii=False)
 
 
 def set_aside_line(c: Conflict) -> str:

@@ -1,4 +1,5 @@
-"""Which Redis task is which plan entry (DESIGN §2)."""
+"""Which Redis task is which plan entry: its `plan:<id>` tag, else an id derived from its uuid;
+a new entry's uuid is uuid5(town, plan id) (README, "File format and field mapping")."""
 
 from __future__ import annotations
 
@@ -55,7 +56,9 @@ class IdentityIndex:
 
     def __init__(self, tasks: Iterable[RedisTask] = ()) -> None:
         self.tasks: dict[str, RedisTask] = {}  # key -> task
-        self.sharing: dict[str, dict[str, RedisTask]] = {}  # plan tag -> key -> task
+        # plan tag -> the tasks carrying it (a tuple, almost always of one: a dict per tag
+        # would cost ~200 bytes per task in a big town's mirror)
+        self.sharing: dict[str, tuple[RedisTask, ...]] = {}
         self.untagged_tasks: dict[str, RedisTask] = {}  # key -> task
         self.by_plan_id: dict[str, RedisTask] = {}
         self.duplicates: dict[str, list[RedisTask]] = {}
@@ -98,7 +101,7 @@ class IdentityIndex:
                 self.untagged_tasks[task.key] = task
                 rederive = True
             else:
-                self.sharing.setdefault(task.plan_id, {})[task.key] = task
+                self.sharing[task.plan_id] = (*self.sharing.get(task.plan_id, ()), task)
                 tags.add(task.plan_id)
         for key in removed:
             rederive |= self._detach(key, tags)
@@ -116,9 +119,10 @@ class IdentityIndex:
         if task.plan_id is None:
             del self.untagged_tasks[key]
             return True
-        group = self.sharing[task.plan_id]
-        del group[key]
-        if not group:
+        group = tuple(t for t in self.sharing[task.plan_id] if t.key != key)
+        if group:
+            self.sharing[task.plan_id] = group
+        else:
             del self.sharing[task.plan_id]
         tags.add(task.plan_id)
         return False
@@ -133,9 +137,7 @@ class IdentityIndex:
         group = self.sharing.get(plan_id)
         if not group:
             return
-        newest_first = sorted(
-            group.values(), key=lambda t: (parse_time(t.updated_at), t.uuid), reverse=True
-        )
+        newest_first = sorted(group, key=lambda t: (parse_time(t.updated_at), t.uuid), reverse=True)
         self.by_plan_id[plan_id] = newest_first[0]
         self.plan_id_of_uuid[newest_first[0].uuid] = plan_id
         if len(newest_first) > 1:

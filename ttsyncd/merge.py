@@ -119,7 +119,10 @@ class BaseTask:
         old_copy: OldCopy | None = None,
     ) -> BaseTask:
         """The base once `changes` (already in `agreed`) are agreed on."""
-        history = (*self.history, *(c for c in changes if c.before or c.created))
+        new = tuple(c for c in changes if c.before or c.created)
+        if not new and old_copy == self.old_copy and agreed == self.fields:
+            return self  # (a full sync of a big town keeps the base it loaded, not a copy)
+        history = (*self.history, *new)
         return BaseTask(dict(agreed), self.tombstone, history[-HISTORY_LIMIT:], old_copy)
 
 
@@ -140,14 +143,22 @@ class Conflict:
     from_side: Side | None = None
 
 
+# plan id -> (the side whose write it was, field -> value both sides must take): `resolve`
+# applying a set-aside write on purpose.
+Pins = Mapping[str, tuple[Side, Mapping[str, Value]]]
+
+
 @dataclass(frozen=True)
 class Options:
+    """How to merge."""
+
     policy: str = "owner"  # owner | file | redis | manual
     deletions: str = "delete"  # delete | cancel | keep: what a removal from the file does in Redis
     push: bool = True  # apply file-side changes to Redis
     pull: bool = True  # apply Redis-side changes to the file
     force: bool = False  # make the target equal the source (one direction only)
     stale: bool = True  # set stale writes aside (S1); False applies them like any change
+    pins: Pins = field(default_factory=dict)  # `resolve`: values chosen on purpose
 
 
 @dataclass(frozen=True)
@@ -164,9 +175,6 @@ class Delete:
 
 
 Op = Upsert | Delete
-# plan id -> (the side whose write it was, field -> value both sides must take): `resolve`
-# applying a set-aside write on purpose.
-Pins = Mapping[str, tuple[Side, Mapping[str, Value]]]
 
 
 @dataclass
@@ -211,16 +219,13 @@ def merge(
     redis: Mapping[str, Record],
     options: Options,
     known_pending: Mapping[str, list[Conflict]] | None = None,
-    pins: Pins | None = None,
 ) -> MergeResult:
     result = MergeResult()
     known_pending = known_pending or {}
-    pins = pins or {}
     for plan_id in sorted(set(base) | set(file) | set(redis)):
         merge_task(
-            plan_id, base.get(plan_id), file.get(plan_id), redis.get(plan_id), options, result,
-            pins.get(plan_id),
-        )  # fmt: skip
+            plan_id, base.get(plan_id), file.get(plan_id), redis.get(plan_id), options, result
+        )
     for plan_id, conflicts in result.pending.items():
         already = known_pending.get(plan_id, [])
         result.new_pending.extend(c for c in conflicts if c not in already)
@@ -234,7 +239,6 @@ def merge_task(
     redis: Record | None,
     options: Options,
     result: MergeResult,
-    pinned: tuple[Side, Mapping[str, Value]] | None = None,
 ) -> None:
     if base is not None and base.tombstone:
         if redis is None:
@@ -248,7 +252,7 @@ def merge_task(
     elif file is None and redis is None:
         return
     elif file is not None and redis is not None:
-        merge_fields(plan_id, base, file, redis, options, result, pinned or ("file", {}))
+        merge_fields(plan_id, base, file, redis, options, result)
     elif base is None:
         copy_new(plan_id, file, redis, options, result)
     else:
@@ -407,9 +411,9 @@ def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
 
 def merge_fields(
     plan_id: str, base: BaseTask | None, file: Record, redis: Record, options: Options,
-    result: MergeResult, pinned: tuple[Side, Mapping[str, Value]],
+    result: MergeResult,
 ) -> None:  # fmt: skip
-    pin_side, pins = pinned
+    pin_side, pins = options.pins.get(plan_id, ("file", {}))
     base_fields: Mapping[str, Value] = base.fields if base else {}
     records: dict[Side, Record] = {"file": file, "redis": redis}
     stale: dict[Side, frozenset[str]] = {"file": frozenset(), "redis": frozenset()}
@@ -426,71 +430,96 @@ def merge_fields(
         if base is not None:
             result.base[plan_id] = base
         return
-    agreed: dict[str, Value] = {}
-    came_from: dict[Side, dict[str, Value]] = {"file": {}, "redis": {}}  # field -> before
-    settled: list[Conflict] = []
-    open_conflicts: list[Conflict] = []
-    waiting: set[str] = set()  # fields whose change waits for the other direction
+    fields = FieldMerge(plan_id, options, result)
     for name in FIELDS:
-        known = name in base_fields
         base_value = base_fields.get(name)
+        if name in pins:
+            fields.pinned(name, pins[name], base_value, pin_side)
+            continue
         # A stale value counts as unchanged: the newer one stands (S1).
         file_value = base_value if name in stale["file"] else file.get(name)
         redis_value = base_value if name in stale["redis"] else redis.get(name)
-        if name in pins:
-            agreed[name] = pins[name]
-            if pins[name] != base_value:
-                came_from[pin_side][name] = base_value
-        elif file_value == redis_value:
-            agreed[name] = file_value
-        elif known and file_value == base_value:
-            if options.pull:
-                agreed[name] = redis_value
-                came_from["redis"][name] = base_value
-            else:
-                agreed[name] = base_value
-                waiting.add(name)
-                result.wait_for("redis", plan_id)
-        elif known and redis_value == base_value:
-            if options.push:
-                agreed[name] = file_value
-                came_from["file"][name] = base_value
-            else:
-                agreed[name] = base_value
-                waiting.add(name)
-                result.wait_for("file", plan_id)
-        else:
-            winner = winner_for(options.policy, name)
-            conflict = Conflict(plan_id, name, base_value, file_value, redis_value, winner)
-            if winner is None:
-                open_conflicts.append(conflict)
-            elif result.can_write(options, other_side(winner)):
-                agreed[name] = file_value if winner == "file" else redis_value
-                came_from[winner][name] = base_value
-                settled.append(conflict)
-            else:
-                result.wait_for(winner, plan_id)  # settled by the other direction, later
-                waiting.add(name)
-                if known:
-                    agreed[name] = base_value
-    if open_conflicts:
+        fields.merge(
+            name, name in base_fields, base_value, {"file": file_value, "redis": redis_value}
+        )
+    if fields.open_conflicts:
         # `manual`: the whole task stays unsynced until the user resolves it.
-        result.pending[plan_id] = open_conflicts
+        result.pending[plan_id] = fields.open_conflicts
         if base is not None:
             result.base[plan_id] = base
         return
     result.set_aside.extend(set_aside)
-    result.settled.extend(settled)
-    result.base[plan_id] = agreed_base(base, agreed, records, stale, came_from, waiting)
+    result.settled.extend(fields.settled)
+    result.base[plan_id] = agreed_base(
+        base, fields.agreed, records, stale, fields.came_from, fields.waiting
+    )
     # Each side gets every agreed value it does not hold; a field whose change waits for the
     # other direction stays as it is on both sides.
-    decided = {n: v for n, v in agreed.items() if n not in waiting}
+    decided = {n: v for n, v in fields.agreed.items() if n not in fields.waiting}
     to_file = {n: v for n, v in decided.items() if file.get(n) != v} if options.pull else {}
     to_redis = {n: v for n, v in decided.items() if redis.get(n) != v} if options.push else {}
     if to_file:
         result.file_ops.append(Upsert(plan_id, file.with_fields(to_file), created=False))
     if to_redis:
         result.redis_ops.append(Upsert(plan_id, redis.with_fields(to_redis), created=False))
+
+
+class FieldMerge:
+    """One task's fields merged one at a time (merge_fields): the values both sides take, which
+    side each change came from, the conflicts, and the fields whose change waits for the other
+    direction."""
+
+    def __init__(self, plan_id: str, options: Options, result: MergeResult) -> None:
+        self.plan_id, self.options, self.result = plan_id, options, result
+        self.agreed: dict[str, Value] = {}
+        self.came_from: dict[Side, dict[str, Value]] = {"file": {}, "redis": {}}  # -> before
+        self.settled: list[Conflict] = []
+        self.open_conflicts: list[Conflict] = []
+        self.waiting: set[str] = set()
+
+    def pinned(self, name: str, value: Value, base_value: Value, side: Side) -> None:
+        """`resolve` chose `value`, from `side`'s write."""
+        self.agreed[name] = value
+        if value != base_value:
+            self.came_from[side][name] = base_value
+
+    def merge(self, name: str, known: bool, base_value: Value, values: dict[Side, Value]) -> None:
+        """`known`: the base has the field (a task both sides agreed on before)."""
+        if values["file"] == values["redis"]:
+            self.agreed[name] = values["file"]
+        elif known and values["file"] == base_value:
+            self.changed_on("redis", name, base_value, values["redis"])
+        elif known and values["redis"] == base_value:
+            self.changed_on("file", name, base_value, values["file"])
+        else:
+            self.conflict(name, known, base_value, values)
+
+    def changed_on(self, side: Side, name: str, base_value: Value, value: Value) -> None:
+        """Changed on `side` only: copied to the other, if this sync goes that way."""
+        if self.options.pull if side == "redis" else self.options.push:
+            self.agreed[name] = value
+            self.came_from[side][name] = base_value
+        else:
+            self.agreed[name] = base_value
+            self.waiting.add(name)
+            self.result.wait_for(side, self.plan_id)
+
+    def conflict(self, name: str, known: bool, base_value: Value, values: dict[Side, Value]
+                 ) -> None:  # fmt: skip
+        """Changed on both sides to different values: settled by the policy, or left open."""
+        winner = winner_for(self.options.policy, name)
+        conflict = Conflict(self.plan_id, name, base_value, values["file"], values["redis"], winner)
+        if winner is None:
+            self.open_conflicts.append(conflict)
+        elif self.result.can_write(self.options, other_side(winner)):
+            self.agreed[name] = values[winner]
+            self.came_from[winner][name] = base_value
+            self.settled.append(conflict)
+        else:
+            self.result.wait_for(winner, self.plan_id)  # settled by the other direction, later
+            self.waiting.add(name)
+            if known:
+                self.agreed[name] = base_value
 
 
 def stale_records(

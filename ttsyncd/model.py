@@ -45,10 +45,6 @@ class Record:
             "result": self.result,
         }
 
-    @staticmethod
-    def from_fields(values: dict[str, Value]) -> Record:
-        return Record(**values)  # type: ignore[arg-type]
-
 
 # Each slot's own setter, in the order Record declares its fields.
 _SET_DESCRIPTION, _SET_STATUS, _SET_AGENT, _SET_TAGS, _SET_PARENT, _SET_RESULT = (

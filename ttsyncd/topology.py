@@ -1,5 +1,5 @@
 """Which kind of Redis a town lives on — one server, a primary behind Sentinel, or a Redis
-Cluster — the client redis-py offers for each, and what `status` says about it.
+Cluster — and the client redis-py offers for each (what `status` says about it: topology_status).
 
 Failover and sharding stay redis-py's job: its Sentinel client asks the sentinels for the
 current primary whenever it connects (and drops a connection to a primary that was demoted), and
@@ -11,7 +11,6 @@ Sentinel, saving a base only once the replicas hold it (store.confirm_replicated
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 import redis
@@ -21,6 +20,7 @@ import redis.cluster
 import redis.sentinel
 
 from ttsyncd.config import Endpoint
+from ttsyncd.topology_status import CLUSTER, SENTINEL, STANDALONE, Topology
 
 # A client of the town's Redis: one server (also a Sentinel-managed primary), or a Cluster.
 RedisClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
@@ -37,38 +37,6 @@ UNREACHABLE: Final = (
     redis.exceptions.TryAgainError,
     redis.exceptions.SlotNotCoveredError,
 )
-
-STANDALONE: Final = "standalone"
-SENTINEL: Final = "sentinel"
-CLUSTER: Final = "cluster"
-
-
-@dataclass(frozen=True)
-class Topology:
-    """What `status` shows: the kind, and the primaries as host:port (no credentials ever)."""
-
-    kind: str  # standalone | sentinel | cluster
-    primaries: tuple[str, ...] = ()  # sentinel: the current primary; cluster: every primary
-    service: str | None = None  # sentinel: the service name
-
-    def to_json(self) -> dict[str, Any]:
-        service = {"service": self.service} if self.service is not None else {}
-        return {"kind": self.kind, "primaries": list(self.primaries), **service}
-
-    @staticmethod
-    def from_json(data: dict[str, Any]) -> Topology:
-        return Topology(str(data["kind"]), tuple(data.get("primaries") or ()), data.get("service"))
-
-    def describe(self) -> str:
-        """One line for `status`: addresses only, never a credential."""
-        if self.kind == SENTINEL:
-            primary = self.primaries[0] if self.primaries else "not known yet"
-            return f"sentinel (service {self.service!r}, primary {primary})"
-        if self.kind == CLUSTER:
-            if not self.primaries:
-                return "cluster (primaries not known yet)"
-            return f"cluster ({len(self.primaries)} primaries: {', '.join(self.primaries)})"
-        return STANDALONE
 
 
 # The nodes of each Cluster this process has connected to (by endpoint identity), as its slot
@@ -130,11 +98,6 @@ def topology_of(endpoint: Endpoint) -> Topology:
     if endpoint.is_sentinel:
         return Topology(SENTINEL, service=endpoint.service_name)
     return Topology(CLUSTER if endpoint.cluster else STANDALONE)
-
-
-def describe(status_topology: dict[str, Any]) -> str:
-    """`describe()` of a topology as the status JSON carries it."""
-    return Topology.from_json(status_topology).describe()
 
 
 def remember_cluster_nodes(endpoint: Endpoint, client: RedisClient) -> None:

@@ -9,12 +9,13 @@ import functools
 import re
 import unicodedata
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from ttsyncd.model import Record
-from ttsyncd.plan.grammar import TomlData, _tasks_headers
+from ttsyncd.plan.grammar import TomlData, _tasks_headers, loads
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,50 @@ class Layout:
     """Where the entries are in the text, for plans that split into `[[tasks]]` segments:
     what lets a re-read parse, and a pull rewrite, only the entries that changed."""
 
+    text: str  # the plan's text (the same string)
     starts: tuple[int, ...]  # offset of each entry's `[[tasks]]` header line
-    tables: tuple[TomlData, ...]  # each entry as tomllib parsed it
+
+    def segment(self, index: int) -> str:
+        """Entry `index`'s text, from its header to the next one."""
+        return _segment(self.text, self.starts, index)
+
+    @functools.cached_property
+    def tables(self) -> SegmentTables:
+        return SegmentTables(self.text, self.starts)
+
+
+def _segment(text: str, starts: tuple[int, ...], index: int) -> str:
+    end = starts[index + 1] if index + 1 < len(starts) else len(text)
+    return text[starts[index] : end]
+
+
+class SegmentTables(Sequence[TomlData]):
+    """Each entry's table as TOML reads it, parsed from its segment when asked for. A pull
+    asks for the few entries it edits; keeping all 10,000 parsed tables of a big plan would
+    hold ~0.6 KB per entry for nothing. Every segment parsed on its own when the plan was
+    read, so it parses again (the callers must not mutate what they get)."""
+
+    def __init__(self, text: str, starts: tuple[int, ...]) -> None:
+        # (not the Layout itself: a cycle would keep each old plan, text and all, alive
+        # until a full garbage collection)
+        self.text, self.starts = text, starts
+        self.parsed: dict[int, TomlData] = {}
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, index: int) -> TomlData: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[TomlData]: ...
+    def __getitem__(self, index: int | slice) -> TomlData | Sequence[TomlData]:
+        if isinstance(index, slice):
+            return [self[n] for n in range(len(self))[index]]
+        index = range(len(self))[index]  # (negative indexes, and IndexError)
+        if index not in self.parsed:
+            table: TomlData = loads(_segment(self.text, self.starts, index))["tasks"][0]
+            self.parsed[index] = table
+        return self.parsed[index]
 
 
 @dataclass(frozen=True)

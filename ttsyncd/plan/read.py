@@ -31,6 +31,8 @@ from ttsyncd.plan.validate import (
 
 _DEFAULT_AGENT_KEY = re.compile(r"""\s*(?:default_agent|"default_agent"|'default_agent')\s*=""")
 _ERROR_POSITION = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+# git's conflict markers: <<<<<<< ours, ||||||| base (diff3), =======, >>>>>>> theirs.
+_CONFLICT_MARKER = re.compile(r"^(<{7}|\|{7}|={7}|>{7})(?:[ \t].*)?\r?$", re.MULTILINE)
 
 
 def read_plan(path: Path) -> Plan:
@@ -100,7 +102,8 @@ def _parse_whole(path: Path, text: str) -> Plan:
     try:
         data = _load_toml(text)
     except tomllib.TOMLDecodeError as error:
-        raise PlanError([_syntax_problem(where, text, error)]) from None
+        problem = _merge_conflict(where, text) or _syntax_problem(where, text, error)
+        raise PlanError([problem]) from None
     except RecursionError:
         line = next((n for n, row in enumerate(text.split("\n"), 1) if "[[[[[[" in row), 1)
         raise PlanError([f"{where}:{line}: invalid TOML: values nested too deeply"]) from None
@@ -205,23 +208,19 @@ class _Reuse:
     head: int = 0
     tail: int = 0
 
-    def window(self) -> dict[str, tuple[TomlData, PlanEntry]]:
+    def window(self) -> dict[str, PlanEntry]:
         """The previous plan's other segments, by text: an entry whose text is unchanged keeps
         its PlanEntry object (how a daemon tells it did not change) and needs no parse."""
         previous = self.previous
         if previous is None or previous.layout is None:
             return {}
-        starts, text = previous.layout.starts, previous.text
+        layout = previous.layout
         return {
-            _segment_text(text, starts, index): (previous.layout.tables[index], entry)
+            layout.segment(index): entry
             for index, entry in enumerate(
-                previous.entries[self.head : len(starts) - self.tail], self.head
+                previous.entries[self.head : len(layout.starts) - self.tail], self.head
             )
         }
-
-
-def _segment_text(text: str, starts: Sequence[int], index: int) -> str:
-    return text[starts[index] : starts[index + 1] if index + 1 < len(starts) else len(text)]
 
 
 def _headers_in(text: str, low: int, high: int, *, after_first: bool) -> list[int] | None:
@@ -235,7 +234,10 @@ def _headers_in(text: str, low: int, high: int, *, after_first: bool) -> list[in
         lines.insert(0, low)
     headers: list[int] = []
     for line in lines:
-        if _HEADER_LINE.match(text, line):
+        # (the common spelling first: a third of the time of the regex, 10,000 times)
+        if text.startswith(("[[tasks]]\n", "[[tasks]]\r\n"), line) or _HEADER_LINE.match(
+            text, line
+        ):
             headers.append(line)
         elif headers or after_first:
             return None
@@ -248,33 +250,30 @@ def _assemble(path: Path, text: str, starts: list[int], reuse: _Reuse) -> Plan |
     if default_agent is None:
         return None
     head, stop = reuse.head, count - reuse.tail
+    layout = Layout(text, tuple(starts))
     known = reuse.window()
     if known:
-        middle = [known.get(_segment_text(text, starts, index)) for index in range(head, stop)]
-        missing = [head + n for n, segment in enumerate(middle) if segment is None]
-        for index, segment in zip(missing, _parse_segments(text, starts, missing), strict=True):
-            middle[index - head] = segment
+        middle = [known.get(layout.segment(index)) for index in range(head, stop)]
+        missing = [head + n for n, entry in enumerate(middle) if entry is None]
+        for index, entry in zip(missing, _parse_segments(text, starts, missing), strict=True):
+            middle[index - head] = entry
     else:
         middle = _parse_segments(text, starts, range(head, stop))
     if None in middle:
         return None
-    fresh = cast(list[tuple[TomlData, PlanEntry]], middle)
-    fresh_tables = tuple(table for table, _ in fresh)
-    fresh_entries = tuple(entry for _, entry in fresh)
+    fresh = tuple(cast(list[PlanEntry], middle))
     old_entries = previous.entries if previous else ()
-    old_tables = previous.layout.tables if previous and previous.layout else ()
     tail = len(old_entries) - reuse.tail
-    entries = old_entries[:head] + fresh_entries + old_entries[tail:]
-    by_id = _valid_graph(entries, fresh_entries, old_entries[head:tail], previous)
+    entries = old_entries[:head] + fresh + old_entries[tail:]
+    by_id = _valid_graph(entries, fresh, old_entries[head:tail], previous)
     if by_id is None:
         return None
-    tables = old_tables[:head] + fresh_tables + old_tables[tail:]
     derived_from = None
     if previous is not None:
-        differ = fresh_entries + old_entries[head:tail]
+        differ = fresh + old_entries[head:tail]
         ids = frozenset(e.plan_id for e in differ if e.plan_id is not None)
         derived_from = (weakref.ref(previous), ids)
-    plan = Plan(path, text, default_agent[0], entries, Layout(tuple(starts), tables), derived_from)
+    plan = Plan(path, text, default_agent[0], entries, layout, derived_from)
     vars(plan)["by_id"] = by_id  # seeds the cached property: it was just built
     return plan
 
@@ -297,13 +296,11 @@ def _preamble(text: str, previous: Plan | None) -> tuple[str | None] | None:
     return None
 
 
-def _parse_segments(
-    text: str, starts: list[int], indexes: Sequence[int]
-) -> list[tuple[TomlData, PlanEntry] | None]:
-    """The segments at `indexes` (ascending), each as (its table, its entry), or None where it
-    is not one valid entry on its own. Runs of neighbouring segments are parsed together,
+def _parse_segments(text: str, starts: list[int], indexes: Sequence[int]) -> list[PlanEntry | None]:
+    """The entries of the segments at `indexes` (ascending), or None where a segment is not one
+    valid entry on its own. Runs of neighbouring segments are parsed together,
     CHUNK_ENTRIES at a time: a chunk holding anything but exactly its entries fails whole."""
-    parsed: list[tuple[TomlData, PlanEntry] | None] = []
+    parsed: list[PlanEntry | None] = []
     position = 0
     while position < len(indexes):
         run = 1
@@ -328,11 +325,11 @@ def _parse_segments(
     return parsed
 
 
-def _entry_of(table: object) -> tuple[TomlData, PlanEntry] | None:
+def _entry_of(table: object) -> PlanEntry | None:
     if not isinstance(table, dict):
         return None
     if fields_look_valid(table) or not _field_problems(table, 0, None):
-        return table, PlanEntry(table.get("id"), _record(table))
+        return PlanEntry(table.get("id"), _record(table))
     return None
 
 
@@ -399,6 +396,16 @@ def _common_suffix(a: str, b: str, limit: int) -> int:
             length += block
         block //= 4
     return length
+
+
+def _merge_conflict(where: str, text: str) -> str | None:
+    """The first git conflict marker line of a text that does not parse, in words (a lone
+    `=======` is no conflict: it may be a line of a multi-line string)."""
+    markers = list(_CONFLICT_MARKER.finditer(text))
+    if not any(m.group(1)[0] in "<>" for m in markers):
+        return None
+    line = text.count("\n", 0, markers[0].start()) + 1
+    return f"{where}:{line}: unresolved merge conflict ({markers[0].group(1)})"
 
 
 def _syntax_problem(where: str, text: str, error: tomllib.TOMLDecodeError) -> str:

@@ -12,8 +12,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import tomlkit
-
 from ttsyncd.model import FIELDS, Record
 from ttsyncd.plan.grammar import (
     _KEY_LINE,
@@ -34,7 +32,6 @@ from ttsyncd.plan.model import (
     UpdateEntry,
     _Outcome,
 )
-from ttsyncd.plan.render_tomlkit import _edit_with_tomlkit, _render_whole_document
 
 # What a missing key means (every other field: None).
 _ABSENT_MEANS: dict[str, Any] = {"status": "pending", "tags": ()}
@@ -53,6 +50,8 @@ def render_plan(plan: Plan, edits: Sequence[FileEdit]) -> str:
         by_segments = _render_all_lines(plan, _load_toml(plan.text), outcome, expected)
     if by_segments is not None:
         return by_segments
+    from ttsyncd.plan.render_tomlkit import _render_whole_document  # tomlkit: only when needed
+
     return _render_whole_document(plan, _load_toml(plan.text), outcome, expected)
 
 
@@ -177,6 +176,8 @@ def _value_text(value: Any) -> str:
         return _basic_string(value)
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
         return "[" + ", ".join(_basic_string(item) for item in value) + "]"
+    import tomlkit  # imported only when needed: a push renders nothing
+
     text: str = tomlkit.item(value).as_string()
     return text
 
@@ -410,6 +411,8 @@ def _edit_segment(segment_text: str, changes: Mapping[str, Any], indent: str) ->
     fields = {key: value for key, value in changes.items() if key != "id"}
     new_text = _edit_simple_lines(segment_text, fields, indent)
     if new_text is None:
+        from ttsyncd.plan.render_tomlkit import _edit_with_tomlkit
+
         new_text = _edit_with_tomlkit(segment_text, fields, indent)
     if "id" not in changes:
         return new_text
