@@ -5,8 +5,9 @@ Failover and sharding stay redis-py's job: its Sentinel client asks the sentinel
 current primary whenever it connects (and drops a connection to a primary that was demoted), and
 its Cluster client routes each key to its node and follows MOVED/ASK. What ttsyncd adds is only
 what no client can do for it: turning keyspace notifications on for every primary, noticing
-that the primary it listens to is no longer the one (see `current_primaries`), and, behind
-Sentinel, saving a base only once the replicas hold it (store.confirm_replicated).
+that the primary it listens to is no longer the one (see `current_primaries`), reconnecting to
+a Cluster from every node it knew (`known_cluster_nodes`), and, behind Sentinel and on a
+Cluster, saving a base only once the replicas hold it (store.confirm_replicated).
 """
 
 from __future__ import annotations
