@@ -3,6 +3,7 @@ updates, and the idle daemon's CPU and memory."""
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -178,6 +179,30 @@ def redis_to_file(town: LiveTown, repeat: int, agent_uuid: str) -> dict[str, Any
         "daemon_redis_writes_per_update": redis_writes,
         "daemon_sync_ms": town.daemon.sync_durations_ms(log_from),
     }
+
+
+def file_floor(town: LiveTown, repeat: int) -> dict[str, Any]:
+    """The floor under Redis -> file: what any writer pays to replace a file as big as the plan
+    durably, measured beside it in the same run: write a temp file of the plan's bytes, fsync
+    it, rename it over the previous one (on the plan's file system, under .tt/ where the
+    daemon's watch does not look). ttsyncd also fsyncs the directory after the rename; that is
+    left out, so the floor is the issue's "write, fsync, rename" and nothing more."""
+    data = town.tasks_file.read_bytes()
+    scratch = town.path / ".tt" / "bench-floor"
+    scratch.mkdir(parents=True, exist_ok=True)
+    target, temp = scratch / "tasks.toml", scratch / ".tasks.toml.tmp"
+    target.write_bytes(data)
+    samples: list[float] = []
+    for _ in range(repeat):
+        started = perf_counter()
+        with open(temp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+        samples.append(perf_counter() - started)
+    target.unlink()
+    return {"samples_s": samples, "bytes": len(data)}
 
 
 class FileVersions:

@@ -26,7 +26,7 @@ import redis
 import ttsyncd
 from bench import report
 from bench.cold import measure_cold
-from bench.live import LiveTown, burst, idle, redis_to_file, save_to_redis
+from bench.live import LiveTown, burst, file_floor, idle, redis_to_file, save_to_redis
 from bench.procs import REPO_ROOT, BenchError, Daemon, RedisServer, memory_mb
 from bench.town import make_town, plan_text, reset_files, town_name
 from ttsyncd import log
@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             size, results[size], debounce, judged=size == judged, empty_rss_mb=empty_rss
         )
     ]
+    rows += report.growth_rows(results)
     took = perf_counter() - started
     print()
     print(report.table(rows))
@@ -211,6 +212,9 @@ def measure_live(
         out["save_to_redis"] = with_summary(save_to_redis(live, params.repeat))
         progress(started, f"  Redis -> file x{params.repeat}")
         out["redis_to_file"] = with_summary(redis_to_file(live, params.repeat, agent))
+        progress(started, f"  file floor (write, fsync, rename) x{params.repeat}")
+        floor = file_floor(live, params.repeat)
+        out["file_floor"] = {**report.latency_summary(floor["samples_s"]), **floor}
         progress(started, f"  burst of {params.burst:,}")
         out["burst"] = burst(live, params.burst, params.burst_over_s)
         if size == max(params.sizes):

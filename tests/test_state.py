@@ -115,3 +115,20 @@ def test_values_holding_unicode_line_breaks_read_back(tmp_path: Path) -> None:
     append_conflicts(tmp_path / "state", [conflict], policy="owner", now=datetime.now(UTC))
     (logged,) = read_conflicts(tmp_path / "state")
     assert logged["base"] == odd
+
+
+def test_a_clusters_markers_are_saved_and_journaled(tmp_path: Path) -> None:
+    """The per-primary epoch markers of a Cluster: in the base, and in a journal line when
+    only they changed (a primary came back empty and was marked anew)."""
+    first = store(tmp_path)
+    marked = state_with({"a": "A"})
+    marked.redis_markers = {"tt:demo:ttsyncd:epoch:0": "m0", "tt:demo:ttsyncd:epoch:2": "m2"}
+    first.save(marked)
+    assert store(tmp_path).load() == marked
+    remarked = state_with({"a": "A"})
+    remarked.redis_markers = {**marked.redis_markers, "tt:demo:ttsyncd:epoch:2": "new"}
+    first.save(remarked, touched={"a"})
+    assert len(first.journal.read_text().splitlines()) == 1
+    assert store(tmp_path).load() == remarked
+    first.save(state_with({"a": "A"}), touched={"a"})  # a server that is no Cluster any more
+    assert store(tmp_path).load().redis_markers == {}

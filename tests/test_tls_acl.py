@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.cluster
 
 from tests.daemon_harness import Daemon, RedisServer, redis_server, wait_until
 from tests.helpers import free_port, make_town, run_cli
@@ -43,10 +44,22 @@ description = "Docs"
 EXPECTED_REFUSALS = {"config", "info", "client"}
 
 
+def readme_acl_lines() -> list[str]:
+    return [line.strip() for line in README.read_text().splitlines()
+            if line.strip().startswith("ACL SETUSER ttsyncd ")]  # fmt: skip
+
+
 def readme_acl_line() -> str:
-    lines = [line.strip() for line in README.read_text().splitlines()
-             if line.strip().startswith("ACL SETUSER ttsyncd ")]  # fmt: skip
-    assert len(lines) == 1, "the README documents one ACL SETUSER line"
+    """The README's line that creates the user (the others add to it)."""
+    lines = [line for line in readme_acl_lines() if " reset " in line]
+    assert len(lines) == 1, "the README documents one ACL SETUSER line creating the user"
+    return lines[0]
+
+
+def readme_acl_addition(permission: str) -> str:
+    """The README's line that adds `permission` first (and whatever goes with it)."""
+    lines = [line for line in readme_acl_lines() if line.split()[3] == permission]
+    assert len(lines) == 1 and " reset " not in lines[0], f"one README line adds {permission}"
     return lines[0]
 
 
@@ -59,6 +72,13 @@ def create_acl_user(admin: redis.Redis, password: str = PASSWORD) -> None:
 def unexpected_refusals(admin: redis.Redis) -> list[str]:
     return [f"{entry['reason']} {entry['object']}" for entry in admin.acl_log()
             if entry["object"].split("|")[0] not in EXPECTED_REFUSALS]  # fmt: skip
+
+
+def run_readme_lines(admin: redis.Redis, *additions: str, password: str = PASSWORD) -> None:
+    """The README's user, and the README's lines adding these permissions to it."""
+    create_acl_user(admin, password)
+    for permission in additions:
+        admin.execute_command(*shlex.split(readme_acl_addition(permission)))
 
 
 @dataclass
@@ -103,10 +123,19 @@ def tls_config(certs: Certificates | None, *, client_cert: bool = True, verify: 
     return "\n".join([*lines, "[sync]", "poll_interval_ms = 60000", ""])
 
 
-def run_everything_as_the_user(town: Path, url: str, admin: redis.Redis) -> list[str]:
+def run_everything_as_the_user(
+    town: Path,
+    url: str,
+    admin: redis.Redis | redis.cluster.RedisCluster,
+    *,
+    topology: str = "standalone",
+    notifications: str = "keyspace",
+    nodes: list[redis.Redis] | None = None,
+) -> list[str]:
     """Every one-shot command, then the daemon both ways: what a team does with the town.
-    Returns every output, for the secret check. The poll interval is a minute, so what reaches
-    the file in seconds came by keyspace notification."""
+    Returns every output, for the secret check. With keyspace notifications the poll interval
+    is a minute, so what reaches the file in seconds came by notification. `nodes`: the
+    servers whose ACL LOG must show no unexpected refusal (default: `admin`)."""
     outputs: list[str] = []
     env = {"REDIS_URL": url}
     for args in (["push"], ["pull"], ["check"], ["conflicts", "--json"], ["push", "--dry-run"],
@@ -114,13 +143,13 @@ def run_everything_as_the_user(town: Path, url: str, admin: redis.Redis) -> list
         done = run_cli(town, *args, redis_url=None, env=env)
         assert done.returncode == 0, (args, done.stderr)
         outputs += [done.stdout, done.stderr]
-    assert len(admin.keys(f"tt:{TOWN}:task:*")) == 2
+    assert len(list(admin.scan_iter(match=f"tt:{TOWN}:task:*"))) == 2
     daemon = Daemon(town, url, env=env)
     try:
         status = daemon.wait_ready()
         assert status["last_error"] is None, status["last_error"]
-        assert status["notifications"] == "keyspace"  # found by the probe: no CONFIG here
-        assert status["topology"] == {"kind": "standalone", "primaries": []}
+        assert status["notifications"] == notifications  # keyspace: the probe found them
+        assert status["topology"]["kind"] == topology
         assert status["redis"].startswith(url.split("://")[0] + "://ttsyncd:***@")
         (town / "tasks.toml").write_text(PLAN.replace("Docs", "Write the docs"))
         docs = task_key(TOWN, task_uuid_for(TOWN, "docs"))
@@ -134,12 +163,13 @@ def run_everything_as_the_user(town: Path, url: str, admin: redis.Redis) -> list
             done = run_cli(town, *args, redis_url=None, env=env)
             assert done.returncode == 0, (args, done.stderr)
             outputs += [done.stdout, done.stderr]
-        assert "  topology:      standalone" in outputs[-6]
-        assert json.loads(outputs[-4])["notifications"] == "keyspace"
+        assert f"  topology:      {topology}" in outputs[-6]
+        assert json.loads(outputs[-4])["notifications"] == notifications
         assert daemon.status()["last_error"] is None  # type: ignore[index]
     finally:
         assert daemon.terminate() == 0
-    assert unexpected_refusals(admin) == []
+    for node in nodes or [admin]:
+        assert unexpected_refusals(node) == []
     return outputs
 
 

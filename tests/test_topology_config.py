@@ -117,6 +117,8 @@ def test_sentinels_in_the_config(tmp_path: Path) -> None:
         ('[redis]\nsentinels = ["h:1"]\nservice_name = "s"\ndb = -1\n', "redis.db"),
         ("[redis]\ncluster = 1\n", "redis.cluster"),
         ('[redis]\ncluster = "yes"\n', "redis.cluster"),
+        ('[redis]\nurl = "rediss://h"\ntls = true\n', "redis.tls"),
+        ('[redis]\nsentinels = ["h:1"]\nservice_name = "s"\ntls = "yes"\n', "redis.tls"),
     ],
 )
 def test_topology_config_errors_name_the_key(tmp_path: Path, content: str, key: str) -> None:
@@ -171,3 +173,46 @@ def test_status_shows_the_topology_without_secrets() -> None:
 def test_endpoint_defaults_are_standalone() -> None:
     endpoint = Endpoint(source="x", host="h", port=1)
     assert not endpoint.is_sentinel and endpoint.cluster is None
+
+
+def test_rediss_sentinel_url_is_tls_to_the_sentinels_and_the_primary(tmp_path: Path) -> None:
+    """`rediss+sentinel://`, or `tls = true` beside `sentinels`: TLS both ways, with the
+    config's tls_* files for the sentinels' connections and the primary's alike."""
+    certs = tmp_path / "town" / "certs"
+    certs.mkdir(parents=True)
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (certs / name).write_text("PEM")
+    tls_keys = (
+        'tls_ca_cert = "certs/ca.pem"\ntls_client_cert = "certs/client.pem"\n'
+        'tls_client_key = "certs/client.key"\ntls_verify = "required"\n'
+    )
+    url = SENTINEL_URL.replace("redis+sentinel://", "rediss+sentinel://")
+    town = make_town(tmp_path / "town", config="[redis]\n" + tls_keys)
+    from_url = load(town, env={"REDIS_URL": url}).endpoint
+    table = make_town(
+        tmp_path / "table",
+        config=(
+            '[redis]\nsentinels = ["s1.example:26380", "[::1]:26381", "s3"]\n'
+            f'service_name = "towns"\ndb = 2\nusername = "alice"\npassword = "{PASSWORD}"\n'
+            "tls = true\n" + tls_keys.replace("certs/", f"{certs}/")
+        ),
+    )
+    from_table = load(table).endpoint
+    for endpoint in (from_url, from_table):
+        assert endpoint.is_sentinel and endpoint.tls
+        assert endpoint.tls_ca_cert == certs / "ca.pem"
+        assert endpoint.redacted() == (
+            "rediss+sentinel://alice:***@s1.example:26380,[::1]:26381,s3:26379/towns/2"
+        )
+        _url, options = endpoint.connection_options(True, 1.0)
+        to_sentinels, to_primary = endpoint.sentinel_options(options)
+        for side in (to_sentinels["sentinel_kwargs"], to_primary):
+            assert side["ssl"] is True and side["ssl_cert_reqs"] == "required"
+            assert side["ssl_ca_certs"] == str(certs / "ca.pem")
+            assert side["ssl_certfile"] == str(certs / "client.pem")
+            assert side["ssl_keyfile"] == str(certs / "client.key")
+        assert_no_secret(repr(endpoint), endpoint.redacted(), secrets=(PASSWORD,))
+    plain = endpoint_from_url(SENTINEL_URL, "t")
+    _url, options = plain.connection_options(True, 1.0)
+    to_sentinels, to_primary = plain.sentinel_options(options)
+    assert "ssl" not in to_sentinels["sentinel_kwargs"] and "ssl" not in to_primary

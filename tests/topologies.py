@@ -22,6 +22,7 @@ import redis
 import redis.cluster
 
 from tests.daemon_harness import RedisServer, wait_until
+from tests.tls_harness import Certificates
 from ttsyncd.embedded import find_redis_server, server_args, wait_until_answering
 
 SLOTS = 16384
@@ -48,20 +49,36 @@ def free_port(offset: int = 0) -> int:
     raise RuntimeError("no free port pair found")
 
 
-class TcpServer(RedisServer):
-    """A RedisServer that also listens on 127.0.0.1:<port>."""
+def tls_args(port: int, certs: Certificates) -> list[str]:
+    """TLS only on `port` (no plain TCP), client certificates required, and TLS to the other
+    servers too (replication; a sentinel's links), with the client certificate."""
+    return [
+        "--port", "0", "--tls-port", str(port), *certs.server_args(),
+        "--tls-replication", "yes", "--tls-cluster", "yes",
+        "--tls-client-cert-file", str(certs.client_cert),
+        "--tls-client-key-file", str(certs.client_key),
+    ]  # fmt: skip
 
-    def __init__(self, workdir: Path, port: int, extra: list[str]) -> None:
-        super().__init__(
-            workdir, ["--save", "", "--port", str(port), "--bind", "127.0.0.1", *extra]
-        )
+
+class TcpServer(RedisServer):
+    """A RedisServer that also listens on 127.0.0.1:<port> (TLS only, with `tls`)."""
+
+    def __init__(
+        self, workdir: Path, port: int, extra: list[str], tls: Certificates | None = None
+    ) -> None:
+        tcp = ["--port", str(port)] if tls is None else tls_args(port, tls)
+        super().__init__(workdir, ["--save", "", *tcp, "--bind", "127.0.0.1", *extra])
         self.port = port
+        self.tls = tls
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def tcp_client(self) -> redis.Redis:
+        """An admin's client: over TCP, or the unix socket where TCP is TLS only."""
+        if self.tls is not None:
+            return self.client()
         return redis.Redis("127.0.0.1", self.port, decode_responses=True)
 
     def alive(self) -> bool:
@@ -70,33 +87,93 @@ class TcpServer(RedisServer):
 
 @dataclass
 class Cluster:
-    nodes: list[TcpServer]
+    nodes: list[TcpServer]  # the primaries it was formed with
+    replicas: list[TcpServer] = field(default_factory=list)  # replicas[n] replicates nodes[n]
 
     @property
     def url(self) -> str:
         return f"redis://{self.nodes[0].address}/0"
 
+    @property
+    def servers(self) -> list[TcpServer]:
+        return [*self.nodes, *self.replicas]
+
     def client(self) -> redis.cluster.RedisCluster:
         return redis.cluster.RedisCluster("127.0.0.1", self.nodes[0].port, decode_responses=True)
 
+    def role(self, server: TcpServer) -> str:
+        """master or slave, as the server says now."""
+        return str(server.tcp_client().info("replication")["role"])
+
+    def primaries(self) -> list[TcpServer]:
+        return [s for s in self.servers if s.alive() and self.role(s) == "master"]
+
+    def healthy(self) -> bool:
+        """cluster_state:ok on every live server, and each primary's replica online and caught
+        up (a failover could then promote it without losing anything acknowledged)."""
+        try:
+            live = [s for s in self.servers if s.alive()]
+            states = [s.tcp_client().execute_command("CLUSTER INFO")["cluster_state"] for s in live]
+            if any(state != "ok" for state in states):
+                return False
+            primaries = self.primaries()
+            return len(primaries) == len(self.nodes) and all(
+                replica_in_sync(p) for p in primaries if self.replicas
+            )
+        except (redis.ConnectionError, redis.ResponseError):
+            return False
+
+
+def cluster_node(workdir: Path, node_timeout_ms: int, extra: tuple[str, ...]) -> TcpServer:
+    return TcpServer(
+        workdir, free_port(offset=10000),
+        ["--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf"),
+         "--cluster-node-timeout", str(node_timeout_ms), "--appendonly", "no", *extra],
+    )  # fmt: skip
+
 
 @contextmanager
-def redis_cluster(primaries: int = 3, extra: tuple[str, ...] = ()) -> Iterator[Cluster]:
-    """`primaries` cluster nodes, the slots split evenly between them, cluster_state:ok."""
+def redis_cluster(
+    primaries: int = 3,
+    extra: tuple[str, ...] = (),
+    replicas: bool = False,
+    node_timeout_ms: int = 2000,
+) -> Iterator[Cluster]:
+    """`primaries` cluster nodes, the slots split evenly between them, cluster_state:ok; with
+    `replicas`, one replica of each, online and caught up."""
     with ExitStack() as stack:
-        nodes = []
-        for _ in range(primaries):
+
+        def started() -> TcpServer:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ttsc-")))
-            node = TcpServer(
-                workdir, free_port(offset=10000),
-                ["--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf"),
-                 "--cluster-node-timeout", "2000", "--appendonly", "no", *extra],
-            )  # fmt: skip
+            node = cluster_node(workdir, node_timeout_ms, extra)
             node.start()
             stack.callback(stop_quietly, node)
-            nodes.append(node)
+            return node
+
+        nodes = [started() for _ in range(primaries)]
         form_cluster(nodes)
-        yield Cluster(nodes)
+        cluster = Cluster(nodes)
+        if replicas:
+            cluster.replicas = [started() for _ in range(primaries)]
+            add_replicas(nodes, cluster.replicas)
+            wait_until(cluster.healthy, 60.0, "every replica online")
+        yield cluster
+
+
+def add_replicas(primaries: list[TcpServer], replicas: list[TcpServer]) -> None:
+    """replicas[n] joins the cluster and replicates primaries[n]."""
+    seed = primaries[0].tcp_client()
+    for replica in replicas:
+        seed.execute_command("CLUSTER MEET", "127.0.0.1", replica.port)
+    for primary, replica in zip(primaries, replicas, strict=True):
+        node_id = primary.tcp_client().execute_command("CLUSTER MYID")
+        client = replica.tcp_client()
+
+        def knows(client: redis.Redis = client, node_id: str = node_id) -> bool:
+            return node_id in str(client.execute_command("CLUSTER NODES"))
+
+        wait_until(knows, 30.0, "the replica to learn the cluster")
+        client.execute_command("CLUSTER REPLICATE", node_id)
 
 
 def form_cluster(nodes: list[TcpServer]) -> None:
@@ -133,7 +210,8 @@ class SentinelSetup:
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://{self.sentinel.address}/{self.service}/0"
+        scheme = "redis+sentinel" if self.sentinel.tls is None else "rediss+sentinel"
+        return f"{scheme}://{self.sentinel.address}/{self.service}/0"
 
     def sentinel_client(self) -> redis.Redis:
         return self.sentinel.tcp_client()
@@ -159,19 +237,21 @@ class SentinelSetup:
 
 @contextmanager
 def redis_sentinel(
-    down_after_ms: int = 500, failover_timeout_ms: int = 2000
+    down_after_ms: int = 500, failover_timeout_ms: int = 2000, tls: Certificates | None = None
 ) -> Iterator[SentinelSetup]:
+    """With `tls`: every server and the sentinel TLS only (client certificates required), and
+    TLS between them."""
     with ExitStack() as stack:
 
         def workdir() -> Path:
             return Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ttss-")))
 
-        primary = TcpServer(workdir(), free_port(), ["--appendonly", "no"])
+        primary = TcpServer(workdir(), free_port(), ["--appendonly", "no"], tls)
         primary.start()
         stack.callback(stop_quietly, primary)
         replica = TcpServer(
             workdir(), free_port(),
-            ["--appendonly", "no", "--replicaof", "127.0.0.1", str(primary.port)],
+            ["--appendonly", "no", "--replicaof", "127.0.0.1", str(primary.port)], tls,
         )  # fmt: skip
         replica.start()
         stack.callback(stop_quietly, replica)
@@ -186,7 +266,7 @@ def redis_sentinel(
             f"sentinel failover-timeout {SENTINEL_SERVICE} {failover_timeout_ms}\n"
             f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n"
         )
-        sentinel = SentinelServer(sentinel_dir, sentinel_port, config)
+        sentinel = SentinelServer(sentinel_dir, sentinel_port, config, tls)
         sentinel.start()
         stack.callback(stop_quietly, sentinel)
         setup = SentinelSetup(primary, replica, sentinel)
@@ -196,8 +276,10 @@ def redis_sentinel(
 
 
 class SentinelServer(TcpServer):
-    def __init__(self, workdir: Path, port: int, config: Path) -> None:
-        super().__init__(workdir, port, [])
+    def __init__(
+        self, workdir: Path, port: int, config: Path, tls: Certificates | None = None
+    ) -> None:
+        super().__init__(workdir, port, [], tls)
         self.config = config
 
     def start(self) -> None:

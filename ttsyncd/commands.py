@@ -127,6 +127,9 @@ def warnings(report: SyncReport) -> list[str]:
     lines: list[str] = []
     if report.new_redis:
         lines.append("Redis held none of this town's tasks: a new Redis, repopulated from the file")
+    if report.emptied_primaries:
+        lines.append(f"{report.emptied_primaries} Cluster primary(ies) came back without their "
+                     "data: their tasks are repopulated from the file")  # fmt: skip
     for key, why in sorted(report.unreadable.items()):
         lines.append(f"skipped {key}: {why} (left untouched)")
     for plan_id, extras in sorted(report.duplicates.items()):

@@ -11,7 +11,7 @@ where the URL came from, never its text.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -45,6 +45,7 @@ TLS_VERIFY_MODES: Final = ("required", "optional", "none")
 TLS_FILES: Final = ("tls_ca_cert", "tls_client_cert", "tls_client_key")
 MASK: Final = "***"
 SENTINEL_SCHEME: Final = "redis+sentinel"
+SENTINEL_TLS_SCHEME: Final = "rediss+sentinel"  # TLS to the sentinels and to the primary
 SENTINEL_PORT: Final = 26379  # Sentinel's own default port
 
 
@@ -67,8 +68,9 @@ class Endpoint:
     tls_verify: str | None = None  # one of TLS_VERIFY_MODES; None: redis-py's default, required
     managed: bool = False
     # Sentinel: the sentinels' (host, port) and the primary's service name; the fields above
-    # (db, username, password, TLS) are then the primary's. `sentinel_password` is the
-    # sentinels' own (`requirepass` in sentinel.conf), if they have one.
+    # (db, username, password) are then the primary's, and TLS (with its files) is used both
+    # with the sentinels and with the primary. `sentinel_password` is the sentinels' own
+    # (`requirepass` in sentinel.conf), if they have one.
     sentinels: tuple[tuple[str, int], ...] = ()
     service_name: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
@@ -87,7 +89,8 @@ class Endpoint:
             userinfo = f"{user}:{MASK}@" if self.password is not None else f"{user}@"
         if self.is_sentinel:
             hosts = ",".join(f"{_url_host(host)}:{port}" for host, port in self.sentinels)
-            return f"{SENTINEL_SCHEME}://{userinfo}{hosts}/{self.service_name}/{self.db}"
+            scheme = SENTINEL_TLS_SCHEME if self.tls else SENTINEL_SCHEME
+            return f"{scheme}://{userinfo}{hosts}/{self.service_name}/{self.db}"
         if self.unix_socket is not None:
             db_query = f"?db={self.db}" if self.db else ""
             return f"unix://{userinfo}{self.unix_socket}{db_query}"
@@ -170,26 +173,40 @@ class Endpoint:
             "socket_connect_timeout": options.get("socket_connect_timeout"),
             "retry": options.get("retry"),
             "password": self.sentinel_password,
+            # TLS: the same CA, client certificate and verification as with the primary.
+            **({"ssl": True, **self.tls_options()} if self.tls else {}),
         }
         return {"sentinel_kwargs": sentinel}, primary
 
     def cluster_client(
-        self, *, decode_responses: bool = True, timeout_s: float = 5.0
+        self,
+        *,
+        decode_responses: bool = True,
+        timeout_s: float = 5.0,
+        nodes: Sequence[tuple[str, int]] = (),
     ) -> redis.cluster.RedisCluster:
-        """A Redis Cluster client that starts from this endpoint's node."""
+        """A Redis Cluster client that starts from `nodes` (host, port), then this endpoint's
+        node."""
         import redis.cluster
 
         url, options = self.connection_options(decode_responses, timeout_s)
         options.pop("db", None)  # a cluster has db 0 only; from_url checks the URL's
+        if nodes:
+            options["startup_nodes"] = [redis.cluster.ClusterNode(h, p) for h, p in nodes]  # type: ignore[no-untyped-call]
         if url is not None:
             return redis.cluster.RedisCluster.from_url(url, **options)
         return redis.cluster.RedisCluster(**options)
 
-    def async_cluster_client(self, *, timeout_s: float = 5.0) -> redis.asyncio.RedisCluster:
+    def async_cluster_client(
+        self, *, timeout_s: float = 5.0, nodes: Sequence[tuple[str, int]] = ()
+    ) -> redis.asyncio.RedisCluster:
         import redis.asyncio
+        import redis.asyncio.cluster
 
         url, options = self.async_options(timeout_s)
         options.pop("db", None)
+        if nodes:
+            options["startup_nodes"] = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in nodes]
         if url is not None:
             return redis.asyncio.RedisCluster.from_url(url, **options)
         return redis.asyncio.RedisCluster(**options)
@@ -449,8 +466,9 @@ _TOPOLOGY_KEYS: Final[dict[str, Check]] = {
     "password": _string,
     "db": _int_at_least(0),
     "cluster": _bool,
+    "tls": _bool,  # with sentinels: TLS to them and to the primary (a URL says rediss://)
 }
-_SENTINEL_ONLY: Final = ("service_name", "sentinel_password", "username", "password", "db")
+_SENTINEL_ONLY: Final = ("service_name", "sentinel_password", "username", "password", "db", "tls")
 _CONFIG_SCHEMA["redis"].update(_TOPOLOGY_KEYS)
 
 
@@ -467,7 +485,7 @@ def _check_topology(redis_table: dict[str, Any], path: Path) -> None:
         if key in redis_table:
             raise ConfigError(
                 f"{path}: redis.{key} goes with redis.sentinels only "
-                "(credentials of a redis:// endpoint go in its url)"
+                "(the credentials of a redis:// endpoint go in its url, and TLS is rediss://)"
             )
 
 
@@ -613,6 +631,7 @@ def sentinel_endpoint_from_config(table: Mapping[str, Any], source: str) -> Endp
         sentinels=tuple(parse_host_port(h, SENTINEL_PORT, invalid) for h in table["sentinels"]),
         service_name=table["service_name"],
         sentinel_password=table.get("sentinel_password"),
+        tls=table.get("tls", False),
     )
 
 
@@ -672,7 +691,7 @@ def endpoint_from_url(url: str, source: str) -> Endpoint:
     def invalid(reason: str) -> ConfigError:
         return ConfigError(f"{source}: invalid Redis URL: {reason}")
 
-    if url.lower().startswith(f"{SENTINEL_SCHEME}://"):
+    if url.lower().startswith((f"{SENTINEL_SCHEME}://", f"{SENTINEL_TLS_SCHEME}://")):
         return sentinel_endpoint_from_url(url, source, invalid)
     try:
         parts = urlsplit(url)
@@ -683,7 +702,10 @@ def endpoint_from_url(url: str, source: str) -> Endpoint:
             "password must be percent-encoded)"
         ) from None
     if parts.scheme not in URL_SCHEMES:
-        raise invalid("the scheme must be redis://, rediss://, unix:// or redis+sentinel://")
+        raise invalid(
+            "the scheme must be redis://, rediss://, unix://, redis+sentinel:// "
+            "or rediss+sentinel://"
+        )
     if parts.fragment:
         raise invalid("unexpected '#' (percent-encode it as %23 in a password)")
     query = parse_qs(parts.query)
@@ -724,9 +746,11 @@ def sentinel_endpoint_from_url(
 ) -> Endpoint:
     """`redis+sentinel://[user:password@]host:port[,host:port...]/service[/db]`: the primary of
     `service`, found through these sentinels; the credentials and db are the primary's.
+    `rediss+sentinel://…`: the same over TLS, to the sentinels and to the primary.
 
     urllib cannot parse a list of hosts, so the authority is split here."""
-    rest = url[len(SENTINEL_SCHEME) + 3 :]
+    scheme, _, rest = url.partition("://")
+    tls = scheme.lower() == SENTINEL_TLS_SCHEME
     rest, _, query_text = rest.partition("?")
     if "#" in rest or "#" in query_text:
         raise invalid("unexpected '#' (percent-encode it as %23 in a password)")
@@ -743,7 +767,7 @@ def sentinel_endpoint_from_url(
     sentinels = tuple(parse_host_port(h, SENTINEL_PORT, invalid) for h in hosts_text.split(","))
     service, _, db_text = unquote(path).strip("/").partition("/")
     if not service:
-        raise invalid("name the primary's service: redis+sentinel://host:26379/mymaster[/db]")
+        raise invalid(f"name the primary's service: {scheme}://host:26379/mymaster[/db]")
     return Endpoint(
         source=source,
         db=_db_number(db_text or _first(query, "db"), invalid),
@@ -752,6 +776,7 @@ def sentinel_endpoint_from_url(
         sentinels=sentinels,
         service_name=service,
         sentinel_password=_first(query, "sentinel_password"),
+        tls=tls,
     )
 
 

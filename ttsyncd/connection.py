@@ -10,7 +10,7 @@ from redis.exceptions import NoPermissionError
 from ttsyncd.config import Endpoint, Settings
 from ttsyncd.embedded import ensure_embedded
 from ttsyncd.errors import RedisUnavailable
-from ttsyncd.topology import RedisClient, open_client
+from ttsyncd.topology import RedisClient, open_client, remember_cluster_nodes
 
 # The reason in an ssl error as redis-py passes it on, e.g. "[SSL: CERTIFICATE_VERIFY_FAILED]
 # certificate verify failed: ...": it names no credentials.
@@ -64,6 +64,7 @@ def connect(settings: Settings) -> RedisClient:
         ) from None
     except redis.RedisClusterException as error:  # e.g. `cluster = true` on a plain server
         raise RedisUnavailable(f"Redis at {where} is not a usable cluster: {error}") from None
+    remember_cluster_nodes(endpoint, client)  # a reconnect may find the URL's node down
     return client
 
 

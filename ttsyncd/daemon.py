@@ -86,6 +86,7 @@ from ttsyncd.state import RefusedDeletions
 from ttsyncd.store import NotReplicated
 from ttsyncd.supervisor import PartFailed, Policy, Supervisor, Work
 from ttsyncd.topology import (
+    UNREACHABLE,
     AsyncRedisClient,
     RedisClient,
     current_primaries,
@@ -393,7 +394,7 @@ class Daemon:
                 logger.warning("Redis topology changed, reconnecting", change=str(change))
                 self.connected = False
                 failures = 0
-            except (redis.ConnectionError, redis.TimeoutError, OSError, RedisUnavailable) as e:
+            except (*UNREACHABLE, RedisUnavailable) as e:
                 if self.connected:
                     logger.warning("lost Redis, reconnecting", error=type(e).__name__)
                     failures = 0  # it was up: a blip, not a long outage
@@ -565,7 +566,7 @@ class Daemon:
 
     def sync_failed(self, batch: Batch, error: Exception) -> None:
         """A sync raised: nothing it owed is forgotten, and the daemon goes on."""
-        if isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError)):
+        if isinstance(error, UNREACHABLE):
             why = f"Redis unreachable during sync ({type(error).__name__})"
             if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
                 why = str(error)
@@ -702,7 +703,7 @@ class Daemon:
 
         try:
             file_differed, redis_differed = await asyncio.to_thread(check)
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except UNREACHABLE:
             return  # the Redis session notices and reconnects (and then syncs in full)
         self.verified_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         self.verify_found = VERIFY_FOUND[file_differed, redis_differed]

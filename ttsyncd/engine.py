@@ -10,11 +10,12 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
+from redis.crc import key_slot
 
 from ttsyncd.codec import encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
@@ -52,7 +53,7 @@ from ttsyncd.state import (
     append_conflicts,
     plan_digest,
 )
-from ttsyncd.store import RedisSource, Snapshot, TaskWrite
+from ttsyncd.store import RedisSource, Snapshot, TaskWrite, epoch_key
 from ttsyncd.topology import RedisClient
 from ttsyncd.views import agent_uuids, file_view, redis_view
 
@@ -93,6 +94,8 @@ class SyncReport:
     redis_writes: int = 0
     file_written: bool = False
     new_redis: bool = False  # Redis held none of the town's tasks: repopulated from the file
+    # Cluster primaries that came back without their data: their tasks repopulated from the file.
+    emptied_primaries: int = 0
     # Work owed: changes a one-way sync saw and left for the other direction (owed_push:
     # file-side changes a pull saw; owed_pull: Redis-side changes a push saw).
     owed_push: frozenset[str] = frozenset()
@@ -207,21 +210,22 @@ def run_sync(
         append_conflicts(settings.state_dir, fresh, policy=settings.sync.policy, now=clock())
         recorded.extend(fresh)
         epoch = sides.redis.epoch(snapshot)
+        markers = sides.redis.markers(snapshot)
         changed = sides.redis.apply(decided.writes)
         report.redis_writes = len(decided.writes) - len(changed)
         if changed:
             log.info("redis changed during sync, merging again", keys=len(changed))
-            keep_what_landed(state_store, decided, changed, epoch)
+            keep_what_landed(state_store, decided, changed, epoch, markers)
             continue
         if new_plan is not None:
             if not sides.file.apply(new_plan, over=plan):
                 log.info("tasks file changed during sync, merging again")
-                keep_what_landed(state_store, decided, [], epoch)
+                keep_what_landed(state_store, decided, [], epoch, markers)
                 continue
             report.file_written = True
         report.plan = new_plan or plan
         touched, old = decided.touched, decided.state
-        new_state = advanced(old, decided, touched, epoch)
+        new_state = advanced(old, decided, touched, epoch, markers)
         report.refused = refusal(settings, old, decided.refused, plan, report.plan, new_state.base)
         new_state.refused = report.refused
         new_state.set_aside = still_set_aside(
@@ -231,7 +235,7 @@ def run_sync(
             only if request.resolving and only is not None else frozenset(),
         )
         log_changes(decided.merged)
-        sides.redis.confirm(epoch)  # behind Sentinel
+        sides.redis.confirm(epoch, markers)  # behind Sentinel, on a Cluster
         state_store.save(new_state, touched if old is state else None)
         # Every agent name Redis cannot hold, not only those of the tasks this sync merged.
         report.unresolved_agents = dict(new_state.unresolved_agents)
@@ -243,8 +247,11 @@ def run_sync(
     return report
 
 
-def advanced(old: SyncState, decided: Decision, ids: AbstractSet[str], epoch: str) -> SyncState:
-    """`old` with what `decided` agreed on for these tasks (the rest carries over)."""
+def advanced(
+    old: SyncState, decided: Decision, ids: AbstractSet[str], epoch: str, markers: dict[str, str]
+) -> SyncState:
+    """`old` with what `decided` agreed on for these tasks (the rest carries over), agreed with
+    the Redis whose markers are `epoch` and `markers`."""
     merged = decided.merged
     return SyncState(
         base=replaced(old.base, ids, within(merged.base, ids)),
@@ -256,11 +263,16 @@ def advanced(old: SyncState, decided: Decision, ids: AbstractSet[str], epoch: st
         redis_epoch=epoch,
         set_aside=old.set_aside,
         refused=old.refused,
+        redis_markers=markers,
     )
 
 
 def keep_what_landed(
-    state_store: StateStore, decided: Decision, failed: list[TaskWrite], epoch: str
+    state_store: StateStore,
+    decided: Decision,
+    failed: list[TaskWrite],
+    epoch: str,
+    markers: dict[str, str],
 ) -> None:
     """An attempt that merges again (a side changed under it) keeps in the base the tasks it
     finished all the same: their Redis writes landed and the file needed nothing. Else the
@@ -277,7 +289,7 @@ def keep_what_landed(
         if decided.uuids.get(plan_id) not in failed_uuids and plan_id in decided.merged.base
     )
     if done:
-        state_store.save(advanced(old, decided, done, epoch), done)
+        state_store.save(advanced(old, decided, done, epoch, markers), done)
 
 
 def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(): issue 12
@@ -299,13 +311,21 @@ def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(
     report.redis_tasks = len(identified.by_plan_id)
     report.unreadable = dict(snapshot.unreadable)
     report.duplicates = {k: [t.uuid for t in v] for k, v in identified.duplicates.items()}
-    another_redis = state.redis_epoch is not None and snapshot.epoch != state.redis_epoch
+    another_redis, emptied_slots = markers_lost(state, snapshot, town)
     emptied = not identified.by_plan_id and not snapshot.unreadable and live_tasks(state)
     if another_redis or emptied:
         # A fresh or reset Redis: repopulate it from the file, never "everything was deleted".
         log.warning("not the Redis the base agreed with: repopulating it from the file")
         state = SyncState()
         report.new_redis = True
+        scope = None
+    elif emptied_slots:
+        # A Cluster primary that came back empty: its tasks are new to Redis, not deleted.
+        primaries = sum(1 for m in snapshot.markers.values() if m.slots <= emptied_slots)
+        log.warning("a Cluster primary came back without its data: repopulating its tasks "
+                    "from the file", primaries=primaries, slots=len(emptied_slots))  # fmt: skip
+        state = without_slots(state, town, emptied_slots)
+        report.emptied_primaries = primaries
         scope = None
 
     # A task whose hash cannot be read is left alone on both sides until it can be: found by
@@ -391,6 +411,49 @@ def replaced(
         result.pop(key, None)
     result.update(new)
     return result
+
+
+def markers_lost(state: SyncState, snapshot: Snapshot, town: str) -> tuple[bool, frozenset[int]]:
+    """(another Redis than the base's, the slots of the Cluster primaries that came back without
+    their data). A marker whose token is not the one the base was agreed with lost its keys with
+    it; all of them: the whole Redis is another one (or one that restarted empty). Markers the
+    base or the snapshot does not have (a slot map that changed) are not compared."""
+    if state.redis_epoch is None:
+        return False, frozenset()
+    agreed = {epoch_key(town): state.redis_epoch, **state.redis_markers}
+    now = {epoch_key(town): snapshot.epoch, **{k: m.token for k, m in snapshot.markers.items()}}
+    compared = [key for key in agreed if key in now]
+    differ = [key for key in compared if now[key] != agreed[key]]
+    if len(differ) == len(compared):
+        return bool(differ), frozenset()
+    return False, frozenset().union(*(snapshot.markers[key].slots for key in differ))
+
+
+def without_slots(state: SyncState, town: str, slots: frozenset[int]) -> SyncState:
+    """`state` without the tasks whose hash is in these slots: a first sync for them, where a
+    task on one side only is copied to the other."""
+
+    def gone(plan_id: str) -> bool:
+        uuid = state.uuids.get(plan_id) or task_uuid_for(town, plan_id)
+        return key_slot(task_key(town, uuid).encode()) in slots
+
+    def kept(items: dict[str, T]) -> dict[str, T]:
+        return {plan_id: item for plan_id, item in items.items() if not gone(plan_id)}
+
+    refused = state.refused
+    if refused is not None:
+        refused_ids = frozenset(i for i in refused.plan_ids if not gone(i))
+        refused = replace(refused, plan_ids=refused_ids) if refused_ids else None
+    return SyncState(
+        base=kept(state.base),
+        unresolved_agents=kept(state.unresolved_agents),
+        pending=kept(state.pending),
+        uuids=kept(state.uuids),
+        redis_epoch=state.redis_epoch,
+        set_aside=kept(state.set_aside),
+        refused=refused,
+        redis_markers=state.redis_markers,
+    )
 
 
 def live_tasks(state: SyncState) -> int:

@@ -12,15 +12,18 @@ from collections.abc import Iterable
 from ttsyncd.codec import RedisTask, agent_key_prefix, decode_task, is_uuid
 from ttsyncd.identity import IdentityIndex
 from ttsyncd.store import (
+    Marker,
     Snapshot,
     TaskWrite,
     agent_name,
     ensure_epoch,
+    ensure_markers,
     epoch_key,
     glob_escape,
     hash_after,
     hgetall_many,
     read_hashes,
+    read_markers,
     read_snapshot,
     scan_keys,
 )
@@ -37,6 +40,7 @@ class TownMirror:
         self.unreadable: dict[str, str] = {}
         self.agent_names: dict[str, str] = {}  # agent uuid -> name
         self.epoch: str | None = None
+        self.markers: dict[str, Marker] = {}  # a Cluster's, one per primary
         self.all_changed = True  # loaded anew, or an agent renamed: any task may read differently
 
     def reload(self) -> bool:
@@ -44,13 +48,14 @@ class TownMirror:
         A reload that finds nothing new keeps the index, and so the daemon's small scope."""
         snapshot = read_snapshot(self.client, self.town)
         tasks = {task.key: task for task in snapshot.tasks}
-        now = (tasks, snapshot.unreadable, snapshot.agent_names, snapshot.epoch)
-        if now == (self.tasks, self.unreadable, self.agent_names, self.epoch):
+        now = (tasks, snapshot.unreadable, snapshot.agent_names, snapshot.epoch, snapshot.markers)
+        if now == (self.tasks, self.unreadable, self.agent_names, self.epoch, self.markers):
             return False
         self.index = IdentityIndex(snapshot.tasks)
         self.unreadable = dict(snapshot.unreadable)
         self.agent_names = dict(snapshot.agent_names)
         self.epoch = snapshot.epoch
+        self.markers = snapshot.markers
         self.all_changed = True
         return True
 
@@ -62,8 +67,11 @@ class TownMirror:
         task_keys = [k for k in snapshot_keys if is_uuid(k[len(self.task_prefix) :])]
         agent_keys, _ = scan_keys(self.client, glob_escape(self.agent_prefix) + "*")
         epoch = self.client.get(epoch_key(self.town))
-        if (str(epoch) if epoch is not None else None) != self.epoch:
-            return self.reload()  # another Redis, or one that lost the town: read it anew
+        epoch_now = str(epoch) if epoch is not None else None
+        if epoch_now != self.epoch or read_markers(self.client, self.town) != self.markers:
+            # Another Redis, one that lost the town, or a Cluster primary that lost its share
+            # (or a slot map that changed): read it anew.
+            return self.reload()
         replies = hgetall_many(self.client, [*task_keys, *agent_keys])
         differ = {
             key
@@ -139,11 +147,20 @@ class TownMirror:
             dict(self.agent_names),
             self.epoch,
             self.index.identified,
+            dict(self.markers),
         )
 
     def ensure_epoch(self) -> str:
         self.epoch = ensure_epoch(self.client, self.town)
         return self.epoch
+
+    def ensure_markers(self, markers: dict[str, Marker]) -> dict[str, str]:
+        tokens = ensure_markers(self.client, self.town, markers)
+        self.markers = {
+            key: Marker(tokens.get(key, self.epoch), marker.slots)
+            for key, marker in markers.items()
+        }
+        return tokens
 
     def changed_under_us(self, keys: Iterable[str]) -> None:
         self.refresh(keys)

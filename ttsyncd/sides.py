@@ -72,10 +72,15 @@ class RedisSide:
         """The Redis's ttsyncd marker, as read, or set now if it had none."""
         return snapshot.epoch or self.source.ensure_epoch()
 
-    def confirm(self, epoch: str) -> None:
-        """Behind Sentinel: what was read and written is where a failover keeps it
-        (`store.confirm_replicated`)."""
-        confirm_replicated(self.client, self.town, epoch)
+    def markers(self, snapshot: Snapshot) -> dict[str, str]:
+        """On a Cluster, the marker of each primary (as read, or set now where missing): key ->
+        token. {} on one server, where the epoch is the one marker."""
+        return self.source.ensure_markers(snapshot.markers) if snapshot.markers else {}
+
+    def confirm(self, epoch: str, markers: dict[str, str]) -> None:
+        """Behind Sentinel or on a Cluster: what was read and written is where a failover
+        keeps it (`store.confirm_replicated`)."""
+        confirm_replicated(self.client, self.town, epoch, markers)
 
 
 @dataclass(frozen=True)

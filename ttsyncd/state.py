@@ -37,6 +37,9 @@ class SyncState:
     # `resolve` applies or dismisses them.
     set_aside: dict[str, list[Conflict]] = field(default_factory=dict)
     refused: RefusedDeletions | None = None  # a mass deletion refused, until the file changes
+    # A Cluster's epoch markers other than redis_epoch's, one per primary (store.cluster_markers):
+    # marker key -> the token it held when this base was agreed.
+    redis_markers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,7 @@ def journal_delta(
             records = new.set_aside.get(plan_id)
             set_aside[plan_id] = None if records is None else [asdict(c) for c in records]
     refused_changed = old.refused != new.refused
-    same_epoch = old.redis_epoch == new.redis_epoch
+    same_epoch = old.redis_epoch == new.redis_epoch and old.redis_markers == new.redis_markers
     if not (tasks or pending or agents or set_aside or refused_changed) and same_epoch:
         return None
     return {
@@ -182,6 +185,7 @@ def journal_delta(
         "pending": pending,
         "unresolved_agents": agents,
         "redis_epoch": new.redis_epoch,
+        **({"redis_markers": new.redis_markers} if new.redis_markers else {}),
         "set_aside": set_aside,
         **({"refused": refused_json(new.refused)} if refused_changed else {}),
     }
@@ -243,6 +247,7 @@ def replay_journal(path: Path, state: SyncState, generation: int) -> int:
         if "refused" in delta:
             state.refused = refused_from(delta["refused"])
         state.redis_epoch = delta["redis_epoch"]
+        state.redis_markers = dict(delta.get("redis_markers", {}))
     return applied
 
 
@@ -295,7 +300,7 @@ def load_state(path: Path) -> tuple[SyncState, int]:
     }
     state = SyncState(
         base, dict(data.get("unresolved_agents", {})), pending, uuids, data.get("redis_epoch"),
-        set_aside, refused_from(data.get("refused")),
+        set_aside, refused_from(data.get("refused")), dict(data.get("redis_markers", {})),
     )  # fmt: skip
     return state, int(data.get("generation", 0))
 
@@ -310,6 +315,7 @@ def save_state(
         "redis": endpoint,
         "tasks": {plan_id: task_entry(state, plan_id) for plan_id in sorted(state.base)},
         "redis_epoch": state.redis_epoch,
+        "redis_markers": state.redis_markers,
         "unresolved_agents": state.unresolved_agents,
         "pending": {k: [asdict(c) for c in v] for k, v in state.pending.items()},
         "set_aside": {k: [asdict(c) for c in v] for k, v in state.set_aside.items()},

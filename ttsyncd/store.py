@@ -21,6 +21,7 @@ import redis.cluster
 import redis.sentinel
 import structlog
 from redis.client import NEVER_DECODE
+from redis.crc import key_slot
 
 from ttsyncd.codec import (
     BadHash,
@@ -69,6 +70,15 @@ GUARDED_WRITE_SHA: Final = hashlib.sha1(GUARDED_WRITE.encode()).hexdigest()
 REPLICA_WAIT_MS: Final = 1000
 
 
+@dataclass(frozen=True)
+class Marker:
+    """An epoch marker of a Cluster primary as read: its token (None: missing), and the slots
+    of the primary that holds it, whose keys go when the primary comes back without its data."""
+
+    token: str | None
+    slots: frozenset[int]
+
+
 @dataclass
 class Snapshot:
     """A town's tasks and agents as read from Redis."""
@@ -79,6 +89,8 @@ class Snapshot:
     epoch: str | None = None  # this Redis's ttsyncd marker (see epoch_key); None: not set
     # The tasks identified, where the source keeps that current (the daemon's mirror).
     identified: Identified | None = field(default=None, compare=False, repr=False)
+    # A Cluster's marker on each primary (see cluster_markers), epoch_key's among them.
+    markers: dict[str, Marker] = field(default_factory=dict)
 
     def identify(self) -> Identified:
         return self.identified if self.identified is not None else identify(self.tasks)
@@ -200,6 +212,71 @@ def ensure_epoch(client: RedisClient, town: str) -> str:
     return str(client.get(epoch_key(town)))
 
 
+# How far cluster_markers looks for a marker key that hashes into a primary's slots: ~1.3 tries
+# a primary on average; a town whose name holds a hash tag ({...}) puts all its keys, markers
+# included, in one slot, and then the other primaries hold none of the town's keys anyway.
+MARKER_CANDIDATES: Final = 4096
+
+
+def marker_key(town: str, n: int) -> str:
+    return f"{epoch_key(town)}:{n}"
+
+
+def cluster_markers(client: redis.cluster.RedisCluster, town: str) -> dict[str, frozenset[int]]:
+    """One epoch marker key in the slots of each primary of a Cluster, as the client's slot map
+    has it now, with that primary's slots: epoch_key for the primary that holds its slot, else
+    the first `tt:<town>:ttsyncd:epoch:<n>` that hashes into its slots.
+
+    A primary that restarts without its data (no replica, no persistence) loses its marker with
+    its keys, while the others keep theirs: its slots are then known to have been emptied, and
+    only the tasks in them are repopulated from the file (the engine), instead of reading as
+    deleted in Redis. A marker moves with its slot (resharding), and a promoted replica holds
+    its primary's."""
+    slots_of: dict[str, set[int]] = {}
+    for slot, nodes in client.nodes_manager.slots_cache.items():
+        if nodes:
+            slots_of.setdefault(nodes[0].name, set()).add(slot)
+    candidates = [epoch_key(town), *(marker_key(town, n) for n in range(MARKER_CANDIDATES))]
+    markers: dict[str, frozenset[int]] = {}
+    for _name, slots in sorted(slots_of.items()):
+        key = next((k for k in candidates if key_slot(k.encode()) in slots), None)
+        if key is not None:
+            markers[key] = frozenset(slots)
+    return markers
+
+
+def read_markers(client: RedisClient, town: str) -> dict[str, Marker]:
+    """A Cluster's markers with their tokens ({} on one server: epoch_key is its marker)."""
+    if not isinstance(client, redis.cluster.RedisCluster):
+        return {}
+    slots = cluster_markers(client, town)
+    pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+    for key in slots:
+        pipe.get(key)  # GETs, not MGET: the ACL user has +get
+    tokens = pipe.execute()
+    return {
+        key: Marker(None if token is None else str(token), slots[key])
+        for key, token in zip(slots, tokens, strict=True)
+    }
+
+
+def ensure_markers(client: RedisClient, town: str, markers: dict[str, Marker]) -> dict[str, str]:
+    """Each Cluster marker's token (epoch_key's left out: ensure_epoch keeps it), a fresh one
+    set first where it is missing (NX: every daemon of the town agrees on it). Done before the
+    sync writes anything and saved in the base after: a crash or another restart in between
+    leaves the base's token and the marker differing, so the slots are repopulated again."""
+    tokens: dict[str, str] = {}
+    for key, marker in markers.items():
+        if key == epoch_key(town):
+            continue
+        if marker.token is None:
+            client.set(key, uuid.uuid4().hex, nx=True)
+            tokens[key] = str(client.get(key))
+        else:
+            tokens[key] = marker.token
+    return tokens
+
+
 def read_snapshot(client: RedisClient, town: str) -> Snapshot:
     """Every task hash of the town and every agent's name: SCAN, then pipelined HGETALLs."""
     task_prefix = f"tt:{town}:task:"
@@ -209,6 +286,7 @@ def read_snapshot(client: RedisClient, town: str) -> Snapshot:
     snapshot = read_hashes(client, task_keys, agent_keys)
     epoch = client.get(epoch_key(town))
     snapshot.epoch = str(epoch) if epoch is not None else None
+    snapshot.markers = read_markers(client, town)
     for key in undecodable:
         snapshot.unreadable[key] = "the key name is not UTF-8 text"
     return snapshot
@@ -361,7 +439,9 @@ class NotReplicated(RedisUnavailable, redis.ConnectionError):
     after a lost connection), a one-shot command exits 3."""
 
 
-def confirm_replicated(client: RedisClient, town: str, epoch: str) -> None:
+def confirm_replicated(
+    client: RedisClient, town: str, epoch: str, markers: dict[str, str] | None = None
+) -> None:
     """Behind Sentinel, before a sync saves its base: what it read and wrote is on the primary
     Sentinel names now, and on every replica a failover could promote. Redis replicates
     asynchronously, and a failover loses what the old primary acknowledged but had not passed
@@ -374,8 +454,10 @@ def confirm_replicated(client: RedisClient, town: str, epoch: str) -> None:
 
     WAIT counts the writes of its own connection, and the replication offset is global: a
     write on this connection (the epoch marker set to what it holds) then WAIT covers
-    everything before it, this sync's writes included. Plain servers and Clusters skip this."""
+    everything before it, this sync's writes included. On a Cluster, the same on every primary
+    (confirm_on_cluster); a plain server skips this."""
     if isinstance(client, redis.cluster.RedisCluster):
+        confirm_on_cluster(client, {epoch_key(town): epoch, **(markers or {})})
         return
     pool = client.connection_pool
     if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
@@ -400,6 +482,58 @@ def confirm_replicated(client: RedisClient, town: str, epoch: str) -> None:
             f"{acknowledged} of {len(replicas)} replicas acknowledged within "
             f"{REPLICA_WAIT_MS} ms: a failover could lose this sync's writes; syncing again"
         )
+
+
+def confirm_on_cluster(client: redis.cluster.RedisCluster, markers: dict[str, str]) -> None:
+    """confirm_replicated on a Cluster: on each primary, its marker set to what it holds (XX)
+    and, where it has replicas online, WAIT for them on that connection. A Cluster fails a
+    primary over to one of its replicas just as Sentinel does, and loses what the replica had
+    not received. A marker that is gone (XX sets nothing) means its primary restarted empty
+    during the sync: what the sync wrote there is gone too, so its base is not saved either."""
+    by_node: dict[str, list[str]] = {}
+    nodes: dict[str, Any] = {}
+    for key in markers:
+        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        by_node.setdefault(node.name, []).append(key)
+        nodes[node.name] = node
+    for name, keys in sorted(by_node.items()):
+        primary = client.get_redis_connection(nodes[name])
+        try:
+            replicas = online_replicas(primary.info("replication"))
+            pipe = primary.pipeline(transaction=False)
+            for key in keys:
+                pipe.set(key, markers[key], xx=True)
+            if replicas:
+                pipe.execute_command("WAIT", replicas, REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
+            replies = pipe.execute()
+        except (redis.exceptions.MovedError, redis.exceptions.ReadOnlyError) as error:
+            # The client's slot map is older than a failover: read it anew for the retry.
+            client.nodes_manager.initialize()
+            raise NotReplicated(
+                f"{name} is no longer the primary of its slots ({type(error).__name__}): "
+                "its writes may be lost; syncing again"
+            ) from None
+        if not all(replies[: len(keys)]):
+            raise NotReplicated(
+                f"{name} lost its epoch marker during the sync (it restarted empty?); syncing again"
+            )
+        acknowledged = int(replies[-1]) if replicas else 0
+        if acknowledged < replicas:
+            log.warning("the replicas did not acknowledge the sync in time", primary=name,
+                        acknowledged=acknowledged, replicas=replicas)  # fmt: skip
+            raise NotReplicated(
+                f"{acknowledged} of {replicas} replicas of {name} acknowledged within "
+                f"{REPLICA_WAIT_MS} ms: a failover could lose this sync's writes; syncing again"
+            )
+
+
+def online_replicas(info: dict[str, Any]) -> int:
+    """The replicas INFO replication lists as online (the ones a WAIT can count on)."""
+    return sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
 
 
 def promotable(pool: redis.sentinel.SentinelConnectionPool) -> list[str]:
@@ -447,6 +581,9 @@ class RedisSource(Protocol):
     def ensure_epoch(self) -> str:
         """The Redis's ttsyncd marker, set if missing."""
 
+    def ensure_markers(self, markers: dict[str, Marker]) -> dict[str, str]:
+        """A Cluster's markers per primary (see store.ensure_markers), set where missing."""
+
 
 class LiveRead:
     """The one-shot commands' source: every snapshot reads the whole town."""
@@ -465,3 +602,6 @@ class LiveRead:
 
     def ensure_epoch(self) -> str:
         return ensure_epoch(self.client, self.town)
+
+    def ensure_markers(self, markers: dict[str, Marker]) -> dict[str, str]:
+        return ensure_markers(self.client, self.town, markers)

@@ -5,13 +5,14 @@ Failover and sharding stay redis-py's job: its Sentinel client asks the sentinel
 current primary whenever it connects (and drops a connection to a primary that was demoted), and
 its Cluster client routes each key to its node and follows MOVED/ASK. What ttsyncd adds is only
 what no client can do for it: turning keyspace notifications on for every primary, noticing
-that the primary it listens to is no longer the one (see `current_primaries`), and, behind
-Sentinel, saving a base only once the replicas hold it (store.confirm_replicated).
+that the primary it listens to is no longer the one (see `current_primaries`), reconnecting to
+a Cluster from every node it knew (`known_cluster_nodes`), and, behind Sentinel and on a
+Cluster, saving a base only once the replicas hold it (store.confirm_replicated).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import redis
 import redis.asyncio
@@ -26,10 +27,32 @@ from ttsyncd.topology_status import CLUSTER, SENTINEL, STANDALONE, Topology
 RedisClient: TypeAlias = redis.Redis | redis.cluster.RedisCluster
 AsyncRedisClient: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
+# What says "this Redis cannot answer right now", retried as a lost connection is: also a
+# Cluster between a primary's loss and its return or its replica's promotion (CLUSTERDOWN, a
+# slot with no node), or mid-resharding (TRYAGAIN).
+UNREACHABLE: Final = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OSError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+)
+
+
+# The nodes of each Cluster this process has connected to (by endpoint identity), as its slot
+# map last listed them: a reconnect starts from all of them, not only from the node the URL
+# names, which may be the very primary that was lost.
+known_cluster_nodes: dict[str, tuple[tuple[str, int], ...]] = {}
+
 
 def open_client(endpoint: Endpoint, *, timeout_s: float = 5.0) -> RedisClient:
     """A client of `endpoint`'s Redis, not yet connected. A Cluster client when the endpoint says
-    so (`[redis] cluster = true`) or when its node reports `cluster_enabled:1`."""
+    so (`[redis] cluster = true`), when its node reports `cluster_enabled:1`, or when this
+    process met a Cluster there before (see known_cluster_nodes)."""
+    known = known_cluster_nodes.get(endpoint.identity())
+    if known and endpoint.cluster is not False:
+        return endpoint.cluster_client(timeout_s=timeout_s, nodes=known)
     client = endpoint.client(timeout_s=timeout_s)
     if wants_cluster(endpoint, client):
         client.close()
@@ -56,7 +79,9 @@ def is_cluster_node(client: redis.Redis) -> bool:
 
 def open_async_client(endpoint: Endpoint, cluster: bool) -> AsyncRedisClient:
     """The asyncio client for keyspace notifications, of the same kind as the sync one."""
-    return endpoint.async_cluster_client() if cluster else endpoint.async_client()
+    if cluster:
+        return endpoint.async_cluster_client(nodes=known_cluster_nodes.get(endpoint.identity(), ()))
+    return endpoint.async_client()
 
 
 def primary_clients(client: RedisClient) -> list[redis.Redis]:
@@ -76,6 +101,13 @@ def topology_of(endpoint: Endpoint) -> Topology:
     return Topology(CLUSTER if endpoint.cluster else STANDALONE)
 
 
+def remember_cluster_nodes(endpoint: Endpoint, client: RedisClient) -> None:
+    """A connected Cluster client's nodes, primaries and replicas, for the next open_client."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        nodes = client.get_nodes()  # type: ignore[no-untyped-call]
+        known_cluster_nodes[endpoint.identity()] = tuple(sorted((n.host, n.port) for n in nodes))
+
+
 def current_topology(client: RedisClient) -> Topology:
     """The topology as the client sees it now."""
     if isinstance(client, redis.cluster.RedisCluster):
@@ -89,12 +121,30 @@ def current_topology(client: RedisClient) -> Topology:
 
 
 async def current_primaries(aclient: AsyncRedisClient) -> tuple[str, ...]:
-    """The primaries the asyncio client would use now: asks the sentinels, or the Cluster
-    client's slot map (which redis-py refreshes on MOVED and on connection errors)."""
+    """The primaries now: as the sentinels name them, or as the Cluster says (cluster_primaries)."""
     if isinstance(aclient, redis.asyncio.cluster.RedisCluster):
-        return tuple(sorted(node.name for node in aclient.get_primaries()))
+        return await cluster_primaries(aclient)
     pool = aclient.connection_pool
     if isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
         host, port = await pool.get_master_address()  # type: ignore[no-untyped-call]
         return (f"{host}:{port}",)
     return ()
+
+
+async def cluster_primaries(aclient: redis.asyncio.cluster.RedisCluster) -> tuple[str, ...]:
+    """The primaries of every slot as the Cluster says now (CLUSTER SLOTS, of the first primary
+    the client knows that answers). Not the client's own slot map: redis-py refreshes that on
+    MOVED or a lost connection only, and a handover (CLUSTER FAILOVER) causes neither on
+    connections that only listen for notifications, which would then miss every event of the
+    promoted primary."""
+    failure: Exception = redis.ConnectionError("no node of the cluster answers")
+    for node in aclient.get_primaries():
+        try:
+            slots = await aclient.execute_command("CLUSTER SLOTS", target_nodes=node)
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            failure = error
+            continue
+        addresses = {f"{served['primary'][0] or node.host}:{served['primary'][1]}"
+                     for served in slots.values()}  # fmt: skip
+        return tuple(sorted(addresses))
+    raise failure
