@@ -9,14 +9,13 @@ import pytest
 import redis
 
 from ttsyncd.config import (
-    Endpoint,
     LogSettings,
     Settings,
     SyncSettings,
-    endpoint_from_url,
     find_town,
     load_settings,
 )
+from ttsyncd.endpoints import Endpoint, endpoint_from_url
 from ttsyncd.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

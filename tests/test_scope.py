@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ttsyncd.codec import decode_task, encode_tags, task_key
-from ttsyncd.config import Endpoint, LogSettings, Settings, SyncSettings
+from ttsyncd.config import LogSettings, Settings, SyncSettings
+from ttsyncd.endpoints import Endpoint
 from ttsyncd.engine import Decision, SyncReport, decide, replaced
 from ttsyncd.identity import IdentityIndex
 from ttsyncd.merge import Options

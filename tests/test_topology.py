@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ttsyncd.config import endpoint_from_url
+from ttsyncd.endpoints import endpoint_from_url
 from ttsyncd.topology import topology_of
 from ttsyncd.topology_status import Topology, describe
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.test_config import PASSWORD, assert_no_secret, config_error, load, make_town
 from ttsyncd.cli import status_lines
-from ttsyncd.config import Endpoint, endpoint_from_url
+from ttsyncd.endpoints import Endpoint, endpoint_from_url
 from ttsyncd.topology import Topology
 
 SENTINEL_URL = f"redis+sentinel://alice:{PASSWORD}@s1.example:26380,[::1]:26381,s3/towns/2"

@@ -333,7 +333,7 @@ def daemon_on_another_redis(sock: Path, settings: Settings) -> str | None:
     if settings.endpoint.source not in EXPLICIT_ENDPOINTS:
         return None
     from ttsyncd import control
-    from ttsyncd.config import endpoint_from_url
+    from ttsyncd.endpoints import endpoint_from_url
 
     answer = control.request(sock, {"cmd": "status"}, 10.0)
     if answer is None or not answer.get("ok"):

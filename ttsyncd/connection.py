@@ -7,8 +7,9 @@ import re
 import redis
 from redis.exceptions import NoPermissionError
 
-from ttsyncd.config import Endpoint, Settings
+from ttsyncd.config import Settings
 from ttsyncd.embedded import ensure_embedded
+from ttsyncd.endpoints import Endpoint
 from ttsyncd.errors import RedisUnavailable
 from ttsyncd.topology import RedisClient, open_client, remember_cluster_nodes
 

@@ -20,7 +20,7 @@ import redis.asyncio.cluster
 import redis.cluster
 import redis.sentinel
 
-from ttsyncd.config import Endpoint
+from ttsyncd.endpoints import Endpoint
 from ttsyncd.topology_status import CLUSTER, SENTINEL, STANDALONE, Topology
 
 # A client of the town's Redis: one server (also a Sentinel-managed primary), or a Cluster.
