@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -236,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         settings = reload_settings()
         if args.command in ("run", "start"):
-            return run_daemon(args.command, settings, reload_settings, args.log_format)
+            return run_daemon(args, settings, reload_settings)
         if args.command == "stop":
             from ttsyncd import background
 
@@ -255,17 +255,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def run_daemon(command: str, settings: Settings, reload_settings: Any, fmt: str | None) -> int:
-    if command == "start":
+def run_daemon(
+    args: argparse.Namespace, settings: Settings, reload_settings: Callable[[], Settings]
+) -> int:
+    from dataclasses import replace
+
+    def logging_as_asked(loaded: Settings) -> Settings:
+        """-v (debug: each field a sync changes, old → new) and --log-format over the
+        config's [log], also once a SIGHUP has read the config again."""
+        level = "debug" if args.verbose else loaded.log.level
+        fmt = args.log_format or loaded.log.format
+        return replace(loaded, log=replace(loaded.log, level=level, format=fmt))
+
+    settings = logging_as_asked(settings)
+
+    def reload_as_asked() -> Settings:
+        return logging_as_asked(reload_settings())
+
+    if args.command == "start":
         from ttsyncd import background
 
-        return background.start(settings, reload_settings)
+        return background.start(settings, reload_as_asked)
     from ttsyncd import log
     from ttsyncd.daemon import run_foreground
 
-    log.configure(settings.log.level, fmt or settings.log.format)
+    log.configure(settings.log.level, settings.log.format)
     mode = "systemd" if os.environ.get("NOTIFY_SOCKET") else "foreground"
-    return run_foreground(settings, reload_settings, mode)
+    return run_foreground(settings, reload_as_asked, mode)
 
 
 def manage_service(args: argparse.Namespace, settings: Settings) -> int:

@@ -63,7 +63,7 @@ from redis.asyncio.keyspace_notifications import (
 from redis.backoff import EqualJitterBackoff
 from redis.keyspace_notifications import KeyspaceChannel
 
-from ttsyncd import background, commands, control, log, systemd
+from ttsyncd import activity, background, commands, control, log, systemd
 from ttsyncd.codec import agent_key_prefix
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
@@ -71,6 +71,7 @@ from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.debounce import Quiescence
 from ttsyncd.engine import Scope, SyncReport, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
+from ttsyncd.events import EventBus
 from ttsyncd.memory import release_free_memory
 from ttsyncd.mirror import TownMirror
 from ttsyncd.notifications import notifications_arrive
@@ -258,6 +259,7 @@ class Daemon:
         self.paused_since = background.paused_since(settings)
         self.verified_at: str | None = None  # the last anti-entropy pass, and what it found
         self.verify_found: str | None = None
+        self.events = EventBus()  # what `ttsyncd monitor` shows (ttsyncd/activity.py says it)
 
     def new_quiescences(self) -> tuple[Quiescence, Quiescence]:
         """The debounce of each side: (file, Redis)."""
@@ -276,6 +278,7 @@ class Daemon:
         try:
             return await self.serve(on_ready)
         finally:
+            await self.events.close()  # monitors end here, as the daemon does
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
@@ -450,6 +453,7 @@ class Daemon:
             except (redis.ConnectionError, redis.TimeoutError, OSError, RedisUnavailable) as e:
                 if self.connected:
                     logger.warning("lost Redis, reconnecting", error=type(e).__name__)
+                    self.events.publish("reconnecting", error=type(e).__name__)
                     failures = 0  # it was up: a blip, not a long outage
                 self.connected = False
                 self.report_problem(
@@ -496,6 +500,8 @@ class Daemon:
         self.clear_problem("redis")
         logger.info("connected to Redis", notifications=self.notifications,
                     topology=topology.describe())  # fmt: skip
+        self.events.publish("connected", notifications=self.notifications,
+                            redis=self.settings.endpoint.redacted())  # fmt: skip
         if notifications is None:
             await self.poll(client, aclient)
             return
@@ -735,6 +741,8 @@ class Daemon:
         return self.problem.message if self.problem else None
 
     def report_problem(self, kind: ErrorKind, message: str) -> None:
+        if self.problem != Problem(kind, message):  # (a retry failing again is no news)
+            activity.problem(self.events, kind, message)
         self.problem = Problem(kind, message)
 
     def clear_problem(self, *kinds: ErrorKind) -> None:
@@ -752,6 +760,8 @@ class Daemon:
         self.report_problem("refused", refused.message)
         if refused.message != before:
             logger.warning("deletions refused", plan_ids=sorted(refused.plan_ids))
+            self.events.publish("refused", plan_ids=sorted(refused.plan_ids),
+                                message=refused.message)  # fmt: skip
 
     def fail(self, error: str) -> None:
         self.report_problem("sync", error)
@@ -765,7 +775,9 @@ class Daemon:
         self.request(keys=work.keys, file=work.file, reload=True, must_sync=True)
         self.retry_at = time.monotonic() + 1.0
 
-    def record(self, report: SyncReport, *, push: bool, pull: bool) -> None:
+    def record(
+        self, report: SyncReport, *, push: bool, pull: bool, origin: activity.Origin = "daemon"
+    ) -> None:
         self.syncs += 1
         self.clear_problem("sync", "redis")  # a completed sync reached Redis too
         self.show_refusal(report.refused)
@@ -781,13 +793,8 @@ class Daemon:
         if pull:
             self.last_pull = self.last_sync = stamp(report.to_file)
         direction = "both" if push and pull else ("push" if push else "pull")
-        logger.info(
-            "sync", direction=direction,
-            to_redis=report.to_redis.summary(), to_file=report.to_file.summary(),
-            redis_writes=report.redis_writes, file_written=report.file_written,
-            conflicts=len(report.settled), set_aside=len(report.set_aside),
-            duration_ms=report.duration_ms,
-        )  # fmt: skip
+        activity.sync_done(self.events, report, direction=direction, origin=origin)
+        report.changed = []  # named in the log and the events: not kept with last_report
         systemd.notify(f"STATUS={self.status_line()}")
 
     # ------------------------------------------------------------------------ anti-entropy
@@ -845,6 +852,12 @@ class Daemon:
         command = message["cmd"]
         if command == "status":
             return self.status()
+        if command == "subscribe":  # `ttsyncd monitor`
+            subscription = self.events.subscribe()
+            return control.Stream(
+                {"status": self.status()}, subscription.events(),
+                lambda: self.events.unsubscribe(subscription),
+            )  # fmt: skip
         if command == "stop":
             self.stop()
             return {"stopping": True, "pid": os.getpid()}
@@ -873,6 +886,7 @@ class Daemon:
             self.paused_since = await asyncio.to_thread(background.mark_paused, self.settings)
         if not already:
             logger.info("paused", since=self.paused_since)
+            self.events.publish("paused", since=self.paused_since)
             systemd.notify(f"STATUS={self.status_line()}")
         return {"paused": {"since": self.paused_since}, "already": already}
 
@@ -888,6 +902,7 @@ class Daemon:
             # Read both sides afresh: a long pause (a rebase) may hold more than the events say.
             self.request(file=await self.file_differs(), reload=True)
         logger.info("resumed", paused_since=since)
+        self.events.publish("resumed", paused_since=since)
         if self.connected:
             await self.sync_pending(everything=True)
         systemd.notify(f"STATUS={self.status_line()}")
