@@ -104,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true",
         help='one JSON object, also with no daemon ({"running": false, ...})',
     )  # fmt: skip
+    monitor = command(
+        "monitor", "watch the daemon work, live",
+        "Watch the town's daemon live: each sync with its direction and duration, every task "
+        "and field it changes (old → new), deletions, conflicts and stale writes set aside, "
+        "errors, reconnects, pause and resume; on a terminal under a status header. Ends on "
+        "Ctrl-C or when the daemon stops (exit 0); exits 1 when no daemon serves the town.",
+    )  # fmt: skip
+    monitor.add_argument(
+        "--json", action="store_true",
+        help='one JSON event per line (the first: {"event": "subscribed", "status": ...})',
+    )  # fmt: skip
     for name, help_text, description in (
         ("push", "apply the file's changes to Redis",
          "Apply the changes made in tasks.toml since the last sync to the town's Redis tasks "
@@ -245,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return manage_service(args, settings)
         if args.command == "status":
             return show_status(settings, as_json=args.json)
+        if args.command == "monitor":
+            from ttsyncd.monitor import monitor
+
+            return monitor(settings.town_dir, as_json=args.json)
         if args.command in ("pause", "resume"):
             return pause_or_resume(settings, args.command)
         return one_shot(args, settings).show()
