@@ -156,6 +156,31 @@ def test_pause_resume_and_a_conflict_are_streamed_and_logged(
     assert warned["task"] == "api" and warned["settled"] == "file wins"
 
 
+def test_push_pull_and_check_through_the_socket_are_recorded(
+    watching: tuple[Daemon, Monitor], town: Path
+) -> None:
+    daemon, monitor = watching
+    before = daemon.status()
+    assert before is not None
+    for command in ("push", "pull"):
+        done = run_cli(town, command, redis_url=None)
+        assert done.returncode == 0, done.stderr
+        monitor.wait_for(f"the {command}", event="sync", direction=command, origin="command")
+        logged(
+            daemon, lambda e, c=command: e.get("origin") == "command" and e.get("direction") == c,
+            f"the {command} in the log",
+        )  # fmt: skip
+    after = daemon.status()
+    assert after is not None and after["syncs"] >= before["syncs"] + 2
+    assert after["last_push"]["time"] > before["last_push"]["time"]
+    assert after["last_pull"]["time"] > before["last_pull"]["time"]
+
+    assert run_cli(town, "check", redis_url=None).returncode == 0
+    check = monitor.wait_for("the check", event="check", command="check")
+    assert check["out_of_sync"] == 0 and check["origin"] == "command"
+    logged(daemon, lambda e: e["event"] == "check: nothing written", "the check in the log")
+
+
 def test_verbose_daemon_logs_each_field_old_to_new(town: Path, server: RedisServer) -> None:
     daemon = Daemon(town, server.url, options=("-v",))
     try:

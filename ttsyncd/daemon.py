@@ -933,6 +933,12 @@ class Daemon:
                 return commands.push_or_pull(town, command, force=force, dry_run=dry_run)
 
             output = await self.under_way(run)
+            for report, push, pull, dry_run in town.synced:  # recorded as the daemon's own
+                if dry_run:
+                    said = command if command == "check" else f"{command} --dry-run"
+                    activity.check_done(self.events, report, command=said)
+                else:
+                    self.record(report, push=push, pull=pull, origin="command")
             if writes:  # a forced push or a resolve may have lifted (or made) a refusal
                 self.show_refusal(self.state_store.load().refused)
             return output
