@@ -28,9 +28,9 @@ def sync_done(
     """A sync completed (it may have written nothing: its counts say so)."""
     changed = report.changed
     logger.info(
-        "sync", direction=direction, origin=origin,
+        "sync", direction=direction, origin=origin, **named(changed),
         to_redis=report.to_redis.summary(), to_file=report.to_file.summary(),
-        **named(changed), redis_writes=report.redis_writes, file_written=report.file_written,
+        redis_writes=report.redis_writes, file_written=report.file_written,
         conflicts=len(report.settled), set_aside=len(report.set_aside),
         duration_ms=report.duration_ms,
     )  # fmt: skip

@@ -60,7 +60,7 @@ def global_options() -> argparse.ArgumentParser:
     )  # fmt: skip
     group.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-        help="log progress, not only problems",
+        help="log progress, not only problems (run, start: debug, each field a sync changes)",
     )  # fmt: skip
     return options
 
