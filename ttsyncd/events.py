@@ -82,7 +82,7 @@ class EventBus:
         self.subscribers.discard(subscription)
         subscription.over.set()
 
-    async def close(self, timeout: float = 1.0, **fields: Any) -> None:
+    async def close(self, timeout: float = 0.5, **fields: Any) -> None:
         """The daemon stops: a last `stopping` event, then every subscription ends; waits (at
         most `timeout`) for their streams to send what they hold."""
         self.publish("stopping", **fields)
