@@ -268,3 +268,27 @@ def test_on_a_terminal_a_status_header_stands_above_lines_cut_to_its_width(
     assert f"ttsyncd {TOWN} · " in screen  # the header
     assert "…" in screen and long not in screen  # the change's line, cut to 60 columns
     assert "the daemon stops" in screen
+
+
+def test_piped_without_json_it_prints_the_event_lines(town: Path, server: RedisServer) -> None:
+    daemon = Daemon(town, server.url)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+    monitor: subprocess.Popen[str] | None = None
+    try:
+        daemon.wait_ready()
+        monitor = subprocess.Popen(
+            [sys.executable, "-m", "ttsyncd", "monitor", "--town", str(town)],
+            stdout=subprocess.PIPE, text=True, env=clean,
+        )  # fmt: skip
+        wait_until(lambda: (daemon.status() or {}).get("monitors") == 1, what="the subscription")
+        rewrite_in_place(town / "tasks.toml", PLAN.replace("the docs", "the user docs"))
+        wait_until(lambda: (daemon.status() or {}).get("syncs") == 2, what="the push")
+        assert daemon.terminate() == 0
+        out, _ = monitor.communicate(timeout=10)
+    finally:
+        daemon.terminate()
+        if monitor is not None and monitor.poll() is None:
+            monitor.kill()
+    assert monitor.returncode == 0
+    assert " sync push " in out and "→ redis update docs: description " in out
+    assert out.rstrip().endswith("the daemon stops")

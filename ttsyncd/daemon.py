@@ -933,8 +933,8 @@ class Daemon:
                 return commands.push_or_pull(town, command, force=force, dry_run=dry_run)
 
             output = await self.under_way(run)
-            for report, push, pull, dry_run in town.synced:  # recorded as the daemon's own
-                if dry_run:
+            for report, push, pull, wrote_nothing in town.synced:  # recorded as its own are
+                if wrote_nothing:
                     said = command if command == "check" else f"{command} --dry-run"
                     activity.check_done(self.events, report, command=said)
                 else:
@@ -973,6 +973,7 @@ class Daemon:
             "last_error": self.last_error,
             "last_error_kind": self.problem.kind if self.problem else None,
             "part_failures": dict(self.parts.failures),  # per part, restarted or not
+            "monitors": len(self.events.subscribers),  # `ttsyncd monitor`s watching
             "verify": {
                 "last": self.verified_at,
                 "found": self.verify_found,
