@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 
 from ttsyncd.codec import decode_task, encode_tags, task_key
 from ttsyncd.config import Endpoint, LogSettings, Settings, SyncSettings
-from ttsyncd.engine import Decision, Scope, SyncReport, decide, replaced
+from ttsyncd.engine import Decision, SyncReport, decide, replaced
 from ttsyncd.identity import IdentityIndex
 from ttsyncd.merge import Options
 from ttsyncd.plan import Plan, parse_plan, render_plan
+from ttsyncd.scope import OwedTasks, Scope, merge_limit, touched_ids
 from ttsyncd.state import SyncState
 from ttsyncd.store import Snapshot, hash_after
 
@@ -180,3 +181,31 @@ def edit_file(
             if node is None:
                 entries = candidate
     return entries
+
+
+def test_the_widening_rules() -> None:
+    """scope.py's rules 2, 3, 4 and 8 on one small plan: a parent leaving the file takes its
+    child along; a standing refusal is judged again; `resolve` names its tasks; no scope is
+    a full sync."""
+    plan = parse_plan(PATH, plan_text({"t0": ("a", None), "t1": ("b", "t0"), "t2": ("c", None)}))
+    in_redis = {"t0": 1, "t1": 1, "t2": 1}
+    gone = {"t1": 1, "t2": 1}  # t0 deleted in Redis: its child's parent link changes
+    assert merge_limit(frozenset({"t0"}), frozenset(), None, plan, gone) == {"t0", "t1"}
+    assert merge_limit(frozenset({"t0"}), frozenset(), None, plan, in_redis) == {"t0"}
+    assert merge_limit(frozenset({"t0"}), frozenset({"t2"}), None, plan, in_redis) == {"t0", "t2"}
+    assert merge_limit(frozenset({"t0"}), frozenset(), frozenset({"t2"}), plan, gone) == {"t2"}
+    assert merge_limit(None, frozenset({"t2"}), None, plan, in_redis) is None
+    assert touched_ids(None, frozenset({"t0"}), {"t5"}, {"t0"}, {"t1"}, {"t1"}) == {"t0"}
+    assert touched_ids(None, None, {"t5"}, {"t0"}, {"t1"}, frozenset()) == {"t0", "t1", "t5"}
+
+
+def test_owed_tasks_are_full_until_a_sync_and_when_not_known() -> None:
+    owed = OwedTasks()
+    assert owed.scope() is None  # at start
+    plan = parse_plan(PATH, plan_text({"t0": ("a", None)}))
+    owed.synced(plan, frozenset({"t1"}))  # a pull left t1 owed to a push
+    owed.note(frozenset({"t2"}))
+    scope = owed.scope()
+    assert scope is not None and scope.plan_ids == {"t1", "t2"} and scope.plan is plan
+    owed.note(None)  # the mirror cannot say which
+    assert owed.scope() is None

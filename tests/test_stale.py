@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ttsyncd.merge import (
@@ -351,6 +351,18 @@ def step_values(
 
 @given(histories())
 @settings(max_examples=3000 if os.environ.get("TTSYNCD_LONG") else 400, deadline=None)
+# Found by this test: an agent assigned from a copy with a stale description (set aside), the
+# user then gives the task to another agent, and the agent starts it from its own copy. The
+# copy is a mix (its description from before the user's edit, its agent from after its own
+# step), consistent with no single point: the start undid the user's agent.
+@example(
+    [
+        ("file", "new-values", False, ("description",), 0, "both"),
+        ("redis", "assign", True, (), 2, "both"),
+        ("file", "new-values", False, ("agent",), 0, "both"),
+        ("redis", "start", True, (), 0, "both"),
+    ]
+)
 def test_random_histories_never_lose_the_newer_change_and_never_flag_a_fresh_write(
     steps: list[Step],
 ) -> None:

@@ -1,4 +1,11 @@
-"""`ttsyncd run`: live two-way sync of one town on one asyncio loop.
+"""`ttsyncd run`: live two-way sync of one town on one asyncio loop: lifecycle and wiring.
+
+The path of a change, top-down: the file watcher (`watch_file`) or the Redis session
+(`connect_and_listen`) feeds an event to the schedule (ttsyncd/schedule.py: debounce, the work
+owed, retries, the verify interval); the syncer (`syncer`, `sync_due`) takes what is due,
+fetches what it names into the mirror, adds the tasks it touched to the scope
+(ttsyncd/scope.py) and runs the engine (`engine.run_sync`) in a worker thread, which reads and
+writes both sides through ttsyncd/sides.py; the outcome goes back to the schedule.
 
 The daemon's long-lived tasks ("parts") share the loop under one owner, a `Supervisor`
 (ttsyncd/supervisor.py, an `asyncio.TaskGroup`), beside the control socket. Echoes of the
@@ -16,8 +23,8 @@ A part that raises is logged with its traceback, then, by its policy (`POLICY`):
 | file     | watchfiles on the plan's directory         | restarted: watching again, it      |
 |          |                                            | checks the file, so a save made    |
 |          |                                            | meanwhile is synced                |
-| syncer   | debounces both sides and runs the engine   | exit 1: what it holds (the work    |
-|          | in a worker thread, one sync at a time;    | owed, the scope of the next sync)  |
+| syncer   | syncs what the schedule says is due, in a  | exit 1: what it holds (the work    |
+|          | worker thread, one sync at a time;         | owed, the scope of the next sync)  |
 |          | the only part that writes                  | can no longer be trusted; the next |
 |          |                                            | daemon starts from the persisted   |
 |          |                                            | base (systemd: Restart=on-failure) |
@@ -45,9 +52,8 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import redis
@@ -55,29 +61,30 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 import structlog
-import watchfiles
-from redis.asyncio.keyspace_notifications import (
-    AsyncClusterKeyspaceNotifications,
-    AsyncKeyspaceNotifications,
-)
 from redis.backoff import EqualJitterBackoff
-from redis.keyspace_notifications import KeyspaceChannel
 
-from ttsyncd import activity, background, commands, control, log, systemd
-from ttsyncd.codec import agent_key_prefix
+from ttsyncd import activity, background, commands, control, engine, log, systemd
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect, refused_by_acl
-from ttsyncd.debounce import Quiescence
-from ttsyncd.engine import Scope, SyncReport, state_store_for
+from ttsyncd.engine import SyncReport, SyncRequest, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 from ttsyncd.events import EventBus
 from ttsyncd.memory import release_free_memory
 from ttsyncd.mirror import TownMirror
-from ttsyncd.notifications import notifications_arrive
-from ttsyncd.plan import Plan, PlanReader, read_text
+from ttsyncd.notifications import (
+    FollowingClusterNotifications,
+    Notifications,
+    enable_notifications,
+    notifications_arrive,
+    subscribe,
+)
+from ttsyncd.plan import PlanReader, read_text
+from ttsyncd.schedule import Batch, Owed, Schedule, Timing
+from ttsyncd.scope import OwedTasks
+from ttsyncd.sides import FileSide, RedisSide, Sides
 from ttsyncd.state import RefusedDeletions
-from ttsyncd.store import NotReplicated, glob_escape
+from ttsyncd.store import NotReplicated
 from ttsyncd.supervisor import PartFailed, Policy, Supervisor, Work
 from ttsyncd.topology import (
     AsyncRedisClient,
@@ -85,20 +92,13 @@ from ttsyncd.topology import (
     current_primaries,
     current_topology,
     open_async_client,
-    primary_clients,
     topology_of,
 )
+from ttsyncd.watcher import PlanWatcher
 
 logger = structlog.get_logger("ttsyncd.daemon")
 T = TypeVar("T")
 
-# Keyspace events ttsyncd needs: K (keyspace channel), h (hash commands), g (DEL, RENAME, ...),
-# x (expiry). `A` stands for all classes but K and E, m and n.
-NEEDED_FLAGS = "Khgx"
-ALL_CLASSES = set("g$lshzxetd")
-# How long watchfiles waits for more changes before handing them over; it also wakes this
-# often when idle, so not less.
-WATCHFILES_STEP_MS = 10
 # The wait before the n-th reconnect in a row (n from 0): between half and all of
 # min(5, 0.1 * 2**n) seconds, at random, so daemons sharing a Redis do not retry in lockstep.
 RECONNECT_BACKOFF = EqualJitterBackoff(cap=5.0, base=0.1)
@@ -124,12 +124,6 @@ class Paused(TtsyncdError):
 class TopologyChanged(redis.ConnectionError):
     """The primary the session listens to is no longer the one (a Sentinel failover, a
     Cluster's primaries changing): reconnect, resubscribe and sync in full, as after a loss."""
-
-
-def merged_notify_flags(current: str, needed: str = NEEDED_FLAGS) -> str:
-    """`notify-keyspace-events` with the flags ttsyncd needs added and none removed."""
-    present = set(current) | (ALL_CLASSES if "A" in current else set())
-    return current + "".join(flag for flag in needed if flag not in present)
 
 
 # What an anti-entropy pass found, by (file differed, Redis differed).
@@ -181,49 +175,12 @@ class Problem:
     message: str
 
 
-@dataclass
-class Pending:
-    """Work waiting for the syncer."""
-
-    keys: set[str] = field(default_factory=set)  # notified Redis keys, to fetch
-    file: bool = False  # the plan file changed
-    reload: bool = False  # read the whole town again (reconnect, polling)
-    pull: bool = False  # a pull is owed now (a push saw Redis-side changes it left alone)
-    must_sync: bool = False  # sync even if nothing looks changed (start, reconnect)
-
-
-class Unsynced:
-    """What may have changed since the daemon's last completed sync, so that a sync merges
-    only that: one edited task in a town of 10,000 is one task merged, not 10,000."""
-
-    def __init__(self) -> None:
-        self.plan_ids: set[str] = set()  # Redis-side changes, and what a sync left waiting
-        self.everything = True  # at start, after a reload: anything may have
-        self.plan: Plan | None = None  # the plan the last sync left
-
-    def note(self, plan_ids: frozenset[str] | None, *, everything: bool = False) -> None:
-        if plan_ids is None or everything:
-            self.everything = True
-        else:
-            self.plan_ids |= plan_ids
-
-    def scope(self) -> Scope | None:
-        if self.everything or self.plan is None:
-            return None
-        return Scope(frozenset(self.plan_ids), self.plan)
-
-    def synced(self, report: SyncReport) -> None:
-        self.plan_ids = set(report.waiting_push | report.waiting_pull)  # still owed
-        self.everything = False
-        self.plan = report.plan
-
-
 class Daemon:
     def __init__(self, settings: Settings, reload_settings: Callable[[], Settings], mode: str):
         self.settings = settings
         self.reload_settings = reload_settings
         self.mode = mode  # foreground | background | systemd
-        self.plan_reader = PlanReader(settings.tasks_file)
+        self.file_side = FileSide(PlanReader(settings.tasks_file))
         self.state_store = state_store_for(settings)
         self.client: RedisClient | None = None
         self.mirror: TownMirror | None = None
@@ -232,15 +189,12 @@ class Daemon:
         self.syncing = False  # a sync (or a command that syncs) is under way
         self.notifications = "keyspace"
         self.topology = topology_of(settings.endpoint)
-        self.pending = Pending(reload=True, must_sync=True)
-        self.owed_push = self.owed_pull = False
-        self.unsynced = Unsynced()
-        self.file_wait, self.redis_wait = self.new_quiescences()
+        self.schedule = Schedule(Timing.of(settings.sync))  # what to sync, when
+        self.owed_tasks = OwedTasks()  # which tasks it must sync
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.first_sync_done = asyncio.Event()
         self.sync_lock = asyncio.Lock()
-        self.retry_at = 0.0
         self.started_at = datetime.now(UTC).isoformat()
         self.syncs = 0
         self.last_sync: SyncStamp | None = None
@@ -260,14 +214,6 @@ class Daemon:
         self.verified_at: str | None = None  # the last anti-entropy pass, and what it found
         self.verify_found: str | None = None
         self.events = EventBus()  # what `ttsyncd monitor` shows (ttsyncd/activity.py says it)
-
-    def new_quiescences(self) -> tuple[Quiescence, Quiescence]:
-        """The debounce of each side: (file, Redis)."""
-        sync = self.settings.sync
-        return (
-            Quiescence(sync.file_debounce_ms / 1000, sync.file_max_wait_ms / 1000),
-            Quiescence(sync.redis_debounce_ms / 1000, sync.redis_max_wait_ms / 1000),
-        )
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -357,16 +303,16 @@ class Daemon:
         if self.paused_since:
             return
         if await self.file_differs():  # a save the watcher has not even reported yet
-            self.pending.file = True
-        if self.connected and (self.pending.file or self.pending.keys):
-            await self.sync_pending(everything=True)
+            self.schedule.file_changed()
+        if self.connected and (self.schedule.file or self.schedule.keys):
+            await self.sync_due(all_owed=True)
 
     async def file_differs(self) -> bool:
         try:
             text = await asyncio.to_thread(read_text, self.settings.tasks_file)
         except TtsyncdError:
             return True  # not UTF-8: let the sync report it
-        return not self.plan_reader.is_known(text)
+        return not self.file_side.knows(text)
 
     async def reload(self) -> None:
         """SIGHUP: read the configuration again; reconnect if it names another Redis."""
@@ -381,16 +327,16 @@ class Daemon:
         async with self.sync_lock:
             old, self.settings = self.settings, settings
             log.configure(settings.log.level, settings.log.format)
-            self.file_wait, self.redis_wait = self.new_quiescences()
+            self.schedule.retime(Timing.of(settings.sync))
             self.state_store = state_store_for(settings)
             if settings.tasks_file != old.tasks_file:
-                self.plan_reader = PlanReader(settings.tasks_file)
+                self.file_side = FileSide(PlanReader(settings.tasks_file))
                 self.start_part("file", self.watch_file)
             redis_changed = (settings.endpoint, settings.town_name) != (
                 old.endpoint, old.town_name,
             )  # fmt: skip
-            self.pending.file = True  # the policy or the file may differ: sync once
-            self.unsynced = Unsynced()
+            self.schedule.file_changed()  # the policy or the file may differ: sync once
+            self.owed_tasks = OwedTasks()
         if redis_changed:
             self.connected = False
             self.start_part("redis", self.redis_session)
@@ -495,7 +441,8 @@ class Daemon:
                 "changes instead (docs/managed-redis.md says how to turn them on)",
                 poll_interval_ms=self.settings.sync.poll_interval_ms,
             )
-        self.request(reload=True, must_sync=True)
+        self.schedule.reconnected()
+        self.wake.set()
         self.connected = self.ever_connected = True
         self.clear_problem("redis")
         logger.info("connected to Redis", notifications=self.notifications,
@@ -512,7 +459,8 @@ class Daemon:
             message = await notifications.get_message(timeout=1.0)
             if message is not None:
                 key = message.key if isinstance(message.key, str) else message.key.decode()
-                self.request(keys={key})
+                self.schedule.keys_changed({key})
+                self.wake.set()
             if message is None or time.monotonic() >= next_check:
                 await self.check_session(aclient, notifications)
                 next_check = time.monotonic() + HEALTH_CHECK_S
@@ -533,77 +481,34 @@ class Daemon:
             await asyncio.sleep(self.settings.sync.poll_interval_ms / 1000)
             await asyncio.to_thread(client.ping)  # raise here, in the session, when Redis goes
             await self.check_session(aclient)
-            self.request(reload=True)
-
-    def request(
-        self, *, keys: set[str] | None = None, file: bool = False, reload: bool = False,
-        pull: bool = False, must_sync: bool = False, at: float | None = None,
-    ) -> None:  # fmt: skip
-        """Queue work; `at`: when the change happened (monotonic), if earlier than now."""
-        now = time.monotonic() if at is None else at
-        if keys:
-            self.pending.keys |= keys
-            self.redis_wait.touch(now)
-        if file:
-            self.file_wait.touch(now)
-        self.pending.file |= file
-        self.pending.reload |= reload
-        self.pending.pull |= pull
-        self.pending.must_sync |= must_sync
-        self.wake.set()
+            self.schedule.reread()
+            self.wake.set()
 
     # ------------------------------------------------------------------------ file side
 
     async def watch_file(self) -> None:
-        """watchfiles on the plan's directory, so every way of saving is seen (rewrite in
-        place, write-temp-and-rename, delete-and-recreate). A plan that is a symlink is watched
-        in the link's directory and in its target's (plans kept in another folder or repo);
-        when the link is pointed elsewhere the watch moves with it. watchfiles hands changes
-        over within a few ms; the file side's debounce is ours, so `status` can show it as
-        pending and SIGTERM can flush it."""
-        link = self.settings.tasks_file
-        while not self.stopping.is_set():
-            try:
-                await self.watch_until_moved(link)
-            except OSError as error:  # the directory went away: wait for it to come back
-                self.report_problem("watch", f"cannot watch {link.parent}: {error}")
-                logger.error("file watcher failed, retrying", error=str(error))
-                await asyncio.sleep(1.0)
+        """The plan file's watcher (ttsyncd/watcher.py); what it sees goes to `file_changed`."""
+        await PlanWatcher(
+            self.settings.tasks_file, self.stopping,
+            lambda: self.settings.sync.file_max_wait_ms, self.file_changed, self.watch_problem,
+        ).run()  # fmt: skip
 
-    async def watch_until_moved(self, link: Path) -> None:
-        """Watch the plan until the link is pointed elsewhere (or the daemon stops)."""
-        target = Path(os.path.realpath(link))
-        wanted = {Path(os.path.realpath(link.parent)), target.parent}
-        directories = sorted(d for d in wanted if d.is_dir())
-        names = {link.name, target.name}
-
-        def is_plan(_change: watchfiles.Change, changed: str) -> bool:
-            return Path(changed).name in names
-
-        if not directories:
-            raise FileNotFoundError(f"no such directory: {link.parent}")
-        changes = watchfiles.awatch(
-            *directories, watch_filter=is_plan, recursive=False,
-            stop_event=self.stopping, step=WATCHFILES_STEP_MS,
-            debounce=self.settings.sync.file_max_wait_ms,
-        )  # fmt: skip
-        self.clear_problem("watch")
-        # Watching again (the watch moved, failed, or the watcher was restarted): a save made
-        # while nothing watched is synced all the same. (Before the first sync: it reads all.)
-        if self.first_sync_done.is_set() and await self.file_differs():
-            self.request(file=True)
-        async with contextlib.aclosing(changes):
-            async for _changes in changes:
-                # watchfiles hands changes over once the directory has been quiet for a step:
-                # the quiet period the debounce waits for began that long ago.
-                await self.file_changed(at=time.monotonic() - WATCHFILES_STEP_MS / 1000)
-                if Path(os.path.realpath(link)) != target:
-                    return  # the link points elsewhere now: watch its new target
-
-    async def file_changed(self, at: float) -> None:
-        """The watcher saw the plan's directory change at `at` (monotonic)."""
+    async def file_changed(self, at: float | None) -> None:
+        """The watcher saw the plan's directory change at `at` (monotonic); None: it watches
+        again after a gap (moved, failed, restarted), and a save made while nothing watched
+        is synced all the same (before the first sync: that sync reads it all)."""
+        if at is None and not self.first_sync_done.is_set():
+            return
         if await self.file_differs():  # else: the echo of our own write
-            self.request(file=True, at=at)
+            self.schedule.file_changed(at)
+            self.wake.set()
+
+    def watch_problem(self, message: str | None) -> None:
+        """The watcher cannot watch the plan's directory (None: it watches again)."""
+        if message is None:
+            self.clear_problem("watch")
+        else:
+            self.report_problem("watch", message)
 
     # ------------------------------------------------------------------------ syncing
 
@@ -622,61 +527,55 @@ class Daemon:
                         await self.wake.wait()
                 self.wake.clear()
                 continue
-            await self.sync_pending()
+            await self.sync_due()
 
     def seconds_until_due(self) -> float | None:
         if not self.connected or self.paused_since:
             return None  # the Redis session (or `resume`) wakes us
-        now = time.monotonic()
-        if self.pending.reload or self.pending.pull or self.pending.must_sync:
-            return max(0.0, self.retry_at - now)
-        deadlines = [d for d in (self.file_wait.deadline(), self.redis_wait.deadline()) if d]
-        return max(min(deadlines), self.retry_at) - now if deadlines else None
+        return self.schedule.seconds_until_due()
 
-    async def sync_pending(self, everything: bool = False) -> None:
-        """Sync the sides whose debounce is over: a file change pushes, a Redis change pulls.
-        A side still settling waits, so a Redis update never pushes a half-saved file.
-
-        A direction stays owed until a sync completes it: a sync that fails (a broken save)
-        or that sees a change for the other direction (a pull reading a save the watcher has
-        not reported yet) never makes the daemon forget that change."""
+    async def sync_due(self, all_owed: bool = False) -> None:
+        """One sync of the work the schedule says is due (`all_owed`: all that is owed,
+        settled or not): fetch what it names from Redis, sync the directions owed, report
+        the outcome to the schedule."""
         async with self.sync_lock:
             if self.paused_since:
-                return  # the work stays pending until `resume`
-            work = self.take_due_work(everything)
+                return  # the work stays owed until `resume`
+            batch = self.schedule.take(all_owed)
             mirror, client = self.mirror, self.client
             assert mirror is not None and client is not None
-            town = Town(self.settings, client, self.plan_reader, mirror, self.state_store)
+            sides = Sides(self.file_side, RedisSide(client, self.settings.town_name, mirror))
 
-            def refresh() -> bool:
-                if work.reload:
+            def fetch() -> bool:
+                if batch.reread:
                     return mirror.reload()
-                return bool(work.keys) and mirror.refresh(work.keys)
+                return bool(batch.keys) and mirror.refresh(batch.keys)
 
             try:
-                redis_changed = await asyncio.to_thread(refresh)
-                self.owed_push |= work.file or work.must_sync
-                self.owed_pull |= redis_changed or work.pull or work.must_sync
-                self.unsynced.note(mirror.take_changes(), everything=work.must_sync)
-                push, pull = self.owed_push, self.owed_pull
-                if not (push or pull):
+                redis_changed = await asyncio.to_thread(fetch)
+                owed = self.schedule.owed_by(batch, redis_changed=redis_changed)
+                self.owed_tasks.note(mirror.take_changes(), full=batch.full)
+                if not (owed.push or owed.pull):
                     return  # an echo of our own write, or an agent's heartbeat
-                scope = self.unsynced.scope()
-                report = await self.under_way(town.sync, push=push, pull=pull, scope=scope)
+                scope = self.owed_tasks.scope()
+                request = SyncRequest(push=owed.push, pull=owed.pull, scope=scope)
+                report = await self.under_way(
+                    engine.run_sync, self.settings, sides, request, self.state_store
+                )
             except Exception as error:
-                self.sync_failed(work, error)
+                self.sync_failed(batch, error)
                 return
             finally:
                 self.first_sync_done.set()
-            self.synced(report, push=push, pull=pull, whole_town=scope is None)
+            self.synced(report, owed, whole_town=scope is None)
 
-    def sync_failed(self, work: Pending, error: Exception) -> None:
+    def sync_failed(self, batch: Batch, error: Exception) -> None:
         """A sync raised: nothing it owed is forgotten, and the daemon goes on."""
         if isinstance(error, (redis.ConnectionError, redis.TimeoutError, OSError)):
             why = f"Redis unreachable during sync ({type(error).__name__})"
             if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
                 why = str(error)
-            self.retry_later(work, why)
+            self.retry_later(batch, why)
         elif isinstance(error, TtsyncdError):
             # A broken save, a refused deletion: nothing was written; report and wait.
             self.fail(str(error))
@@ -688,10 +587,10 @@ class Daemon:
         else:  # a bug in the engine must not stop the daemon: report it, go on
             self.fail(internal_error(error))
 
-    def synced(self, report: SyncReport, *, push: bool, pull: bool, whole_town: bool) -> None:
+    def synced(self, report: SyncReport, owed: Owed, *, whole_town: bool) -> None:
         """A sync completed: what it owed is paid; what it left for a direction is owed."""
-        self.owed_push = self.owed_pull = False
-        self.unsynced.synced(report)
+        self.schedule.synced(owed_push=bool(report.owed_push), owed_pull=bool(report.owed_pull))
+        self.owed_tasks.synced(report.plan, report.owed_push | report.owed_pull)
         if whole_town:
             # A whole town now lives in memory (hundreds of thousands of objects at
             # 10,000 tasks): leave it out of the cyclic GC, whose full passes over it
@@ -700,41 +599,16 @@ class Daemon:
             gc.collect()
             gc.freeze()
             release_free_memory()
-        if report.waiting_push:
-            self.request(file=True)
-        if report.waiting_pull:
-            self.request(pull=True)
-        self.record(report, push=push, pull=pull)
+        self.wake.set()
+        self.record(report, push=owed.push, pull=owed.pull)
 
-    async def under_way(self, work: Callable[..., T], **kwargs: Any) -> T:
+    async def under_way(self, work: Callable[..., T], *args: Any) -> T:
         """Run a sync (or a command that syncs) in a worker thread, SYNCING meanwhile."""
         self.syncing = True
         try:
-            return await asyncio.to_thread(work, **kwargs)
+            return await asyncio.to_thread(work, *args)
         finally:
             self.syncing = False
-
-    def take_due_work(self, everything: bool) -> Pending:
-        now = time.monotonic()
-        pending = self.pending
-        take_all = pending.must_sync or everything  # `everything`: flushing, deadlines or not
-        take_file = pending.file and (take_all or self.file_wait.due(now))
-        take_keys = take_all or self.redis_wait.due(now)
-        work = Pending(
-            keys=pending.keys if take_keys else set(),
-            file=take_file,
-            reload=pending.reload,
-            pull=pending.pull,
-            must_sync=pending.must_sync,
-        )
-        if take_keys:
-            pending.keys = set()
-            self.redis_wait.reset()
-        if take_file:
-            pending.file = False
-            self.file_wait.reset()
-        pending.reload = pending.pull = pending.must_sync = False
-        return work
 
     @property
     def last_error(self) -> str | None:
@@ -769,11 +643,11 @@ class Daemon:
         systemd.notify(f"STATUS={self.status_line()}")
         self.first_sync_done.set()
 
-    def retry_later(self, work: Pending, why: str) -> None:
+    def retry_later(self, batch: Batch, why: str) -> None:
         self.report_problem("redis", why)
         logger.warning("sync deferred", error=why)
-        self.request(keys=work.keys, file=work.file, reload=True, must_sync=True)
-        self.retry_at = time.monotonic() + 1.0
+        self.schedule.failed(batch, retry=True)
+        self.wake.set()
 
     def record(
         self, report: SyncReport, *, push: bool, pull: bool, origin: activity.Origin = "daemon"
@@ -805,31 +679,30 @@ class Daemon:
         they could not see (a notification lost, a write through a hard link) is synced late,
         never lost."""
         while True:
-            await asyncio.sleep(self.settings.sync.verify_interval_s)
+            await asyncio.sleep(self.schedule.verify_in())
+            self.schedule.verify_started()
             if self.idle() and not self.sync_lock.locked():
                 async with self.sync_lock:
                     if self.idle():  # still, now that no sync can start
                         await self.verify_once()
 
     def idle(self) -> bool:
-        """Connected, first sync done, and no sync waiting or owed."""
-        pending = self.pending
-        waiting = pending.file or pending.keys or pending.reload or pending.pull
+        """Connected, first sync done, and no sync settling or owed."""
         return (
             self.connected and self.first_sync_done.is_set() and not self.paused_since
-            and not (waiting or pending.must_sync or self.owed_push or self.owed_pull)
+            and self.schedule.settled()
         )  # fmt: skip
 
     async def verify_once(self) -> None:
         """One pass; the caller holds the sync lock. The file: its text against the last text
         read or written. Redis: every hash of the town against the mirror (`TownMirror.verify`
         takes in what differs from what notifications had kept it at)."""
-        mirror, reader = self.mirror, self.plan_reader
+        mirror, file_side = self.mirror, self.file_side
         assert mirror is not None
 
         def check() -> tuple[bool, bool]:
             try:
-                file_differed = not reader.is_known(read_text(reader.path))
+                file_differed = not file_side.knows(read_text(file_side.path))
             except TtsyncdError:
                 file_differed = True  # not UTF-8: let the sync report it
             return file_differed, mirror.verify()
@@ -844,7 +717,8 @@ class Daemon:
             logger.warning("verify: out of sync", found=self.verify_found)
             # A sync of everything (the mirror holds what differed already): whatever slipped
             # past the change detection is merged, not only what this pass saw.
-            self.request(file=file_differed, pull=redis_differed, must_sync=True)
+            self.schedule.verify_found(file_differed=file_differed, redis_differed=redis_differed)
+            self.wake.set()
 
     # ------------------------------------------------------------------------ control
 
@@ -900,11 +774,12 @@ class Daemon:
             if since is None:
                 return {"resumed": False}
             # Read both sides afresh: a long pause (a rebase) may hold more than the events say.
-            self.request(file=await self.file_differs(), reload=True)
+            self.schedule.resumed(file_differed=await self.file_differs())
+            self.wake.set()
         logger.info("resumed", paused_since=since)
         self.events.publish("resumed", paused_since=since)
         if self.connected:
-            await self.sync_pending(everything=True)
+            await self.sync_due(all_owed=True)
         systemd.notify(f"STATUS={self.status_line()}")
         return {"resumed": True, "paused_since": since, "synced": self.connected,
                 "last_error": self.last_error}  # fmt: skip
@@ -918,7 +793,9 @@ class Daemon:
         if not self.connected or self.mirror is None or self.client is None:
             raise RedisUnavailable(f"Redis unreachable at {self.settings.endpoint.redacted()}")
         async with self.sync_lock:
-            town = Town(self.settings, self.client, self.plan_reader, self.mirror, self.state_store)
+            town = Town(
+                self.settings, self.client, self.file_side.reader, self.mirror, self.state_store
+            )
             force, dry_run = bool(message.get("force")), bool(message.get("dry_run"))
 
             def run() -> commands.Output:
@@ -962,7 +839,7 @@ class Daemon:
             "syncs": self.syncs,
             "last_push": vars(self.last_push) if self.last_push else None,
             "last_pull": vars(self.last_pull) if self.last_pull else None,
-            "pending_events": {"file": self.pending.file, "redis": len(self.pending.keys)},
+            "pending_events": {"file": self.schedule.file, "redis": len(self.schedule.keys)},
             "duplicates": self.last_report.duplicates if self.last_report else {},
             "unreadable": self.last_report.unreadable if self.last_report else {},
             "unknown_agents": self.last_report.unresolved_agents if self.last_report else {},
@@ -1006,58 +883,6 @@ class Daemon:
             return f"{state}: {self.last_error.splitlines()[0]}"
         last = self.last_sync.time if self.last_sync else "never"
         return f"{state}: {self.syncs} syncs, last {last}; notifications: {self.notifications}"
-
-
-def enable_notifications(client: RedisClient) -> bool:
-    """Add the flags ttsyncd needs to notify-keyspace-events on every primary (a Cluster's
-    nodes each have their own); False where CONFIG is refused (managed Redis,
-    `rename-command CONFIG ""`, an ACL without it)."""
-    try:
-        for primary in primary_clients(client):
-            events = primary.config_get("notify-keyspace-events")
-            current = str(events.get("notify-keyspace-events", ""))
-            wanted = merged_notify_flags(current)
-            if wanted != current:
-                primary.config_set("notify-keyspace-events", wanted)
-    except redis.ResponseError:
-        return False
-    return True
-
-
-class FollowingClusterNotifications(AsyncClusterKeyspaceNotifications):
-    """redis-py's Cluster notifications, which resubscribe on their own after a node's
-    connection fails (or its primary changes). Notifications sent meanwhile are lost, and a
-    new primary has notify-keyspace-events still off: so a resubscription is reported, and
-    the session starts over (notifications on, subscribed, full sync)."""
-
-    refreshed = False
-
-    async def refresh_subscriptions(self) -> None:
-        self.refreshed = True
-        await super().refresh_subscriptions()  # type: ignore[no-untyped-call]
-
-
-Notifications = AsyncKeyspaceNotifications | FollowingClusterNotifications
-
-
-async def subscribe(aclient: AsyncRedisClient, town: str, db: int) -> Notifications:
-    """Subscribed to the town's task and agent keys (in the endpoint's db: a Cluster has only
-    0), on every primary of a Cluster."""
-    channels = (
-        KeyspaceChannel(glob_escape(f"tt:{town}:task:") + "*", db),
-        KeyspaceChannel(glob_escape(agent_key_prefix(town)) + "*", db),
-    )
-    # Subscribe first, load the mirror second (the caller): nothing falls between the two.
-    if isinstance(aclient, redis.asyncio.cluster.RedisCluster):
-        cluster = FollowingClusterNotifications(aclient)
-        await cluster.subscribe(*channels)
-        # subscribe() skips a node it cannot reach (to retry later): make sure none was.
-        await cluster.refresh_subscriptions()
-        cluster.refreshed = False
-        return cluster
-    single = AsyncKeyspaceNotifications(aclient)
-    await single.subscribe(*channels)
-    return single
 
 
 def internal_error(error: Exception) -> str:

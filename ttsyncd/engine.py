@@ -43,8 +43,9 @@ from ttsyncd.plan import (
     UpdateEntry,
     parse_plan,
     render_plan,
-    write_atomic,
 )
+from ttsyncd.scope import Scope, merge_limit, touched_ids
+from ttsyncd.sides import FileSide, RedisSide, Sides
 from ttsyncd.state import (
     RefusedDeletions,
     StateStore,
@@ -52,14 +53,7 @@ from ttsyncd.state import (
     append_conflicts,
     plan_digest,
 )
-from ttsyncd.store import (
-    LiveRead,
-    RedisSource,
-    Snapshot,
-    TaskWrite,
-    apply_writes,
-    confirm_replicated,
-)
+from ttsyncd.store import RedisSource, Snapshot, TaskWrite
 from ttsyncd.topology import RedisClient
 from ttsyncd.views import agent_uuids, file_view, redis_view
 
@@ -103,34 +97,12 @@ class SyncReport:
     redis_writes: int = 0
     file_written: bool = False
     new_redis: bool = False  # Redis held none of the town's tasks: repopulated from the file
-    # Changes a one-way sync saw and left for the other direction (push: file-side changes).
-    waiting_push: frozenset[str] = frozenset()
-    waiting_pull: frozenset[str] = frozenset()
+    # Work owed: changes a one-way sync saw and left for the other direction (owed_push:
+    # file-side changes a pull saw; owed_pull: Redis-side changes a push saw).
+    owed_push: frozenset[str] = frozenset()
+    owed_pull: frozenset[str] = frozenset()
     plan: Plan | None = None  # the plan as this sync left it: the next Scope's starting point
     duration_ms: float = 0.0
-
-
-@dataclass(frozen=True)
-class Scope:
-    """What may have changed since a daemon's last sync: the plan ids its Redis mirror saw
-    change (and those that sync left for the other direction), and the plan it left. Only
-    these, and what the file changed since that plan, need merging."""
-
-    plan_ids: frozenset[str]
-    plan: Plan
-
-    def with_file_changes(self, plan: Plan) -> frozenset[str] | None:
-        """The plan ids to merge against `plan`, the plan read now; None: all of them."""
-        if plan.default_agent != self.plan.default_agent:
-            return None  # every entry without an agent changed
-        edited = plan.edited_since(self.plan)
-        if edited is None:  # compare every entry (an entry unchanged is the same object)
-            before, now = self.plan.by_id, plan.by_id
-            changed = {
-                plan_id for plan_id, entry in now.items() if before.get(plan_id) is not entry
-            }
-            edited = frozenset(changed | (before.keys() - now.keys()))
-        return self.plan_ids | edited
 
 
 @dataclass(frozen=True)
@@ -147,7 +119,29 @@ class Decision:
     refused: frozenset[str]  # deletions held back now (the guard), besides any carried over
 
 
-def sync(  # noqa: PLR0913 — to split: issue 12 (a request object; its callers in commands.py move)
+@dataclass(frozen=True)
+class SyncRequest:
+    """What one sync is asked to do.
+
+    `only` limits it to those plan ids (`resolve`): every other task keeps its base as it is.
+    `scope` (the daemon) names the plan ids that may have changed since the last sync: only
+    they, and what they drag along (scope.py), are merged.
+    `resolving` (with `only`): the user settled those tasks; `pins` gives values both sides
+    must take (a set-aside write applied on purpose); `removing`, entries to take out of the
+    file as well (a removal set aside, applied on purpose: with `force` and `push`)."""
+
+    push: bool
+    pull: bool
+    force: bool = False
+    dry_run: bool = False
+    only: frozenset[str] | None = None
+    scope: Scope | None = None
+    pins: Pins | None = None
+    removing: frozenset[str] = frozenset()
+    resolving: bool = False
+
+
+def sync(  # noqa: PLR0913 — the one-shot commands' keywords (commands.py, bench): a SyncRequest
     settings: Settings,
     client: RedisClient,
     *,
@@ -165,39 +159,46 @@ def sync(  # noqa: PLR0913 — to split: issue 12 (a request object; its callers
     state_store: StateStore | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> SyncReport:
-    """Run one sync; retries the whole read-merge-write when either side changed under it.
+    """`run_sync` with the sides made of a plan reader and a Redis source (by default, both
+    read afresh: a one-shot command)."""
+    sides = Sides(
+        FileSide(plan_reader or PlanReader(settings.tasks_file)),
+        RedisSide(client, settings.town_name, redis_source),
+    )
+    request = SyncRequest(push, pull, force, dry_run, only, scope, pins, removing, resolving)
+    return run_sync(settings, sides, request, state_store or state_store_for(settings), clock)
 
-    `only` limits it to those plan ids (`resolve`): every other task keeps its base as it is.
-    `scope` (the daemon) names the plan ids that may have changed since the last sync: only
-    they, and what they drag along, are merged.
-    `resolving` (with `only`): the user settled those tasks; `pins` gives values both sides
-    must take (a set-aside write applied on purpose); `removing`, entries to take out of the
-    file as well (a removal set aside, applied on purpose: with `force` and `push`).
-    The daemon passes its cached plan reader and Redis mirror; one-shot commands read both.
-    """
-    plan_reader = plan_reader or PlanReader(settings.tasks_file)
-    redis_source = redis_source or LiveRead(client, settings.town_name)
-    state_store = state_store or state_store_for(settings)
+
+def run_sync(
+    settings: Settings,
+    sides: Sides,
+    request: SyncRequest,
+    state_store: StateStore,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> SyncReport:
+    """Run one sync; retries the whole read-merge-write when either side changed under it."""
     started = time.perf_counter()
+    only, force = request.only, request.force
     options = Options(
         policy=settings.sync.policy, deletions=settings.sync.deletions,
-        push=push, pull=pull, force=force, stale=settings.sync.stale_writes == "keep-newer",
-        pins=pins or {},
+        push=request.push, pull=request.pull, force=force,
+        stale=settings.sync.stale_writes == "keep-newer", pins=request.pins or {},
     )  # fmt: skip
     recorded: list[Conflict] = []
     for _attempt in range(MAX_ATTEMPTS):
         report = SyncReport()
-        plan = plan_reader.read()
-        snapshot = redis_source.snapshot()
+        plan = sides.file.read()
+        snapshot = sides.redis.read()
         state = state_store.load()
+        scope = request.scope
         may_differ = scope.with_file_changes(plan) if scope is not None else None
         decided = decide(
-            settings, plan, snapshot, state, options, report, only, may_differ, removing,
-            describe_changes=dry_run,
+            settings, plan, snapshot, state, options, report, only, may_differ, request.removing,
+            describe_changes=request.dry_run,
         )  # fmt: skip
         check_file_deletions(settings, state, decided.merged, force)
         new_plan = render_checked(plan, decided.edits)
-        if dry_run:
+        if request.dry_run:
             report.settled = decided.merged.settled
             report.refused = refusal(
                 settings, decided.state, decided.refused, plan, plan, decided.merged.base
@@ -209,21 +210,18 @@ def sync(  # noqa: PLR0913 — to split: issue 12 (a request object; its callers
         fresh = [c for c in found if c not in recorded]
         append_conflicts(settings.state_dir, fresh, policy=settings.sync.policy, now=clock())
         recorded.extend(fresh)
-        epoch = snapshot.epoch or redis_source.ensure_epoch()
-        changed = apply_writes(client, settings.town_name, decided.writes)
-        redis_source.wrote(w for w in decided.writes if w not in changed)
+        epoch = sides.redis.epoch(snapshot)
+        changed = sides.redis.apply(decided.writes)
         report.redis_writes = len(decided.writes) - len(changed)
         if changed:
             log.info("redis changed during sync, merging again", keys=len(changed))
-            redis_source.changed_under_us(w.key for w in changed)
             keep_what_landed(state_store, decided, changed, epoch)
             continue
         if new_plan is not None:
-            if not write_atomic(settings.tasks_file, new_plan.text, plan.text):
+            if not sides.file.apply(new_plan, over=plan):
                 log.info("tasks file changed during sync, merging again")
                 keep_what_landed(state_store, decided, [], epoch)
                 continue
-            plan_reader.wrote(new_plan)
             report.file_written = True
         report.plan = new_plan or plan
         touched, old = decided.touched, decided.state
@@ -234,10 +232,10 @@ def sync(  # noqa: PLR0913 — to split: issue 12 (a request object; its callers
             old.set_aside,
             decided.merged.set_aside,
             new_state.base,
-            only if resolving and only is not None else frozenset(),
+            only if request.resolving and only is not None else frozenset(),
         )
         log_changes(decided.merged)
-        confirm_replicated(client, settings.town_name, epoch)  # behind Sentinel
+        sides.redis.confirm(epoch)  # behind Sentinel
         state_store.save(new_state, touched if old is state else None)
         # Every agent name Redis cannot hold, not only those of the tasks this sync merged.
         report.unresolved_agents = dict(new_state.unresolved_agents)
@@ -327,38 +325,24 @@ def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(
     }
     # A child of such a task keeps its parent link.
     hidden_parents = {known_uuid(plan_id): plan_id for plan_id in unreadable}
-    limit = only
-    if scope is not None and state.refused is not None:
-        scope = scope | state.refused.plan_ids  # judged again on every sync (the guard)
-    if scope is not None and only is None:
-        # The daemon names what may have changed since its last sync. A task leaving a side
-        # takes its children along (their parent link changes with it).
-        leaving = {i for i in scope if i not in plan.by_id or i not in identified.by_plan_id}
-        entries = plan.entries if leaving else ()
-        limit = scope | {
-            e.plan_id for e in entries if e.plan_id is not None and e.record.parent in leaving
-        }
+    # What this sync merges: the scope widened by scope.py's rules (None: every task).
+    refused_ids = state.refused.plan_ids if state.refused is not None else frozenset()
+    limit = merge_limit(scope, refused_ids, only, plan, identified.by_plan_id)
     redis_records = redis_view(
         identified, snapshot.agent_names, state.unresolved_agents, hidden_parents, limit
     )
     view = file_view(plan, None if limit is None else limit | redis_records.keys())
-    if only is not None:  # `resolve`: those tasks and no other
-        touched = only
-    elif limit is not None:  # a scope, and what it drags along: cycles, entries with no id
-        touched = frozenset(limit | redis_records.keys() | view.records.keys())
-    else:
-        touched = frozenset(set(state.base) | set(view.records) | set(redis_records))
-    touched -= unreadable
-    base = within(state.base, touched)
-    file_records = within(view.records, touched.difference(removing))
-    redis_records = within(redis_records, touched)
+    ids = touched_ids(only, limit, state.base, view.records, redis_records, unreadable)
+    base = within(state.base, ids)
+    file_records = within(view.records, ids.difference(removing))
+    redis_records = within(redis_records, ids)
     merged = merge(base, file_records, redis_records, options, state.pending)
     merged.file_ops += [Delete(plan_id) for plan_id in sorted(removing) if plan_id in plan.by_id]
     refused = hold_back_deletions(settings, plan, state, merged, options.force)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
     report.set_aside = [*merged.set_aside, *merged.set_aside_later]
-    report.waiting_push = frozenset(merged.waiting_push)
-    report.waiting_pull = frozenset(merged.waiting_pull)
+    report.owed_push = frozenset(merged.waiting_push)
+    report.owed_pull = frozenset(merged.waiting_pull)
     writes, unresolved = redis_writes(
         town, merged, identified, redis_records, snapshot.agent_names, state.unresolved_agents
     )
@@ -375,7 +359,7 @@ def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(
         else known_uuid(plan_id)
         for plan_id in merged.base
     }
-    return Decision(merged, writes, edits, unresolved, uuids, touched, state, refused)
+    return Decision(merged, writes, edits, unresolved, uuids, ids, state, refused)
 
 
 def state_store_for(settings: Settings) -> StateStore:

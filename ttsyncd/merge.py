@@ -24,8 +24,10 @@ invariants hold:
   them, which is not always the order a side saw them in, so a field of the writer's own side
   may also hold a later value when its change was taken alongside the other side's (on its own
   side it came first: `Change.overtaken`), or came from the same old copy writing again (an
-  agent's next step, a buffer saved twice: `Change.old_copy`). The history keeps the last
-  HISTORY_LIMIT changes of a task: a copy older than that is not recognised.
+  agent's next step, a buffer saved twice: `Change.old_copy`). Such a copy mixes points:
+  what it wrote from its old copy before, written again where the task now holds another
+  value, is stale again, whatever point its other fields are from. The history keeps the
+  last HISTORY_LIMIT changes of a task: a copy older than that is not recognised.
 - S2. A write from the latest copy is never stale: it cannot hold a value the other side
   replaced after it was read, unless it sets that value anew, and deliberate reverts are
   partial (a re-opened task keeps its result) or undo the writer's own side (a user returning
@@ -374,6 +376,16 @@ def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
     meant = written_by_step(record) if side == "redis" else frozenset()
     if not changed - meant:
         return frozenset()
+    # The same old copy writing again (an agent's next step from the hash it read before):
+    # what that copy wrote before and the task no longer holds is stale again, from whatever
+    # point the rest of the copy is (it took in later values through its own writes).
+    again = frozenset(
+        f
+        for change in history
+        if change.side == side and change.old_copy
+        for f, v in change.old_copy.values.items()
+        if f in changed and f not in meant and record.get(f) == v
+    )
     newest_change = {f: i for i, change in enumerate(history) for f in change.before}
     at_p = dict(current)  # the task's fields at point p: before history[k]
     changed_since_p: set[str] = set()
@@ -403,10 +415,12 @@ def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
         if later:
             continue
         by_other = {f for f, i in newest_change.items() if i >= k and history[i].side != side}
-        went_back = frozenset(f for f in (by_other & changed) - meant if record.get(f) == at_p[f])
+        went_back = frozenset(
+            f for f in (by_other & changed) - meant - again if record.get(f) == at_p[f]
+        )
         if went_back and len(went_back) >= len(best):
             best = went_back
-    return best
+    return best | again
 
 
 def merge_fields(

@@ -10,6 +10,7 @@ from ttsyncd.codec import RedisTask
 from ttsyncd.identity import Identified
 from ttsyncd.model import Record
 from ttsyncd.plan import AssignId, Plan, PlanEntry, new_entry_id, parent_cycles
+from ttsyncd.scope import with_parent_cycles
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,9 @@ def redis_view(
         return (records.get(plan_id) or record_of(plan_id)).parent
 
     # A cycle through a chosen task is cut as a whole view would cut it: take it in whole.
-    for cycle in list(parent_cycles(parent_in_redis, list(records))):
-        records.update({n: records.get(n) or record_of(n) for n in cycle})
+    for plan_id in with_parent_cycles(list(records), parent_in_redis):
+        if plan_id not in records:
+            records[plan_id] = record_of(plan_id)
     return without_parent_cycles(records)
 
 
