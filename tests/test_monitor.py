@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -195,6 +196,14 @@ def test_verbose_daemon_logs_each_field_old_to_new(town: Path, server: RedisServ
         assert line["fields"] == 'description "Write the docs" → "Write the user docs"'
     finally:
         assert daemon.terminate() == 0
+
+
+def test_ctrl_c_ends_the_monitor_with_0(watching: tuple[Daemon, Monitor]) -> None:
+    _daemon, monitor = watching
+    monitor.process.send_signal(signal.SIGINT)
+    assert monitor.process.wait(timeout=10) == 0
+    assert monitor.process.stderr is not None
+    assert b"Traceback" not in monitor.process.stderr.read()
 
 
 def test_monitor_without_a_daemon_says_so(town: Path) -> None:
