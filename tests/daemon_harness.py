@@ -85,7 +85,7 @@ class Daemon:
 
     def __init__(
         self, town: Path, redis_url: str, env: dict[str, str] | None = None,
-        program: tuple[str, ...] = ("-m", "ttsyncd"),
+        program: tuple[str, ...] = ("-m", "ttsyncd"), options: tuple[str, ...] = (),
     ) -> None:  # fmt: skip
         self.town = town
         self.log_path = town.parent / f"{town.name}-daemon.log"
@@ -93,7 +93,7 @@ class Daemon:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, *program, "--town", str(town), "--redis-url", redis_url,
-                 "--log-format", "json", "run"],
+                 "--log-format", "json", *options, "run"],
                 stdout=log, stderr=subprocess.STDOUT, env={**clean, **(env or {})},
             )  # fmt: skip
 

@@ -15,7 +15,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +60,7 @@ def global_options() -> argparse.ArgumentParser:
     )  # fmt: skip
     group.add_argument(
         "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-        help="log progress, not only problems",
+        help="log progress, not only problems (run, start: debug, each field a sync changes)",
     )  # fmt: skip
     return options
 
@@ -103,6 +103,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--json", action="store_true",
         help='one JSON object, also with no daemon ({"running": false, ...})',
+    )  # fmt: skip
+    monitor = command(
+        "monitor", "watch the daemon work, live",
+        "Watch the town's daemon live: each sync with its direction and duration, every task "
+        "and field it changes (old → new), deletions, conflicts and stale writes set aside, "
+        "errors, reconnects, pause and resume; on a terminal under a status header. Ends on "
+        "Ctrl-C or when the daemon stops (exit 0); exits 1 when no daemon serves the town.",
+    )  # fmt: skip
+    monitor.add_argument(
+        "--json", action="store_true",
+        help='one JSON event per line (the first: {"event": "subscribed", "status": ...})',
     )  # fmt: skip
     for name, help_text, description in (
         ("push", "apply the file's changes to Redis",
@@ -236,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         settings = reload_settings()
         if args.command in ("run", "start"):
-            return run_daemon(args.command, settings, reload_settings, args.log_format)
+            return run_daemon(args, settings, reload_settings)
         if args.command == "stop":
             from ttsyncd import background
 
@@ -245,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return manage_service(args, settings)
         if args.command == "status":
             return show_status(settings, as_json=args.json)
+        if args.command == "monitor":
+            from ttsyncd.monitor import monitor
+
+            return monitor(settings.town_dir, as_json=args.json)
         if args.command in ("pause", "resume"):
             return pause_or_resume(settings, args.command)
         return one_shot(args, settings).show()
@@ -255,17 +270,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def run_daemon(command: str, settings: Settings, reload_settings: Any, fmt: str | None) -> int:
-    if command == "start":
+def run_daemon(
+    args: argparse.Namespace, settings: Settings, reload_settings: Callable[[], Settings]
+) -> int:
+    from dataclasses import replace
+
+    def logging_as_asked(loaded: Settings) -> Settings:
+        """-v (debug: each field a sync changes, old → new) and --log-format over the
+        config's [log], also once a SIGHUP has read the config again."""
+        level = "debug" if args.verbose else loaded.log.level
+        fmt = args.log_format or loaded.log.format
+        return replace(loaded, log=replace(loaded.log, level=level, format=fmt))
+
+    settings = logging_as_asked(settings)
+
+    def reload_as_asked() -> Settings:
+        return logging_as_asked(reload_settings())
+
+    if args.command == "start":
         from ttsyncd import background
 
-        return background.start(settings, reload_settings)
+        return background.start(settings, reload_as_asked)
     from ttsyncd import log
     from ttsyncd.daemon import run_foreground
 
-    log.configure(settings.log.level, fmt or settings.log.format)
+    log.configure(settings.log.level, settings.log.format)
     mode = "systemd" if os.environ.get("NOTIFY_SOCKET") else "foreground"
-    return run_foreground(settings, reload_settings, mode)
+    return run_foreground(settings, reload_as_asked, mode)
 
 
 def manage_service(args: argparse.Namespace, settings: Settings) -> int:

@@ -4,7 +4,7 @@ its own process, or a running daemon on behalf of the CLI (so the output is the 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,12 +32,17 @@ class Town:
     plan_reader: PlanReader | None = None
     redis_source: RedisSource | None = None
     state_store: StateStore | None = None
+    # Each sync run, with its direction (push, pull) and whether it was a dry run: a daemon
+    # records them as it records its own.
+    synced: list[tuple[SyncReport, bool, bool, bool]] = field(default_factory=list)
 
     def sync(self, **kwargs: Any) -> SyncReport:
-        return sync(
+        report = sync(
             self.settings, self.client, plan_reader=self.plan_reader,
             redis_source=self.redis_source, state_store=self.state_store, **kwargs,
         )  # fmt: skip
+        self.synced.append((report, kwargs["push"], kwargs["pull"], bool(kwargs.get("dry_run"))))
+        return report
 
     def state(self) -> StateStore:
         return self.state_store or state_store_for(self.settings)

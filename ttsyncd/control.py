@@ -1,6 +1,9 @@
 """The control socket `<town>/.tt/ttsyncd.sock`: newline-delimited JSON, one request and one
 answer per line, `{"cmd": "status"}` -> `{"ok": true, "result": {...}}` or
-`{"ok": false, "error": "..."}`. Mode 0600; a peer of another uid is refused (SO_PEERCRED)."""
+`{"ok": false, "error": "..."}`. Mode 0600; a peer of another uid is refused (SO_PEERCRED).
+
+`{"cmd": "subscribe"}` answers once, then keeps the connection: one JSON event per line
+(ttsyncd/events.py) until the daemon stops (it closes the connection) or the peer hangs up."""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ import json
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +34,17 @@ def log() -> structlog.typing.FilteringBoundLogger:
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 MAX_REQUEST = 1 << 20
+
+
+@dataclass
+class Stream:
+    """A handler's answer that keeps the connection open: `first` is the request's answer,
+    then each of `events` goes out as a line of its own; `end` runs once the stream is over
+    (the events ended, the peer hung up)."""
+
+    first: Any
+    events: AsyncIterator[dict[str, Any]]
+    end: Callable[[], None]
 
 
 def socket_path(town_dir: Path) -> Path:
@@ -64,7 +79,11 @@ async def serve(path: Path, handle: Handler) -> asyncio.Server:
                 await reply(writer, {"ok": False, "error": "permission denied: not your daemon"})
                 return
             while line := await reader.readline():
-                await reply(writer, await answer(line, handle))
+                answered = await answer(line, handle)
+                if isinstance(stream := answered.get("result"), Stream):
+                    await send_stream(reader, writer, stream)
+                    return
+                await reply(writer, answered)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -94,6 +113,32 @@ async def answer(line: bytes, handle: Handler) -> dict[str, Any]:
     except Exception as error:  # the daemon keeps serving; the caller learns what failed
         log().exception("control request failed")
         return {"ok": False, "error": f"{type(error).__name__}: {error}"}
+
+
+async def send_stream(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: Stream
+) -> None:
+    """Answer, then send events until they end or the peer hangs up (it sends nothing more:
+    end of file). A peer that reads slowly only slows this connection: its queue of events,
+    not the daemon, takes the wait."""
+    import asyncio
+
+    async def pump() -> None:
+        async for event in stream.events:
+            await reply(writer, event)
+
+    try:
+        await reply(writer, {"ok": True, "result": stream.first})
+        pumping = asyncio.ensure_future(pump())
+        hangup = asyncio.ensure_future(reader.read())
+        try:
+            await asyncio.wait({pumping, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pumping, hangup):
+                task.cancel()
+            await asyncio.gather(pumping, hangup, return_exceptions=True)
+    finally:
+        stream.end()
 
 
 async def reply(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:

@@ -63,12 +63,13 @@ import redis.cluster
 import structlog
 from redis.backoff import EqualJitterBackoff
 
-from ttsyncd import background, commands, control, engine, log, systemd
+from ttsyncd import activity, background, commands, control, engine, log, systemd
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.engine import SyncReport, SyncRequest, state_store_for
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
+from ttsyncd.events import EventBus
 from ttsyncd.memory import release_free_memory
 from ttsyncd.mirror import TownMirror
 from ttsyncd.notifications import (
@@ -213,6 +214,7 @@ class Daemon:
         self.paused_since = background.paused_since(settings)
         self.verified_at: str | None = None  # the last anti-entropy pass, and what it found
         self.verify_found: str | None = None
+        self.events = EventBus()  # what `ttsyncd monitor` shows (ttsyncd/activity.py says it)
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -223,6 +225,7 @@ class Daemon:
         try:
             return await self.serve(on_ready)
         finally:
+            await self.events.close()  # monitors end here, as the daemon does
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 sock.unlink()
@@ -397,6 +400,7 @@ class Daemon:
             except (*UNREACHABLE, RedisUnavailable) as e:
                 if self.connected:
                     logger.warning("lost Redis, reconnecting", error=type(e).__name__)
+                    self.events.publish("reconnecting", error=type(e).__name__)
                     failures = 0  # it was up: a blip, not a long outage
                 self.connected = False
                 self.report_problem(
@@ -444,6 +448,8 @@ class Daemon:
         self.clear_problem("redis")
         logger.info("connected to Redis", notifications=self.notifications,
                     topology=topology.describe())  # fmt: skip
+        self.events.publish("connected", notifications=self.notifications,
+                            redis=self.settings.endpoint.redacted())  # fmt: skip
         if notifications is None:
             await self.poll(client, aclient)
             return
@@ -610,6 +616,8 @@ class Daemon:
         return self.problem.message if self.problem else None
 
     def report_problem(self, kind: ErrorKind, message: str) -> None:
+        if self.problem != Problem(kind, message):  # (a retry failing again is no news)
+            activity.problem(self.events, kind, message)
         self.problem = Problem(kind, message)
 
     def clear_problem(self, *kinds: ErrorKind) -> None:
@@ -627,6 +635,8 @@ class Daemon:
         self.report_problem("refused", refused.message)
         if refused.message != before:
             logger.warning("deletions refused", plan_ids=sorted(refused.plan_ids))
+            self.events.publish("refused", plan_ids=sorted(refused.plan_ids),
+                                message=refused.message)  # fmt: skip
 
     def fail(self, error: str) -> None:
         self.report_problem("sync", error)
@@ -640,7 +650,9 @@ class Daemon:
         self.schedule.failed(batch, retry=True)
         self.wake.set()
 
-    def record(self, report: SyncReport, *, push: bool, pull: bool) -> None:
+    def record(
+        self, report: SyncReport, *, push: bool, pull: bool, origin: activity.Origin = "daemon"
+    ) -> None:
         self.syncs += 1
         self.clear_problem("sync", "redis")  # a completed sync reached Redis too
         self.show_refusal(report.refused)
@@ -656,13 +668,8 @@ class Daemon:
         if pull:
             self.last_pull = self.last_sync = stamp(report.to_file)
         direction = "both" if push and pull else ("push" if push else "pull")
-        logger.info(
-            "sync", direction=direction,
-            to_redis=report.to_redis.summary(), to_file=report.to_file.summary(),
-            redis_writes=report.redis_writes, file_written=report.file_written,
-            conflicts=len(report.settled), set_aside=len(report.set_aside),
-            duration_ms=report.duration_ms,
-        )  # fmt: skip
+        activity.sync_done(self.events, report, direction=direction, origin=origin)
+        report.changed = []  # named in the log and the events: not kept with last_report
         systemd.notify(f"STATUS={self.status_line()}")
 
     # ------------------------------------------------------------------------ anti-entropy
@@ -720,6 +727,12 @@ class Daemon:
         command = message["cmd"]
         if command == "status":
             return self.status()
+        if command == "subscribe":  # `ttsyncd monitor`
+            subscription = self.events.subscribe()
+            return control.Stream(
+                {"status": self.status()}, subscription.events(),
+                lambda: self.events.unsubscribe(subscription),
+            )  # fmt: skip
         if command == "stop":
             self.stop()
             return {"stopping": True, "pid": os.getpid()}
@@ -748,6 +761,7 @@ class Daemon:
             self.paused_since = await asyncio.to_thread(background.mark_paused, self.settings)
         if not already:
             logger.info("paused", since=self.paused_since)
+            self.events.publish("paused", since=self.paused_since)
             systemd.notify(f"STATUS={self.status_line()}")
         return {"paused": {"since": self.paused_since}, "already": already}
 
@@ -764,6 +778,7 @@ class Daemon:
             self.schedule.resumed(file_differed=await self.file_differs())
             self.wake.set()
         logger.info("resumed", paused_since=since)
+        self.events.publish("resumed", paused_since=since)
         if self.connected:
             await self.sync_due(all_owed=True)
         systemd.notify(f"STATUS={self.status_line()}")
@@ -796,6 +811,12 @@ class Daemon:
                 return commands.push_or_pull(town, command, force=force, dry_run=dry_run)
 
             output = await self.under_way(run)
+            for report, push, pull, wrote_nothing in town.synced:  # recorded as its own are
+                if wrote_nothing:
+                    said = command if command == "check" else f"{command} --dry-run"
+                    activity.check_done(self.events, report, command=said)
+                else:
+                    self.record(report, push=push, pull=pull, origin="command")
             if writes:  # a forced push or a resolve may have lifted (or made) a refusal
                 self.show_refusal(self.state_store.load().refused)
             return output
@@ -830,6 +851,7 @@ class Daemon:
             "last_error": self.last_error,
             "last_error_kind": self.problem.kind if self.problem else None,
             "part_failures": dict(self.parts.failures),  # per part, restarted or not
+            "monitors": len(self.events.subscribers),  # `ttsyncd monitor`s watching
             "verify": {
                 "last": self.verified_at,
                 "found": self.verify_found,

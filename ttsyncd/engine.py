@@ -6,7 +6,6 @@ The imperative shell around the pure merge. push, pull and the daemon's two-way 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
@@ -17,6 +16,7 @@ from typing import TypeVar
 import structlog
 from redis.crc import key_slot
 
+from ttsyncd.changes import TaskChange, task_changes
 from ttsyncd.codec import encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
 from ttsyncd.errors import PlanError, SyncRefused
@@ -30,10 +30,11 @@ from ttsyncd.merge import (
     Op,
     Options,
     Pins,
+    Side,
     Upsert,
     merge,
 )
-from ttsyncd.model import FIELDS, Record, Value
+from ttsyncd.model import Record
 from ttsyncd.plan import (
     AddEntry,
     FileEdit,
@@ -91,6 +92,9 @@ class SyncReport:
     duplicates: dict[str, list[str]] = field(default_factory=dict)  # plan id -> extra uuids
     unresolved_agents: dict[str, str] = field(default_factory=dict)
     changes: list[str] = field(default_factory=list)  # one line per change (dry runs only)
+    changed: list[TaskChange] = field(default_factory=list)  # each task written (or it would)
+    # The conflicts this sync recorded (settled, left for you, stale and held writes set aside).
+    recorded: list[Conflict] = field(default_factory=list)
     redis_writes: int = 0
     file_written: bool = False
     new_redis: bool = False  # Redis held none of the town's tasks: repopulated from the file
@@ -240,6 +244,7 @@ def run_sync(
         # Every agent name Redis cannot hold, not only those of the tasks this sync merged.
         report.unresolved_agents = dict(new_state.unresolved_agents)
         report.settled = [c for c in recorded if c.winner is not None and c.kind == "conflict"]
+        report.recorded = recorded
         break
     else:
         raise SyncRefused(f"both sides kept changing during {MAX_ATTEMPTS} attempts; try again")
@@ -364,8 +369,10 @@ def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(
     edits: list[FileEdit] = [*view.new_ids, *file_edits(merged.file_ops)]
     report.unresolved_agents = unresolved
     count_changes(report, merged)
+    before: dict[Side, Mapping[str, Record]] = {"file": view.records, "redis": redis_records}
+    report.changed = task_changes(merged, before)
     if describe_changes:  # a dry run: every change in words
-        report.changes = describe(merged, {"file": view.records, "redis": redis_records})
+        report.changes = describe(merged, before)
     uuids = {
         plan_id: identified.by_plan_id[plan_id].uuid
         if plan_id in identified.by_plan_id
@@ -567,31 +574,10 @@ def count_changes(report: SyncReport, merged: MergeResult) -> None:
         counts.unchanged = max(0, source_size - counts.created - counts.updated)
 
 
-def describe(merged: MergeResult, before: Mapping[str, Mapping[str, Record]]) -> list[str]:
+def describe(merged: MergeResult, before: Mapping[Side, Mapping[str, Record]]) -> list[str]:
     """One line per change, for --dry-run and `check`: the task, and each field it sets with
     its value (an update: old → new). `before`: each side's records as the merge read them."""
-    lines: list[str] = []
-    for side, ops in (("redis", merged.redis_ops), ("file", merged.file_ops)):
-        for op in ops:
-            old = before[side].get(op.plan_id)
-            if isinstance(op, Delete):
-                verb = {"delete": "delete", "cancel": "cancel", "keep": "stop syncing"}[op.mode]
-                what = f" ({shown(old.description)})" if old is not None else ""
-                lines.append(f"{side}: {verb} {op.plan_id}{what}")
-            elif op.created or old is None:
-                values = ", ".join(
-                    f"{name} {shown(value)}"
-                    for name in FIELDS
-                    if (value := op.record.get(name)) not in (None, ())
-                )
-                lines.append(f"{side}: create {op.plan_id}: {values}")
-            else:
-                changed = ", ".join(
-                    f"{name} {shown(old.get(name))} → {shown(op.record.get(name))}"
-                    for name in FIELDS
-                    if old.get(name) != op.record.get(name)
-                )
-                lines.append(f"{side}: update {op.plan_id}" + (f": {changed}" if changed else ""))
+    lines = [change.line() for change in task_changes(merged, before)]
     lines.extend(
         f"conflict {c.plan_id}.{c.field}: file={c.file!r} redis={c.redis!r} -> {c.winner}"
         for c in merged.settled
@@ -603,13 +589,6 @@ def describe(merged: MergeResult, before: Mapping[str, Mapping[str, Record]]) ->
     )
     lines.extend(set_aside_line(c) for c in [*merged.set_aside, *merged.set_aside_later])
     return lines
-
-
-def shown(value: Value) -> str:
-    """A field's value as the file writes it: "text", ["a", "b"]; (none) for unset."""
-    if value is None:
-        return "(none)"
-    return json.dumps(value if isinstance(value, str) else list(value), ensure_ascii=False)
 
 
 def set_aside_line(c: Conflict) -> str:

@@ -13,7 +13,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     out = stream or sys.stderr
     use_console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer(colors=out.isatty())
+        structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False)
         if use_console
         else structlog.processors.JSONRenderer()
     )
