@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,8 @@ def measure_live(
         daemon.wait_ready(READY_TIMEOUT_S)
         out["first_sync_s"] = perf_counter() - daemon.started
         out["memory_after_start"] = memory_mb(daemon.pid)
+        if size == max(params.sizes):
+            out["command_start"] = command_start_ms(town)
         live = LiveTown(town, size, daemon, client, db=0, debounce=SyncSettings())
         progress(started, f"  save -> Redis x{params.repeat}")
         out["save_to_redis"] = with_summary(save_to_redis(live, params.repeat))
@@ -224,6 +227,25 @@ def measure_live(
     finally:
         out["stop_exit_code"] = daemon.stop()
         client.close()
+
+
+def command_start_ms(town: Path, runs: int = 15) -> dict[str, float]:
+    """Median milliseconds of `python -m ttsyncd --version` and of `status` (the daemon of
+    `town` running): a new process from start to exit, as a user or a script runs them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+    medians: dict[str, float] = {}
+    for name, args in (("version", ["--version"]), ("status", ["--town", str(town), "status"])):
+        times = []
+        for _ in range(runs):
+            started = perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-m", "ttsyncd", *args], capture_output=True, env=env
+            )
+            times.append((perf_counter() - started) * 1000)
+            if done.returncode != 0:
+                raise BenchError(f"`ttsyncd {' '.join(args)}` failed: {done.stderr!r}")
+        medians[name] = statistics.median(times)
+    return medians
 
 
 def empty_daemon_memory(workdir: Path, server: RedisServer) -> dict[str, float]:

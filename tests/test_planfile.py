@@ -32,7 +32,15 @@ from ttsyncd.plan import (
     write_atomic,
 )
 from ttsyncd.plan.read import _parse_whole
-from ttsyncd.plan.render import _edit_simple_lines, _field_changes, _render_window, _resolve, _split
+from ttsyncd.plan.render import (
+    _edit_simple_lines,
+    _field_changes,
+    _Render,
+    _render_window,
+    _resolve,
+    _split,
+    _Window,
+)
 from ttsyncd.plan.render_tomlkit import _edit_with_tomlkit
 
 PATH = Path("tasks.toml")
@@ -826,10 +834,9 @@ def test_rendering_windows_gives_what_rendering_the_whole_text_gives(
     }
     text = plan.text
     lines = text.split("\n")[: -1 if text.endswith("\n") else None]
-    whole = _render_window(
-        text, range(len(_split(lines))), plan.layout.tables, outcome, expected,
-        "\r" if "\r\n" in text else "", at_end=True, ends_with_newline=text.endswith("\n"),
-    )  # fmt: skip
+    window = _Window(text, range(len(_split(lines))), True, text.endswith("\n"))
+    carriage = "\r" if "\r\n" in text else ""
+    whole = _render_window(window, _Render(plan.layout.tables, outcome, expected, carriage))
     if whole is not None:
         assert render_plan(plan, edits) == whole
 

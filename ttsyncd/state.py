@@ -225,30 +225,36 @@ def replay_journal(path: Path, state: SyncState, generation: int) -> int:
         if not isinstance(delta, dict) or delta.get("generation") != generation:
             continue
         applied += 1
-        for plan_id, entry in delta["tasks"].items():
-            state.base.pop(plan_id, None)
-            state.uuids.pop(plan_id, None)
-            if entry is not None:
-                state.base[plan_id] = base_task(entry)
-                if isinstance(entry.get("uuid"), str):
-                    state.uuids[plan_id] = entry["uuid"]
-        for plan_id, conflicts in delta["pending"].items():
-            state.pending.pop(plan_id, None)
-            if conflicts is not None:
-                state.pending[plan_id] = [conflict(c) for c in conflicts]
-        for plan_id, name in delta["unresolved_agents"].items():
-            state.unresolved_agents.pop(plan_id, None)
-            if name is not None:
-                state.unresolved_agents[plan_id] = name
-        for plan_id, records in delta.get("set_aside", {}).items():
-            state.set_aside.pop(plan_id, None)
-            if records is not None:
-                state.set_aside[plan_id] = [conflict(c) for c in records]
-        if "refused" in delta:
-            state.refused = refused_from(delta["refused"])
-        state.redis_epoch = delta["redis_epoch"]
-        state.redis_markers = dict(delta.get("redis_markers", {}))
+        apply_delta(state, delta)
     return applied
+
+
+def apply_delta(state: SyncState, delta: dict[str, Any]) -> None:
+    """One journal line applied to `state`: each key it names takes the line's value (None:
+    gone)."""
+    for plan_id, entry in delta["tasks"].items():
+        state.base.pop(plan_id, None)
+        state.uuids.pop(plan_id, None)
+        if entry is not None:
+            state.base[plan_id] = base_task(entry)
+            if isinstance(entry.get("uuid"), str):
+                state.uuids[plan_id] = entry["uuid"]
+    for plan_id, conflicts in delta["pending"].items():
+        state.pending.pop(plan_id, None)
+        if conflicts is not None:
+            state.pending[plan_id] = [conflict(c) for c in conflicts]
+    for plan_id, name in delta["unresolved_agents"].items():
+        state.unresolved_agents.pop(plan_id, None)
+        if name is not None:
+            state.unresolved_agents[plan_id] = name
+    for plan_id, records in delta.get("set_aside", {}).items():
+        state.set_aside.pop(plan_id, None)
+        if records is not None:
+            state.set_aside[plan_id] = [conflict(c) for c in records]
+    if "refused" in delta:
+        state.refused = refused_from(delta["refused"])
+    state.redis_epoch = delta["redis_epoch"]
+    state.redis_markers = dict(delta.get("redis_markers", {}))
 
 
 def ensure_private_dir(state_dir: Path) -> None:

@@ -342,20 +342,7 @@ def _valid_graph(
     """The entries by id when ids are unique, parents name entries and no parents form a
     cycle; else None. Given the previous (valid) plan, only what changed needs checking."""
     if previous is None or previous.layout is None:
-        by_id = {}
-        for entry in entries:
-            if entry.plan_id is not None:
-                if entry.plan_id in by_id:
-                    return None
-                by_id[entry.plan_id] = entry
-        parent_of = {
-            entry.plan_id: entry.record.parent
-            for entry in entries
-            if entry.record.parent is not None and entry.plan_id is not None
-        }
-        if any(entry.record.parent not in by_id for entry in entries if entry.record.parent):
-            return None
-        return by_id if next(parent_cycles(parent_of.get, parent_of), None) is None else None
+        return _valid_graph_of_all(entries)
     by_id = dict(previous.by_id)
     for entry in dropped:
         if entry.plan_id is not None:
@@ -372,6 +359,24 @@ def _valid_graph(
         return None
     # A new cycle runs through an entry whose text changed: the previous plan had none.
     return by_id if not _has_cycle(by_id, added) else None
+
+
+def _valid_graph_of_all(entries: tuple[PlanEntry, ...]) -> dict[str, PlanEntry] | None:
+    """_valid_graph with nothing known before (a cold read): every entry is checked."""
+    by_id: dict[str, PlanEntry] = {}
+    for entry in entries:
+        if entry.plan_id is not None:
+            if entry.plan_id in by_id:
+                return None
+            by_id[entry.plan_id] = entry
+    parent_of = {
+        entry.plan_id: entry.record.parent
+        for entry in entries
+        if entry.record.parent is not None and entry.plan_id is not None
+    }
+    if any(entry.record.parent not in by_id for entry in entries if entry.record.parent):
+        return None
+    return by_id if next(parent_cycles(parent_of.get, parent_of), None) is None else None
 
 
 def _common_prefix(a: str, b: str) -> int:

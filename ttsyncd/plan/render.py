@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,10 +62,10 @@ def _render_all_lines(
     if "tasks" in data and not plan.entries:
         return None  # `tasks = []`: the new entry goes into that array
     text = plan.text
+    window = _Window(text, range(len(plan.entries)), True, text.endswith("\n"))
     return _render_window(
-        text, range(len(plan.entries)), data.get("tasks", []), outcome, expected,
-        _line_ending(text), at_end=True, ends_with_newline=text.endswith("\n"),
-    )  # fmt: skip
+        window, _Render(data.get("tasks", []), outcome, expected, _line_ending(text))
+    )
 
 
 def _table(plan: Plan, index: int) -> TomlData:
@@ -76,60 +77,72 @@ def _table(plan: Plan, index: int) -> TomlData:
 
 
 def _resolve(plan: Plan, edits: Sequence[FileEdit]) -> _Outcome:
-    index_of = dict(plan.index_of)
-    new_ids: dict[int, str] = {}
-    records: dict[int, Record] = {}
-    removed: set[int] = set()
-    added: dict[str, Record] = {}
-
-    def known(plan_id: str) -> None:
-        if plan_id not in index_of and plan_id not in added:
-            raise ValueError(f"no plan entry has the id {plan_id!r}")
-
-    def unused(plan_id: str) -> None:
-        if plan_id in index_of or plan_id in added:
-            raise ValueError(f"the id {plan_id!r} is already in the plan")
-
+    edited = _Edited(plan)
     for edit in edits:
-        match edit:
-            case UpdateEntry(plan_id, record):
-                known(plan_id)
-                if plan_id in added:
-                    added[plan_id] = record
-                else:
-                    records[index_of[plan_id]] = record
-            case AddEntry(plan_id, record):
-                unused(plan_id)
-                added[plan_id] = record
-            case RemoveEntry(plan_id):
-                known(plan_id)
-                if plan_id in added:
-                    del added[plan_id]
-                else:
-                    removed.add(index_of.pop(plan_id))
-            case AssignId(index, plan_id):
-                has_id = not 0 <= index < len(plan.entries) or plan.entries[index].plan_id
-                if has_id or index in new_ids or index in removed:
-                    raise ValueError(f"no id-less plan entry at index {index}")
-                unused(plan_id)
-                new_ids[index] = plan_id
-                index_of[plan_id] = index
-
+        edited.take(edit)
     changes: dict[int, dict[str, Any]] = {}
-    for index in sorted((records.keys() | new_ids.keys()) - removed):
+    for index in sorted((edited.records.keys() | edited.new_ids.keys()) - edited.removed):
         entry_changes: dict[str, Any] = {}
-        if index in new_ids:
-            entry_changes["id"] = new_ids[index]
-        if index in records:
+        if index in edited.new_ids:
+            entry_changes["id"] = edited.new_ids[index]
+        if index in edited.records:
             entry_changes.update(
-                _field_changes(_table(plan, index), records[index], plan.default_agent)
+                _field_changes(_table(plan, index), edited.records[index], plan.default_agent)
             )
         if entry_changes:
             changes[index] = entry_changes
     new_entries = tuple(
-        _new_entry(plan_id, record, plan.default_agent) for plan_id, record in added.items()
+        _new_entry(plan_id, record, plan.default_agent) for plan_id, record in edited.added.items()
     )
-    return _Outcome(changes, frozenset(removed), new_entries)
+    return _Outcome(changes, frozenset(edited.removed), new_entries)
+
+
+class _Edited:
+    """The edits taken one by one against the plan: what each original entry becomes, and
+    the entries added. An edit naming an id no entry has (or one already used) is a bug of
+    the caller's: ValueError."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.index_of = dict(plan.index_of)
+        self.new_ids: dict[int, str] = {}
+        self.records: dict[int, Record] = {}
+        self.removed: set[int] = set()
+        self.added: dict[str, Record] = {}
+
+    def take(self, edit: FileEdit) -> None:
+        match edit:
+            case UpdateEntry(plan_id, record):
+                self.known(plan_id)
+                if plan_id in self.added:
+                    self.added[plan_id] = record
+                else:
+                    self.records[self.index_of[plan_id]] = record
+            case AddEntry(plan_id, record):
+                self.unused(plan_id)
+                self.added[plan_id] = record
+            case RemoveEntry(plan_id):
+                self.known(plan_id)
+                if plan_id in self.added:
+                    del self.added[plan_id]
+                else:
+                    self.removed.add(self.index_of.pop(plan_id))
+            case AssignId(index, plan_id):
+                entries = self.plan.entries
+                has_id = not 0 <= index < len(entries) or entries[index].plan_id
+                if has_id or index in self.new_ids or index in self.removed:
+                    raise ValueError(f"no id-less plan entry at index {index}")
+                self.unused(plan_id)
+                self.new_ids[index] = plan_id
+                self.index_of[plan_id] = index
+
+    def known(self, plan_id: str) -> None:
+        if plan_id not in self.index_of and plan_id not in self.added:
+            raise ValueError(f"no plan entry has the id {plan_id!r}")
+
+    def unused(self, plan_id: str) -> None:
+        if plan_id in self.index_of or plan_id in self.added:
+            raise ValueError(f"the id {plan_id!r} is already in the plan")
 
 
 def _field_changes(raw: TomlData, record: Record, default_agent: str | None) -> dict[str, Any]:
@@ -247,12 +260,11 @@ def _render_by_segments(
     header before the first edited entry to the header after the last one, which the
     blank-line rules look at); the text between windows is copied as it is."""
     text, starts, count = plan.text, layout.starts, len(layout.starts)
-    carriage = _line_ending(text)  # new lines follow the file's line endings
+    # (new lines follow the file's line endings)
+    job = _Render(layout.tables, outcome, expected, _line_ending(text), trusted=True)
     edited = sorted(outcome.changes.keys() | outcome.removed)
     if not count:  # no entries yet: the window is the whole text
-        return _render_window(text, range(0), layout.tables, outcome, expected, carriage,
-                              at_end=True, ends_with_newline=text.endswith("\n"),
-                              trusted=True)  # fmt: skip
+        return _render_window(_Window(text, range(0), True, text.endswith("\n")), job)
     if outcome.added and (not edited or edited[-1] != count - 1):
         edited.append(count - 1)  # new entries go at the end, after its blank lines
     clusters: list[list[int]] = []
@@ -269,17 +281,13 @@ def _render_by_segments(
         after = cluster[-1] + 1
         finish = len(text) if after >= count else text.find("\n", starts[after]) + 1 or len(text)
         at_end = finish == len(text)
-        rendered = _render_window(
+        window = _Window(
             text[begin:finish],
             range(first, min(after, count - 1) + 1),
-            layout.tables,
-            outcome,
-            expected,
-            carriage,
-            at_end=at_end,
-            ends_with_newline=text.endswith("\n") if at_end else True,
-            trusted=True,
+            at_end,
+            text.endswith("\n") if at_end else True,
         )
+        rendered = _render_window(window, job)
         if rendered is None:
             return None
         pieces += [text[cursor:begin], rendered]
@@ -288,51 +296,90 @@ def _render_by_segments(
     return "".join(pieces)
 
 
-def _render_window(
-    text: str,
-    entries: range,
-    tables: Sequence[TomlData],
-    outcome: _Outcome,
-    expected: Mapping[int, TomlData],
-    carriage: str,
-    *,
-    at_end: bool,
-    ends_with_newline: bool,
-    trusted: bool = False,
-) -> str | None:
-    """Render a window of lines holding these entries (the last one perhaps only its
-    header); additions only at the end of the file. None when the window does not split as
-    the parse did. `trusted`: the tables come from the plan's layout, whose parse already
-    tied each segment's text to its table (else each is checked)."""
-    lines = text.split("\n")
-    if ends_with_newline:
+@dataclass(frozen=True)
+class _Render:
+    """What every window of one render shares: the edits, the tables the entries were read
+    to, what each edited entry must read back as, and the line ending new lines take."""
+
+    tables: Sequence[TomlData]
+    outcome: _Outcome
+    expected: Mapping[int, TomlData]
+    carriage: str  # "\r" in a CRLF file, else ""
+    # The tables come from the plan's layout, whose parse already tied each segment's text to
+    # its table (else each is checked).
+    trusted: bool = False
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A window of lines holding these entries (the last one perhaps only its header)."""
+
+    text: str
+    entries: range
+    at_end: bool  # the window runs to the end of the file: additions go there
+    ends_with_newline: bool
+
+
+def _render_window(window: _Window, job: _Render) -> str | None:
+    """The window rendered; None when it does not split as the parse did."""
+    lines = window.text.split("\n")
+    if window.ends_with_newline:
         lines.pop()
-    elif carriage and lines and not lines[-1].endswith("\r"):
+    elif job.carriage and lines and not lines[-1].endswith("\r"):
         # The last line, which ends the file with no newline, takes the file's line ending
         # for as long as the render works; whatever line ends the result gives it back.
-        lines[-1] += carriage
+        lines[-1] += job.carriage
     segments = _split(lines)
-    if len(segments) != len(entries):
+    if len(segments) != len(window.entries):
         return None
-    first = entries.start
+    replacements = _replacements(lines, segments, window.entries.start, job)
+    if replacements is None:
+        return None
+    out = _kept_lines(lines, segments, window.entries.start, replacements, job.outcome.removed)
+    ends_with_newline = window.ends_with_newline
+    if window.at_end and job.outcome.added:
+        _append_entries(out, job.outcome.added, job.carriage)
+        ends_with_newline = True
+    if not out:
+        return ""
+    if not ends_with_newline and out[-1].endswith("\r"):
+        out[-1] = out[-1][:-1]  # no line ending at the end, as the file had none
+    return "\n".join(out) + ("\n" if ends_with_newline else "")
 
+
+def _replacements(
+    lines: list[str], segments: list[_Lines], first: int, job: _Render
+) -> dict[int, list[str]] | None:
+    """The new lines of each edited entry in the window; None when an entry's text does not
+    read as its table, or its edit would not read back as intended."""
     replacements: dict[int, list[str]] = {}
+    outcome = job.outcome
     for index in outcome.removed | outcome.changes.keys():
         if not first <= index < first + len(segments):
             continue
         segment = segments[index - first]
         segment_text = "\n".join(lines[segment.start : segment.end]) + "\n"
-        if not trusted and not _holds(segment_text, tables[index]):
+        if not job.trusted and not _holds(segment_text, job.tables[index]):
             return None
         if index in outcome.changes:
             indent = _body_indent(lines[segment.header + 1 : segment.end])
             new_text = _edit_segment(segment_text, outcome.changes[index], indent)
-            if not _holds(new_text, expected[index]):
+            if not _holds(new_text, job.expected[index]):
                 return None
             replacements[index] = _with_line_endings(
                 new_text.split("\n")[:-1], lines[segment.start : segment.end]
             )
+    return replacements
 
+
+def _kept_lines(
+    lines: list[str],
+    segments: list[_Lines],
+    first: int,
+    replacements: Mapping[int, list[str]],
+    removed: AbstractSet[int],
+) -> list[str]:
+    """The window's lines with each edited entry replaced and each removed one gone."""
     out: list[str] = []
     cursor = 0
     for position, segment in enumerate(segments):
@@ -341,36 +388,38 @@ def _render_window(
         cursor = segment.end
         if index in replacements:
             out.extend(replacements[index])
-        elif index not in outcome.removed:
+        elif index not in removed:
             out.extend(lines[segment.start : segment.end])
         else:
-            # Don't leave a double blank line (or trailing blank lines) where it was.
-            after = segment.end
-            while after < len(lines) and not lines[after].strip():
-                after += 1
-            if after == len(lines):
-                while out and not out[-1].strip():
-                    out.pop()
-                cursor = after
-            elif not out or not out[-1].strip():
-                cursor = after
+            cursor = _after_removal(lines, segment.end, out, cursor)
     out.extend(lines[cursor:])
+    return out
 
-    added = outcome.added if at_end else ()
+
+def _after_removal(lines: list[str], end: int, out: list[str], cursor: int) -> int:
+    """Where to go on after an entry removed at `end`: don't leave a double blank line (or
+    trailing blank lines) where it was."""
+    after = end
+    while after < len(lines) and not lines[after].strip():
+        after += 1
+    if after == len(lines):
+        while out and not out[-1].strip():
+            out.pop()
+        return after
+    if not out or not out[-1].strip():
+        return after
+    return cursor
+
+
+def _append_entries(out: list[str], added: Sequence[TomlData], carriage: str) -> None:
+    """New entries at the end, each after one blank line."""
     for entry in added:
         while out and not out[-1].strip():
             out.pop()
         if out:
             out.append(carriage)
-        lines = ["[[tasks]]" + carriage]
-        lines += [f"{key} = {_value_text(value)}{carriage}" for key, value in entry.items()]
-        out.extend(lines)
-        ends_with_newline = True
-    if not out:
-        return ""
-    if not ends_with_newline and out[-1].endswith("\r"):
-        out[-1] = out[-1][:-1]  # no line ending at the end, as the file had none
-    return "\n".join(out) + ("\n" if ends_with_newline else "")
+        out.append("[[tasks]]" + carriage)
+        out.extend(f"{key} = {_value_text(value)}{carriage}" for key, value in entry.items())
 
 
 def _with_line_endings(new: list[str], old: list[str]) -> list[str]:
