@@ -139,7 +139,7 @@ class Prometheus(Metrics):
             "When the last sync completed (Unix time; 0: none yet).", registry=registry,
         )  # fmt: skip
         self.tasks = prom.Gauge(
-            "ttsyncd_tasks", "Tasks on each side, as the last sync read them.", ["side"],
+            "ttsyncd_tasks", "Tasks on each side, as the last sync left them.", ["side"],
             registry=registry,
         )  # fmt: skip
         self.server: WSGIServer | None = None
@@ -164,8 +164,8 @@ class Prometheus(Metrics):
         self.stale.inc(kinds.count("stale"))
         self.held.inc(kinds.count("held"))
         self.last_success.set(time.time())
-        self.tasks.labels("file").set(report.plan_tasks)
-        self.tasks.labels("redis").set(report.redis_tasks)
+        self.tasks.labels("file").set(tasks_left(report)[0])
+        self.tasks.labels("redis").set(tasks_left(report)[1])
 
     def sync_failed(self, *, direction: str, outcome: Outcome) -> None:
         self.syncs.labels(direction, outcome, "daemon").inc()
@@ -187,6 +187,14 @@ class Prometheus(Metrics):
             self.server.server_close()
         if self.thread is not None:
             self.thread.join(timeout=5)
+
+
+def tasks_left(report: SyncReport) -> tuple[int, int]:
+    """The tasks in the file and in Redis as a sync left them (its report counts those it
+    read, and what it wrote)."""
+    plan = len(report.plan.entries) if report.plan is not None else report.plan_tasks
+    written = report.to_redis
+    return plan, report.redis_tasks + written.created - written.deleted
 
 
 def serve(settings: Settings) -> Metrics:
