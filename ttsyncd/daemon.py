@@ -34,7 +34,10 @@ A part that raises is logged with its traceback, then, by its policy (`POLICY`):
 | reload   | SIGHUP: read the configuration again       | restarted: reading it again is     |
 |          | (one-shot)                                 | harmless                           |
 
-A restarted part that fails `supervisor.MAX_RESTARTS` times in a row exits 1 as well. The
+A restarted part that fails `supervisor.MAX_RESTARTS` times in a row exits 1 as well.
+The metrics (`[metrics] listen`, ttsyncd/metrics.py) are no part: prometheus_client serves them
+from a thread of its own, started before the parts and stopped after them; the daemon feeds
+them where it records a sync, a failure, a refusal and a connection. The
 syncer reports progress on every pass of its loop (at least every `beat_s` while idle); the
 watchdog pings systemd only while that is fresh, so a syncer that died or is stuck in a sync
 that never returns stops the pings and systemd restarts the daemon.
