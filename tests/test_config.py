@@ -10,6 +10,7 @@ import redis
 
 from ttsyncd.config import (
     LogSettings,
+    MetricsSettings,
     Settings,
     SyncSettings,
     find_town,
@@ -198,6 +199,7 @@ def test_example_config_loads_to_the_defaults(tmp_path: Path) -> None:
     settings = load(town, config_arg=str(REPO_ROOT / "config.example.toml"))
     assert settings.sync == SyncSettings()
     assert settings.log == LogSettings()
+    assert settings.metrics == MetricsSettings()  # no metrics unless listen is set
     assert settings.tasks_file == town.resolve() / "tasks.toml"
     assert settings.town_name == "town"
     assert settings.endpoint.source == "embedded default"
@@ -207,7 +209,18 @@ def test_example_config_documents_every_setting() -> None:
     text = (REPO_ROOT / "config.example.toml").read_text()
     keys = [*SyncSettings.__dataclass_fields__, *LogSettings.__dataclass_fields__]
     redis_keys = ["url", "tls_ca_cert", "tls_client_cert", "tls_client_key", "tls_verify"]
-    for key in [*keys, *redis_keys, "name", "tasks_file", "[town]", "[redis]", "[sync]", "[log]"]:
+    for key in [
+        *keys,
+        *redis_keys,
+        "name",
+        "tasks_file",
+        "[town]",
+        "[redis]",
+        "[sync]",
+        "[log]",
+        "[metrics]",
+        "listen",
+    ]:
         assert key in text, key
 
 
