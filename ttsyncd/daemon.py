@@ -389,6 +389,7 @@ class Daemon:
             await self.stay_connected()
         except Exception:
             self.connected = False
+            self.metrics.connection(connected=False)
             raise
 
     async def stay_connected(self) -> None:
