@@ -10,6 +10,7 @@ import redis
 
 from ttsyncd.config import (
     LogSettings,
+    MetricsSettings,
     Settings,
     SyncSettings,
     find_town,
@@ -198,6 +199,7 @@ def test_example_config_loads_to_the_defaults(tmp_path: Path) -> None:
     settings = load(town, config_arg=str(REPO_ROOT / "config.example.toml"))
     assert settings.sync == SyncSettings()
     assert settings.log == LogSettings()
+    assert settings.metrics == MetricsSettings()  # no metrics unless listen is set
     assert settings.tasks_file == town.resolve() / "tasks.toml"
     assert settings.town_name == "town"
     assert settings.endpoint.source == "embedded default"
@@ -207,7 +209,18 @@ def test_example_config_documents_every_setting() -> None:
     text = (REPO_ROOT / "config.example.toml").read_text()
     keys = [*SyncSettings.__dataclass_fields__, *LogSettings.__dataclass_fields__]
     redis_keys = ["url", "tls_ca_cert", "tls_client_cert", "tls_client_key", "tls_verify"]
-    for key in [*keys, *redis_keys, "name", "tasks_file", "[town]", "[redis]", "[sync]", "[log]"]:
+    for key in [
+        *keys,
+        *redis_keys,
+        "name",
+        "tasks_file",
+        "[town]",
+        "[redis]",
+        "[sync]",
+        "[log]",
+        "[metrics]",
+        "listen",
+    ]:
         assert key in text, key
 
 
@@ -724,3 +737,30 @@ def test_acl_user_is_shown_and_its_password_is_not() -> None:
     assert by_query.redacted() == "redis://ttsyncd:***@h:1/0"
     user_only = endpoint_from_url("redis://ttsyncd@h:1/0", "t")
     assert user_only.redacted() == "redis://ttsyncd@h:1/0"
+
+
+# --- [metrics] ----------------------------------------------------------------------------------
+
+
+def test_metrics_listen_is_off_by_default_and_read_as_host_and_port(tmp_path: Path) -> None:
+    assert load(make_town(tmp_path / "a", config="")).metrics.listen is None
+    town = make_town(tmp_path / "b", config='[metrics]\nlisten = "127.0.0.1:9464"\n')
+    assert load(town).metrics.listen == ("127.0.0.1", 9464)
+    town = make_town(tmp_path / "c", config='[metrics]\nlisten = "[::1]:9464"\n')
+    assert load(town).metrics.listen == ("::1", 9464)
+
+
+@pytest.mark.parametrize(
+    "value", ['"9464"', '"127.0.0.1"', '":9464"', '"localhost:0"', '"localhost:70000"',
+              '"host:port"', '"127.0.0.1:9464/metrics"', "9464", "true"],
+)  # fmt: skip
+def test_a_bad_metrics_listen_names_the_file_and_the_key(tmp_path: Path, value: str) -> None:
+    town = make_town(tmp_path, config=f"[metrics]\nlisten = {value}\n")
+    message = config_error(town)
+    assert message.startswith(f"{town / 'ttsyncd.toml'}: metrics.listen must be")
+    assert "host:port" in message
+
+
+def test_an_unknown_metrics_key_is_refused(tmp_path: Path) -> None:
+    town = make_town(tmp_path, config="[metrics]\nport = 9464\n")
+    assert "unknown key metrics.port (known: listen)" in config_error(town)

@@ -282,3 +282,54 @@ def test_new_timing_keeps_what_is_settling() -> None:
     schedule.file_changed()
     schedule.retime(Timing(file_quiet=300, file_longest=3000))
     assert schedule.file and schedule.seconds_until_due() == 300
+
+
+def test_the_first_event_of_a_change_is_kept_until_the_sync_that_applies_it() -> None:
+    """The metrics' event-to-applied latency: from each side's first event of a burst."""
+    clock = Clock()
+    schedule = schedule_at(clock)
+    for t in (10, 40, 70):
+        clock.now = t
+        schedule.file_changed(t)
+    schedule.keys_changed({"k"}, at=30)
+    clock.now = 170  # the file has been quiet 100 since 70
+    batch = schedule.take()
+    assert (batch.file_since, batch.keys_since) == (10, 30)
+    owed = schedule.owed_by(batch, redis_changed=True)
+    assert owed.waited(200) == {"file": 190, "redis": 170}
+    schedule.synced()
+    clock.now = 300
+    batch = schedule.take(all_owed=True)
+    assert schedule.owed_by(batch, redis_changed=False).waited(300) == {}  # nothing new
+
+
+def test_an_echo_adds_no_latency_and_a_retry_keeps_the_first_event() -> None:
+    clock = Clock()
+    schedule = schedule_at(clock)
+    schedule.keys_changed({"k"}, at=5)
+    clock.now = 100
+    echo = schedule.take()
+    assert schedule.owed_by(echo, redis_changed=False) == Owed()  # the echo of our own write
+    assert schedule.owed.waited(100) == {}
+
+    schedule.file_changed(120)
+    clock.now = 300
+    batch = schedule.take()
+    schedule.failed(batch, retry=True)  # Redis out of reach: taken again later, in full
+    clock.now += RETRY_S + 1000
+    again = schedule.take()
+    assert again.file and again.file_since == 120
+    assert schedule.owed_by(again, redis_changed=False).waited(clock.now) == {
+        "file": clock.now - 120
+    }
+
+
+def test_a_failed_sync_names_the_directions_it_was_to_take() -> None:
+    clock = Clock()
+    schedule = schedule_at(clock)
+    schedule.file_changed(0)
+    clock.now = 200
+    assert schedule.intended(schedule.take()) == Owed(push=True)
+    schedule.keys_changed({"k"})
+    clock.now = 300
+    assert schedule.intended(schedule.take()) == Owed(pull=True)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
 
 from ttsyncd.endpoints import (
     SENTINEL_PORT,
@@ -63,6 +64,14 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """[metrics]: `listen` ("host:port"): serve Prometheus metrics there (the `metrics` extra);
+    None: no metrics, and prometheus_client is never imported."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     town_dir: Path
     town_name: str
@@ -72,6 +81,7 @@ class Settings:
     endpoint: Endpoint
     sync: SyncSettings
     log: LogSettings
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 # --- town discovery -------------------------------------------------------------------------
@@ -139,6 +149,7 @@ def load_settings(
         ),
         sync=SyncSettings(**config.get("sync", {})),
         log=LogSettings(**config.get("log", {})),
+        metrics=MetricsSettings(**config.get("metrics", {})),
     )
 
 
@@ -206,6 +217,21 @@ def _fraction(value: object) -> float:
     return float(value)
 
 
+def _listen_address(value: object) -> tuple[str, int]:
+    """Where metrics are served: "host:port" (an IPv6 host in brackets), the port 1-65535."""
+    wanted = '"host:port", such as "127.0.0.1:9464" (an IPv6 host in brackets)'
+    if not isinstance(value, str):
+        raise _BadValue(f"must be {wanted} (got {value!r})")
+    try:
+        parts = urlsplit(f"//{value.strip()}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port or parts.username is not None or parts.path or parts.query:
+        raise _BadValue(f"must be {wanted}, the port 1-65535 (got {value!r})")
+    return host, port
+
+
 _CONFIG_SCHEMA: Final[dict[str, dict[str, Check]]] = {
     "town": {"name": _string, "tasks_file": _string},
     "redis": {
@@ -227,6 +253,7 @@ _CONFIG_SCHEMA: Final[dict[str, dict[str, Check]]] = {
         "verify_interval_s": _seconds,
     },
     "log": {"level": _one_of(LOG_LEVELS), "format": _one_of(LOG_FORMATS)},
+    "metrics": {"listen": _listen_address},
 }
 
 

@@ -34,7 +34,10 @@ A part that raises is logged with its traceback, then, by its policy (`POLICY`):
 | reload   | SIGHUP: read the configuration again       | restarted: reading it again is     |
 |          | (one-shot)                                 | harmless                           |
 
-A restarted part that fails `supervisor.MAX_RESTARTS` times in a row exits 1 as well. The
+A restarted part that fails `supervisor.MAX_RESTARTS` times in a row exits 1 as well.
+The metrics (`[metrics] listen`, ttsyncd/metrics.py) are no part: prometheus_client serves them
+from a thread of its own, started before the parts and stopped after them; the daemon feeds
+them where it records a sync, a failure, a refusal and a connection. The
 syncer reports progress on every pass of its loop (at least every `beat_s` while idle); the
 watchdog pings systemd only while that is fresh, so a syncer that died or is stuck in a sync
 that never returns stops the pings and systemd restarts the daemon.
@@ -63,12 +66,12 @@ import redis.cluster
 import structlog
 from redis.backoff import EqualJitterBackoff
 
-from ttsyncd import activity, background, commands, control, engine, log, systemd
+from ttsyncd import activity, background, commands, control, engine, log, metrics, systemd
 from ttsyncd.commands import Town
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.engine import SyncReport, SyncRequest, state_store_for
-from ttsyncd.errors import RedisUnavailable, TtsyncdError
+from ttsyncd.errors import DeletionsRefused, RedisUnavailable, TtsyncdError
 from ttsyncd.events import EventBus
 from ttsyncd.memory import release_free_memory
 from ttsyncd.mirror import TownMirror
@@ -215,20 +218,26 @@ class Daemon:
         self.verified_at: str | None = None  # the last anti-entropy pass, and what it found
         self.verify_found: str | None = None
         self.events = EventBus()  # what `ttsyncd monitor` shows (ttsyncd/activity.py says it)
+        self.metrics = metrics.Metrics()  # counts nothing until `run` serves [metrics] listen
 
     # ------------------------------------------------------------------------ lifecycle
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> int:
         """Serve until SIGTERM/SIGINT or a `stop` request; flush pending work; return 0."""
-        sock = control.socket_path(self.settings.town_dir)
-        server = await control.serve(sock, self.handle)
+        # [metrics] listen: a missing extra or a port in use stops the daemon before it starts.
+        self.metrics = await asyncio.to_thread(metrics.serve, self.settings)
         try:
-            return await self.serve(on_ready)
+            sock = control.socket_path(self.settings.town_dir)
+            server = await control.serve(sock, self.handle)
+            try:
+                return await self.serve(on_ready)
+            finally:
+                await self.events.close()  # monitors end here, as the daemon does
+                server.close()
+                with contextlib.suppress(FileNotFoundError):
+                    sock.unlink()
         finally:
-            await self.events.close()  # monitors end here, as the daemon does
-            server.close()
-            with contextlib.suppress(FileNotFoundError):
-                sock.unlink()
+            await asyncio.to_thread(self.metrics.close)
 
     async def serve(self, on_ready: Callable[[], None] | None) -> int:
         """0 after a stop; 1 when a part's failure took the daemon down."""
@@ -380,6 +389,7 @@ class Daemon:
             await self.stay_connected()
         except Exception:
             self.connected = False
+            self.metrics.connection(connected=False)
             raise
 
     async def stay_connected(self) -> None:
@@ -413,6 +423,7 @@ class Daemon:
             finally:
                 if aclient is not None:
                     await aclient.aclose()
+            self.metrics.connection(connected=False)
             await asyncio.sleep(RECONNECT_BACKOFF.compute(failures))
             failures += 1
 
@@ -444,6 +455,7 @@ class Daemon:
             )
         self.schedule.reconnected()
         self.wake.set()
+        self.metrics.connection(connected=True, again=self.ever_connected)
         self.connected = self.ever_connected = True
         self.clear_problem("redis")
         logger.info("connected to Redis", notifications=self.notifications,
@@ -564,15 +576,21 @@ class Daemon:
                     engine.run_sync, self.settings, sides, request, self.state_store
                 )
             except Exception as error:
-                self.sync_failed(batch, error)
+                self.sync_failed(batch, error, self.schedule.intended(batch))
                 return
             finally:
                 self.first_sync_done.set()
             self.synced(report, owed, whole_town=scope is None)
 
-    def sync_failed(self, batch: Batch, error: Exception) -> None:
-        """A sync raised: nothing it owed is forgotten, and the daemon goes on."""
-        if isinstance(error, UNREACHABLE):
+    def sync_failed(self, batch: Batch, error: Exception, intended: Owed) -> None:
+        """A sync raised: nothing it owed is forgotten, and the daemon goes on. `intended`:
+        the directions it was to sync, for the metrics."""
+        retry = isinstance(error, UNREACHABLE)
+        self.metrics.sync_failed(direction=direction_of(intended.push, intended.pull),
+                                 outcome="deferred" if retry else "failed")  # fmt: skip
+        if isinstance(error, DeletionsRefused):
+            self.metrics.deletions_refused()
+        if retry:
             why = f"Redis unreachable during sync ({type(error).__name__})"
             if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
                 why = str(error)
@@ -601,7 +619,8 @@ class Daemon:
             gc.freeze()
             release_free_memory()
         self.wake.set()
-        self.record(report, push=owed.push, pull=owed.pull)
+        waited = owed.waited(self.schedule.clock())
+        self.record(report, push=owed.push, pull=owed.pull, waited=waited)
 
     async def under_way(self, work: Callable[..., T], *args: Any) -> T:
         """Run a sync (or a command that syncs) in a worker thread, SYNCING meanwhile."""
@@ -630,10 +649,12 @@ class Daemon:
         stays the last error till then, and is logged when it starts or changes."""
         before = self.problem.message if self.problem and self.problem.kind == "refused" else None
         self.clear_problem("refused")
+        self.metrics.deletions_held(len(refused.plan_ids) if refused else 0)
         if refused is None:
             return
         self.report_problem("refused", refused.message)
         if refused.message != before:
+            self.metrics.deletions_refused()
             logger.warning("deletions refused", plan_ids=sorted(refused.plan_ids))
             self.events.publish("refused", plan_ids=sorted(refused.plan_ids),
                                 message=refused.message)  # fmt: skip
@@ -651,8 +672,11 @@ class Daemon:
         self.wake.set()
 
     def record(
-        self, report: SyncReport, *, push: bool, pull: bool, origin: activity.Origin = "daemon"
-    ) -> None:
+        self, report: SyncReport, *, push: bool, pull: bool, origin: activity.Origin = "daemon",
+        waited: dict[str, float] | None = None,
+    ) -> None:  # fmt: skip
+        """A sync completed: `status`, the log, the events and the metrics say so. `waited`:
+        seconds since the first event of each side's changes it applied."""
         self.syncs += 1
         self.clear_problem("sync", "redis")  # a completed sync reached Redis too
         self.show_refusal(report.refused)
@@ -667,8 +691,9 @@ class Daemon:
             self.last_push = self.last_sync = stamp(report.to_redis)
         if pull:
             self.last_pull = self.last_sync = stamp(report.to_file)
-        direction = "both" if push and pull else ("push" if push else "pull")
+        direction = direction_of(push, pull)
         activity.sync_done(self.events, report, direction=direction, origin=origin)
+        self.metrics.sync_done(report, direction=direction, origin=origin, waited=waited or {})
         report.changed = []  # named in the log and the events: not kept with last_report
         systemd.notify(f"STATUS={self.status_line()}")
 
@@ -884,6 +909,10 @@ class Daemon:
             return f"{state}: {self.last_error.splitlines()[0]}"
         last = self.last_sync.time if self.last_sync else "never"
         return f"{state}: {self.syncs} syncs, last {last}; notifications: {self.notifications}"
+
+
+def direction_of(push: bool, pull: bool) -> str:
+    return "both" if push and pull else ("push" if push else "pull")
 
 
 def internal_error(error: Exception) -> str:

@@ -19,7 +19,7 @@ from redis.crc import key_slot
 from ttsyncd.changes import TaskChange, task_changes
 from ttsyncd.codec import encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
-from ttsyncd.errors import PlanError, SyncRefused
+from ttsyncd.errors import DeletionsRefused, PlanError, SyncRefused
 from ttsyncd.identity import Identified, task_uuid_for
 from ttsyncd.merge import (
     ENTRY,
@@ -619,7 +619,7 @@ def check_file_deletions(
     deleting = sum(1 for op in merged.file_ops if isinstance(op, Delete))
     synced = live_tasks(state)
     if not force and too_many(settings, deleting, synced):
-        raise SyncRefused(
+        raise DeletionsRefused(
             f"refusing to delete {deleting} of {synced} synced tasks from tasks.toml "
             f"(more than max_delete_fraction={settings.sync.max_delete_fraction} and "
             f"max_delete_min={settings.sync.max_delete_min}); run with --force to apply"

@@ -36,3 +36,7 @@ class SyncRefused(TtsyncdError):
     """A sync that would do harm (mass deletion) or needs the user (manual conflict)."""
 
     exit_code = EXIT_PLAN
+
+
+class DeletionsRefused(SyncRefused):
+    """The deletion guard refused a sync that would remove many tasks from the file."""

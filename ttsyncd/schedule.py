@@ -21,6 +21,10 @@ sync completes it:
   a refusal) waits for the next event.
 - `full`: every task both ways, even if nothing looks changed (start, reconnect, verify).
 
+Each side's earliest event is remembered with the work it owes (`Owed.file_since`,
+`Owed.redis_since`), through a retry, until a sync completes it: the change's latency, event
+to applied, that `ttsyncd_change_latency_seconds` measures.
+
 Which tasks a sync owes is the other half of the work owed, kept in `scope.OwedTasks`.
 """
 
@@ -45,6 +49,16 @@ class Owed:
     pull: bool = False  # Redis-side changes to take to the file
     full: bool = False  # every task, both ways, even if nothing looks changed
     reread: bool = False  # read the whole town from Redis first
+    # When the first event of the changes owed arrived (the schedule's clock); None: no event
+    # stands behind them (a start, a reconnect, anti-entropy) or none is owed. Not part of
+    # what is owed: two Owed that owe the same are equal.
+    file_since: float | None = field(default=None, compare=False)
+    redis_since: float | None = field(default=None, compare=False)
+
+    def waited(self, now: float) -> dict[str, float]:
+        """Seconds since each side's first event owed: {"file": 0.31, "redis": 0.12}."""
+        since = {"file": self.file_since, "redis": self.redis_since}
+        return {side: now - at for side, at in since.items() if at is not None}
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,8 @@ class Batch:
     reread: bool = False  # read the whole town from Redis first
     pull: bool = False  # a pull is owed whatever the fetch finds
     full: bool = False  # every task, both ways
+    file_since: float | None = field(default=None, compare=False)  # its first file event
+    keys_since: float | None = field(default=None, compare=False)  # its first notification
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,8 @@ class Schedule:
     owed: Owed = field(default_factory=Owed)  # the directions taken and not yet synced
     retry_at: float = 0.0  # no sync before this (a retry's wait)
     verify_at: float | None = None  # the next anti-entropy pass
+    file_since: float | None = None  # the first file event settling
+    keys_since: float | None = None  # the first notification settling
 
     def __post_init__(self) -> None:
         timing = self.timing
@@ -109,15 +127,19 @@ class Schedule:
 
     def file_changed(self, at: float | None = None) -> None:
         """The plan file changed at `at` (default: now)."""
+        at = self.clock() if at is None else at
         self.file = True
-        self.file_settling.touch(self.clock() if at is None else at)
+        self.file_settling.touch(at)
+        self.file_since = earliest(self.file_since, at)
 
     def keys_changed(self, keys: Iterable[str], at: float | None = None) -> None:
         """Redis notified changes of these keys."""
         new = set(keys)
         if new:
+            at = self.clock() if at is None else at
             self.keys |= new
-            self.redis_settling.touch(self.clock() if at is None else at)
+            self.redis_settling.touch(at)
+            self.keys_since = earliest(self.keys_since, at)
 
     def reread(self) -> None:
         """Read the whole town again (a poll: no notifications tell what changed)."""
@@ -194,13 +216,17 @@ class Schedule:
             reread=owed_now.reread,
             pull=owed_now.pull,
             full=owed_now.full,
+            file_since=self.file_since if take_file else None,
+            keys_since=self.keys_since if take_keys else None,
         )
         if take_keys:
             self.keys = set()
             self.redis_settling.reset()
+            self.keys_since = None
         if take_file:
             self.file = False
             self.file_settling.reset()
+            self.file_since = None
         self.owed_now = Owed()
         return batch
 
@@ -211,7 +237,23 @@ class Schedule:
         owed = self.owed
         owed.push |= batch.file or batch.full
         owed.pull |= redis_changed or batch.pull or batch.full
-        return Owed(push=owed.push, pull=owed.pull)
+        if batch.file:
+            owed.file_since = earliest(owed.file_since, batch.file_since)
+        if redis_changed:  # (not an echo, not a heartbeat: a change the sync applies)
+            owed.redis_since = earliest(owed.redis_since, batch.keys_since)
+        return Owed(
+            push=owed.push, pull=owed.pull,
+            file_since=owed.file_since, redis_since=owed.redis_since,
+        )  # fmt: skip
+
+    def intended(self, batch: Batch) -> Owed:
+        """The directions a sync of `batch` was to take, before its fetch said (a sync that
+        failed): what it owed, or might have, and what earlier syncs left owed."""
+        owed = self.owed
+        return Owed(
+            push=owed.push or batch.file or batch.full,
+            pull=owed.pull or bool(batch.keys) or batch.reread or batch.pull or batch.full,
+        )
 
     def synced(self, *, owed_push: bool = False, owed_pull: bool = False) -> None:
         """A sync completed what it owed. `owed_push`/`owed_pull`: changes it saw and left
@@ -227,8 +269,15 @@ class Schedule:
         by itself (Redis out of reach): take it all again, in full, `RETRY_S` from now."""
         if not retry:
             return
-        self.keys_changed(batch.keys)
+        self.keys_changed(batch.keys, batch.keys_since)
         if batch.file:
-            self.file_changed()
+            self.file_changed(batch.file_since)
         self.owed_now.reread = self.owed_now.full = True
         self.retry_at = self.clock() + RETRY_S
+
+
+def earliest(at: float | None, other: float | None) -> float | None:
+    """The earlier of two event times, either of which may be unknown (None)."""
+    if at is None or other is None:
+        return other if at is None else at
+    return min(at, other)
