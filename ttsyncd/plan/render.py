@@ -104,7 +104,8 @@ class _Edited:
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
-        self.index_of = dict(plan.index_of)
+        self.index_of = plan.index_of  # the plan's own, copied before the first change to it
+        self.index_copied = False
         self.new_ids: dict[int, str] = {}
         self.records: dict[int, Record] = {}
         self.removed: set[int] = set()
@@ -126,7 +127,7 @@ class _Edited:
                 if plan_id in self.added:
                     del self.added[plan_id]
                 else:
-                    self.removed.add(self.index_of.pop(plan_id))
+                    self.removed.add(self.writable_index().pop(plan_id))
             case AssignId(index, plan_id):
                 entries = self.plan.entries
                 has_id = not 0 <= index < len(entries) or entries[index].plan_id
@@ -134,7 +135,14 @@ class _Edited:
                     raise ValueError(f"no id-less plan entry at index {index}")
                 self.unused(plan_id)
                 self.new_ids[index] = plan_id
-                self.index_of[plan_id] = index
+                self.writable_index()[plan_id] = index
+
+    def writable_index(self) -> dict[str, int]:
+        """index_of, now a copy of the plan's (a pull that only updates never copies it:
+        ~1.5 ms at 100,000 entries)."""
+        if not self.index_copied:
+            self.index_of, self.index_copied = dict(self.index_of), True
+        return self.index_of
 
     def known(self, plan_id: str) -> None:
         if plan_id not in self.index_of and plan_id not in self.added:
@@ -445,6 +453,8 @@ def _holds(segment_text: str, raw: TomlData) -> bool:
 def _line_ending(text: str) -> str:
     """The carriage return new lines take: the file's own line ending, by majority (a file of
     LF lines with one CRLF inside a multi-line string is an LF file)."""
+    if "\r" not in text:  # (one quick scan: most files have no CR at all)
+        return ""
     return "\r" if 2 * text.count("\r\n") > text.count("\n") else ""
 
 
