@@ -112,3 +112,23 @@ def test_the_fast_validity_check_never_accepts_what_the_exact_check_refuses(
 ) -> None:
     if fields_look_valid(table):
         assert _field_problems(table, 0, None) == []
+
+
+def test_a_reread_derives_index_of_from_the_plan_before() -> None:
+    """A pull asks for index_of on every sync; a re-read whose entry count is unchanged
+    derives it from the previous plan's (a copy, not ~35 ms of building at 100,000 entries),
+    and it must equal one built anew: for an edit, an entry given its id, a renamed id."""
+    text = "".join(f'[[tasks]]\nid = "t{n}"\ndescription = "task {n}"\n\n' for n in range(600))
+    text += '[[tasks]]\ndescription = "no id yet"\n'
+    plan = parse_plan(PATH, text)
+    for before, after in [
+        ('"task 300"', '"task 300, edited"'),
+        ('description = "no id yet"', 'id = "late"\ndescription = "no id yet"'),
+        ('id = "t7"', 'id = "seven"'),
+    ]:
+        plan.index_of  # noqa: B018 (asked for, as a pull does)
+        edited = parse_plan(PATH, plan.text.replace(before, after), previous=plan)
+        assert "index_of" in vars(edited)  # derived, not built when asked
+        fresh = parse_plan(PATH, edited.text)
+        assert edited.index_of == fresh.index_of
+        plan = edited

@@ -617,8 +617,10 @@ def check_file_deletions(
     """Refuse a sync that would remove a large share of the synced tasks from the file (Redis
     lost them), unless forced."""
     deleting = sum(1 for op in merged.file_ops if isinstance(op, Delete))
+    if force or deleting <= settings.sync.max_delete_min:
+        return  # (never too many: no need to count the synced tasks, O(n) in a big town)
     synced = live_tasks(state)
-    if not force and too_many(settings, deleting, synced):
+    if too_many(settings, deleting, synced):
         raise DeletionsRefused(
             f"refusing to delete {deleting} of {synced} synced tasks from tasks.toml "
             f"(more than max_delete_fraction={settings.sync.max_delete_fraction} and "

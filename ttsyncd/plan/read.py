@@ -286,7 +286,26 @@ def _assemble(path: Path, text: str, starts: list[int], reuse: _Reuse) -> Plan |
         derived_from = (weakref.ref(previous), ids)
     plan = Plan(path, text, default_agent[0], entries, layout, derived_from)
     vars(plan)["by_id"] = by_id  # seeds the cached property: it was just built
+    if previous is not None and "index_of" in vars(previous) and len(entries) == len(old_entries):
+        vars(plan)["index_of"] = _index_of(previous.index_of, old_entries[head:tail], fresh, head)
     return plan
+
+
+def _index_of(
+    before: dict[str, int], dropped: tuple[PlanEntry, ...], added: tuple[PlanEntry, ...], at: int
+) -> dict[str, int]:
+    """Plan.index_of of a plan whose entries at `at` onwards, `dropped` before, are now
+    `added` (as many, so every other entry keeps its index): a pull into a big town asks for
+    it on every sync, and building it anew costs ~35 ms at 100,000 entries, a copy ~2 ms.
+    (Ids are unique in a valid plan: no entry outside the window holds a window's id.)"""
+    index_of = dict(before)
+    for entry in dropped:
+        if entry.plan_id is not None:
+            del index_of[entry.plan_id]
+    for offset, entry in enumerate(added):
+        if entry.plan_id is not None:
+            index_of[entry.plan_id] = at + offset
+    return index_of
 
 
 def _preamble(text: str, previous: Plan | None) -> tuple[str | None] | None:
