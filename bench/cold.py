@@ -15,7 +15,6 @@ baseline) and with the least work Redis allows (the limit), over the same hashes
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from typing import Any
 import redis
 import toml_rs
 
-from bench.procs import BenchError
+from bench.procs import BenchError, clean_env
 from bench.town import plan_text, reset_files, town_name
 from ttsyncd.codec import PLAN_TAG_PREFIX, rfc3339
 from ttsyncd.config import Settings, load_settings
@@ -69,7 +68,7 @@ def ttsyncd_push_process(
     """`ttsyncd push` as a user runs it: a new process (imports and all), into an empty Redis,
     with no state dir. Seconds from the start of the process to its exit."""
     shutil.rmtree(settings.state_dir, ignore_errors=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+    env = clean_env()
     command = [sys.executable, "-m", "ttsyncd", "--town", str(settings.town_dir)]
     started = perf_counter()
     done = subprocess.run(

@@ -79,6 +79,12 @@ def calls_since(client: redis.Redis, before: dict[str, int]) -> dict[str, int]:
     return {name: after[name] - count for name, count in before.items() if after[name] != count}
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without REDIS_URL or TTSYNCD_*: a ttsyncd child sees only what the
+    bench passes it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+
+
 class Daemon:
     """`python -m ttsyncd --town T --redis-url U --log-format json run`, this checkout's code."""
 
@@ -86,7 +92,7 @@ class Daemon:
         self.town = town
         self.log_path = log_path
         # The daemon must see only what we pass: no REDIS_URL or TTSYNCD_* from the caller.
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+        env = clean_env()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self.started = time.perf_counter()
         with open(log_path, "ab") as log:

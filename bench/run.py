@@ -28,7 +28,7 @@ import ttsyncd
 from bench import report
 from bench.cold import measure_cold
 from bench.live import LiveTown, burst, file_floor, idle, redis_to_file, save_to_redis
-from bench.procs import REPO_ROOT, BenchError, Daemon, RedisServer, memory_mb
+from bench.procs import REPO_ROOT, BenchError, Daemon, RedisServer, clean_env, memory_mb
 from bench.town import make_town, plan_text, reset_files, town_name
 from ttsyncd import log
 from ttsyncd.config import SyncSettings
@@ -232,7 +232,7 @@ def measure_live(
 def command_start_ms(town: Path, runs: int = 15) -> dict[str, float]:
     """Median milliseconds of `python -m ttsyncd --version` and of `status` (the daemon of
     `town` running): a new process from start to exit, as a user or a script runs them."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+    env = clean_env()
     medians: dict[str, float] = {}
     for name, args in (("version", ["--version"]), ("status", ["--town", str(town), "status"])):
         times = []

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import redis
 
+from tests.helpers import clean_env
 from ttsyncd import control
 from ttsyncd.embedded import find_redis_server, spawn_foreground
 
@@ -89,7 +90,7 @@ class Daemon:
     ) -> None:  # fmt: skip
         self.town = town
         self.log_path = town.parent / f"{town.name}-daemon.log"
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+        clean = clean_env()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, *program, "--town", str(town), "--redis-url", redis_url,

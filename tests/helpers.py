@@ -27,10 +27,27 @@ WRITE_COMMANDS = frozenset(
 )
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without REDIS_URL or TTSYNCD_*: a child sees only what a test gives it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+
+
+# A town of two tasks, for the daemon's end-to-end tests.
+TWO_TASKS = """\
+[[tasks]]
+id = "api"
+description = "Build the API"
+
+[[tasks]]
+id = "docs"
+description = "Write the docs"
+"""
+
+
 def run_cli(town: Path, *args: str, redis_url: str | None, env: dict[str, str] | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """`python -m ttsyncd --town TOWN [--redis-url URL] ARGS...` with a clean environment."""
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+    base_env = clean_env()
     base_env.update(env or {})
     command = [sys.executable, "-m", "ttsyncd", "--town", str(town)]
     if redis_url:

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from tests.daemon_harness import Daemon, RedisServer
-from tests.helpers import make_town, run_cli, write_counts
+from tests.helpers import clean_env, make_town, run_cli, write_counts
 from ttsyncd.codec import task_key
 from ttsyncd.commands import PLAN_HEADER
 from ttsyncd.identity import task_uuid_for
@@ -56,7 +56,7 @@ def ttsyncd(
 ) -> subprocess.CompletedProcess[str]:
     """`python -m ttsyncd ARGS...` in `cwd`, exactly these arguments, with a clean environment
     (no REDIS_URL, no TTSYNCD_*)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+    clean = clean_env()
     return subprocess.run(
         [sys.executable, "-m", "ttsyncd", *args],
         cwd=cwd, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60,
@@ -413,7 +413,7 @@ HEAVY = frozenset(
 
 def imported(*args: str, cwd: Path, env: dict[str, str] | None = None) -> set[str]:
     """The modules `python -X importtime -m ttsyncd ARGS...` imported."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+    clean = clean_env()
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "ttsyncd", *args],
         cwd=cwd, env={**clean, **(env or {})}, capture_output=True, text=True, timeout=60,

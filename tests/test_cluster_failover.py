@@ -44,7 +44,6 @@ from tests.test_faults import (  # noqa: F401  (figures: the fault suite's repor
 from tests.test_sentinel import HANDOVER, KILL, FailoverFigures
 from tests.topologies import Cluster, TcpServer, redis_cluster
 from ttsyncd.codec import OPTIONAL_FIELDS
-from ttsyncd.state import read_conflicts
 
 COUNT = 30  # every primary holds some
 FOLLOW_S = 40.0  # the cluster's failover plus the daemon's reconnect, generously
@@ -227,11 +226,7 @@ def measure_cluster_failovers(
         finally:
             watch.stop()
             stop_daemon(daemon)
-    measured.edits_made = ledger.made
-    measured.lost = list(ledger.lost)
-    measured.edits_lost = len(ledger.lost)
-    measured.conflicts_recorded = len(read_conflicts(state_dir))
-    return measured
+    return measured.count(ledger, state_dir)
 
 
 def test_the_daemon_follows_cluster_failovers_and_loses_nothing(

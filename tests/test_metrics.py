@@ -13,21 +13,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_harness import Daemon, RedisServer, rewrite_in_place, wait_until
-from tests.helpers import free_port, make_town, run_cli
+from tests.helpers import TWO_TASKS, free_port, make_town, run_cli
 from ttsyncd.codec import task_key
 from ttsyncd.identity import task_uuid_for
 from ttsyncd.tinytown import register_agent, start_task
 
 TOWN = "counted"
-PLAN = """\
-[[tasks]]
-id = "api"
-description = "Build the API"
-
-[[tasks]]
-id = "docs"
-description = "Write the docs"
-"""
+PLAN = TWO_TASKS
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

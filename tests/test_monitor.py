@@ -16,21 +16,13 @@ from typing import Any
 import pytest
 
 from tests.daemon_harness import Daemon, RedisServer, rewrite_in_place, started, wait_until
-from tests.helpers import make_town, run_cli
+from tests.helpers import TWO_TASKS, clean_env, make_town, run_cli
 from ttsyncd.codec import task_key
 from ttsyncd.identity import task_uuid_for
 from ttsyncd.tinytown import register_agent, start_task
 
 TOWN = "watched"
-PLAN = """\
-[[tasks]]
-id = "api"
-description = "Build the API"
-
-[[tasks]]
-id = "docs"
-description = "Write the docs"
-"""
+PLAN = TWO_TASKS
 
 Event = dict[str, Any]
 
@@ -39,7 +31,7 @@ class Monitor:
     """`ttsyncd monitor --json` in a subprocess; its events collected as they come."""
 
     def __init__(self, town: Path) -> None:
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+        clean = clean_env()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ttsyncd", "monitor", "--town", str(town), "--json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean,
@@ -256,7 +248,7 @@ def test_on_a_terminal_a_status_header_stands_above_lines_cut_to_its_width(
     terminal = Terminal(columns=60, rows=24)
     try:
         daemon.wait_ready()
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+        clean = clean_env()
         clean.update(TERM="xterm-256color", COLUMNS="", LINES="")
         monitor = subprocess.Popen(
             [sys.executable, "-m", "ttsyncd", "monitor", "--town", str(town)],
@@ -281,7 +273,7 @@ def test_on_a_terminal_a_status_header_stands_above_lines_cut_to_its_width(
 
 def test_piped_without_json_it_prints_the_event_lines(town: Path, server: RedisServer) -> None:
     daemon = Daemon(town, server.url)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "TTSYNCD_"))}
+    clean = clean_env()
     monitor: subprocess.Popen[str] | None = None
     try:
         daemon.wait_ready()

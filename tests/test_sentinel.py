@@ -67,6 +67,14 @@ class FailoverFigures:
     conflicts_recorded: int = 0
     seed: int = SEED
 
+    def count(self, ledger: Ledger, state_dir: Path) -> FailoverFigures:
+        """The edits the run made and lost, and the conflicts it recorded."""
+        self.edits_made = ledger.made
+        self.lost = list(ledger.lost)
+        self.edits_lost = len(ledger.lost)
+        self.conflicts_recorded = len(read_conflicts(state_dir))
+        return self
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "failovers": dict(Counter(self.rounds)),
@@ -242,11 +250,7 @@ def measure_failovers(workdir: Path, rounds: list[str], rng: random.Random) -> F
             watch.stop()
             stop_daemon(daemon)
             client.close()
-    measured.edits_made = ledger.made
-    measured.lost = list(ledger.lost)
-    measured.edits_lost = len(ledger.lost)
-    measured.conflicts_recorded = len(read_conflicts(state_dir))
-    return measured
+    return measured.count(ledger, state_dir)
 
 
 def test_the_daemon_follows_sentinel_failovers_and_loses_nothing(

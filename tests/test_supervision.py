@@ -19,21 +19,13 @@ from typing import Any
 import pytest
 
 from tests.daemon_harness import Daemon, RedisServer, wait_until, write_temp_and_rename
-from tests.helpers import make_town
+from tests.helpers import TWO_TASKS, make_town
 from ttsyncd.codec import task_key
 from ttsyncd.identity import task_uuid_for
 from ttsyncd.tinytown import set_task
 
 TOWN = "supervised"
-PLAN = """\
-[[tasks]]
-id = "api"
-description = "Build the API"
-
-[[tasks]]
-id = "docs"
-description = "Write the docs"
-"""
+PLAN = TWO_TASKS
 ROOT = Path(__file__).parents[1]
 
 

@@ -10,17 +10,16 @@ macOS) there is no such call and this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 from collections.abc import Callable
 
 
 @functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+    # The process's own symbols, where the C library's are: no search for the library
+    # (ctypes.util.find_library runs ldconfig or a compiler in a subprocess).
     try:
-        libc = ctypes.CDLL(name) if name else None
-        trim: Callable[[int], int] | None = libc.malloc_trim if libc else None
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     return trim
