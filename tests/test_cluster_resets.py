@@ -193,3 +193,26 @@ def test_which_markers_say_which_slots_were_emptied() -> None:
     )
     assert markers_lost(old, snapshot_with("x", {}), TOWN) == (True, frozenset())
     assert markers_lost(SyncState(), snapshot_with(None, {}), TOWN) == (False, frozenset())
+
+
+def test_a_one_shot_command_on_a_cluster_that_lost_a_primary_says_so_in_one_line(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """The command connects (a live node answers PING), then meets the dead primary's slots:
+    exit 3 and one line, not a traceback; the file untouched."""
+    town = make_town(tmp_path / "town", TOWN, plan_text(COUNT))
+    path = town / "tasks.toml"
+    assert run_cli(town, "push", redis_url=cluster.url).returncode == 0
+    path.write_text(path.read_text().replace("task 3", "task three"))
+    edited = path.read_bytes()
+    dead = victims(cluster)[0]
+    dead.kill()
+    alive = [node for node in cluster.nodes if node is not dead]
+    url = f"redis://{alive[0].address}/0"
+    for command in ("push", "pull", "check"):
+        ran = run_cli(town, command, redis_url=url)
+        assert ran.returncode == 3, ran.stderr
+        assert "Traceback" not in ran.stderr
+        lines = ran.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"failed during the {command}" in lines[0], ran.stderr
+        assert path.read_bytes() == edited

@@ -382,7 +382,7 @@ def run_here(args: argparse.Namespace, settings: Settings) -> Output:
     import redis
 
     from ttsyncd import commands, log
-    from ttsyncd.connection import connect, refused_by_acl
+    from ttsyncd.connection import LOST_REDIS, connect, lost_during, refused_by_acl
 
     log.configure("info" if args.verbose else "warning", args.log_format or settings.log.format)
     if args.command == "conflicts":
@@ -405,6 +405,8 @@ def run_here(args: argparse.Namespace, settings: Settings) -> Output:
         if args.command == "repair":
             return commands.repair(town, dry_run=args.dry_run)
         return commands.push_or_pull(town, args.command, force=args.force, dry_run=args.dry_run)
+    except LOST_REDIS as error:  # (before ResponseError: CLUSTERDOWN is one of those too)
+        raise lost_during(error, settings.endpoint, args.command) from None
     except redis.ResponseError as error:
         refused = refused_by_acl(error, settings.endpoint)
         if refused is None:

@@ -84,3 +84,19 @@ def refused_by_acl(error: redis.ResponseError, endpoint: Endpoint) -> RedisUnava
         f"Redis at {endpoint.redacted()} refused a command to this user ({reason}): "
         'the README\'s "ACL user" section has the permissions ttsyncd needs'
     )
+
+
+# What a command meets when Redis goes away after it connected: a node that died, a Cluster
+# that lost a slot range (CLUSTERDOWN), a server too slow to answer.
+LOST_REDIS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError)
+
+
+def lost_during(error: Exception, endpoint: Endpoint, command: str) -> RedisUnavailable:
+    """One line for Redis failing part way through a one-shot command. Each task's write is
+    guarded and the base is saved only after a whole sync, so what landed is found again by
+    the next run: running the command again is all it takes."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return RedisUnavailable(
+        f"Redis at {endpoint.redacted()} failed during the {command} ({reason}): "
+        "nothing is lost; run it again once Redis answers"
+    )
