@@ -64,7 +64,8 @@ from tests.topologies import Cluster, TcpServer, redis_cluster
 from ttsyncd import store
 from ttsyncd.codec import backlog_key, task_key
 from ttsyncd.identity import task_uuid_for
-from ttsyncd.store import TaskWrite, apply_writes, epoch_key, read_snapshot
+from ttsyncd.markers import epoch_key
+from ttsyncd.store import TaskWrite, apply_writes, read_snapshot
 from ttsyncd.tinytown import set_task
 
 COUNT = 30  # tasks enough that every primary holds some (checked, not assumed)

@@ -46,8 +46,8 @@ from tests.test_faults import (  # noqa: F401  (figures: the fault suite's repor
 )
 from tests.topologies import SentinelSetup, TcpServer, redis_sentinel, replica_in_sync
 from ttsyncd.codec import OPTIONAL_FIELDS
+from ttsyncd.replication import promotable
 from ttsyncd.state import read_conflicts
-from ttsyncd.store import promotable
 
 COUNT = 20
 FOLLOW_S = 30.0  # Sentinel's failover plus the daemon's reconnect, generously

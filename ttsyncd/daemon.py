@@ -83,11 +83,11 @@ from ttsyncd.notifications import (
     subscribe,
 )
 from ttsyncd.plan import PlanReader, read_text
+from ttsyncd.replication import NotReplicated
 from ttsyncd.schedule import Batch, Owed, Schedule, Timing
 from ttsyncd.scope import OwedTasks
 from ttsyncd.sides import FileSide, RedisSide, Sides
 from ttsyncd.state import RefusedDeletions
-from ttsyncd.store import NotReplicated
 from ttsyncd.supervisor import PartFailed, Policy, Supervisor, Work
 from ttsyncd.topology import (
     UNREACHABLE,

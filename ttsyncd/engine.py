@@ -21,6 +21,7 @@ from ttsyncd.codec import encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
 from ttsyncd.errors import DeletionsRefused, PlanError, SyncRefused
 from ttsyncd.identity import Identified, task_uuid_for
+from ttsyncd.markers import epoch_key
 from ttsyncd.merge import (
     ENTRY,
     BaseTask,
@@ -54,7 +55,7 @@ from ttsyncd.state import (
     append_conflicts,
     plan_digest,
 )
-from ttsyncd.store import RedisSource, Snapshot, TaskWrite, epoch_key
+from ttsyncd.store import RedisSource, Snapshot, TaskWrite
 from ttsyncd.topology import RedisClient
 from ttsyncd.views import agent_uuids, file_view, redis_view
 

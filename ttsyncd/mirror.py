@@ -11,19 +11,15 @@ from collections.abc import Iterable
 
 from ttsyncd.codec import RedisTask, agent_key_prefix, decode_task, is_uuid
 from ttsyncd.identity import IdentityIndex
+from ttsyncd.markers import Marker, ensure_epoch, ensure_markers, epoch_key, read_markers
 from ttsyncd.store import (
-    Marker,
     Snapshot,
     TaskWrite,
     agent_name,
-    ensure_epoch,
-    ensure_markers,
-    epoch_key,
     glob_escape,
     hash_after,
     hgetall_many,
     read_hashes,
-    read_markers,
     read_snapshot,
     scan_keys,
 )

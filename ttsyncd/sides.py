@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ttsyncd.plan import Plan, PlanReader, write_atomic
+from ttsyncd.replication import confirm_replicated
 from ttsyncd.store import (
     LiveRead,
     RedisSource,
     Snapshot,
     TaskWrite,
     apply_writes,
-    confirm_replicated,
 )
 from ttsyncd.topology import RedisClient
 
@@ -79,7 +79,7 @@ class RedisSide:
 
     def confirm(self, epoch: str, markers: dict[str, str]) -> None:
         """Behind Sentinel or on a Cluster: what was read and written is where a failover
-        keeps it (`store.confirm_replicated`)."""
+        keeps it (`replication.confirm_replicated`)."""
         confirm_replicated(self.client, self.town, epoch, markers)
 
 

@@ -37,7 +37,7 @@ class SyncState:
     # `resolve` applies or dismisses them.
     set_aside: dict[str, list[Conflict]] = field(default_factory=dict)
     refused: RefusedDeletions | None = None  # a mass deletion refused, until the file changes
-    # A Cluster's epoch markers other than redis_epoch's, one per primary (store.cluster_markers):
+    # A Cluster's epoch markers other than redis_epoch's, one per primary (markers.cluster_markers):
     # marker key -> the token it held when this base was agreed.
     redis_markers: dict[str, str] = field(default_factory=dict)
 

@@ -11,7 +11,6 @@ pipeline sends each node its own keys' scripts.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -21,7 +20,6 @@ import redis.cluster
 import redis.sentinel
 import structlog
 from redis.client import NEVER_DECODE
-from redis.crc import key_slot
 
 from ttsyncd.codec import (
     BadHash,
@@ -32,8 +30,8 @@ from ttsyncd.codec import (
     decode_task,
     is_uuid,
 )
-from ttsyncd.errors import RedisUnavailable
 from ttsyncd.identity import Identified, identify
+from ttsyncd.markers import Marker, ensure_epoch, ensure_markers, epoch_key, read_markers
 from ttsyncd.topology import RedisClient
 
 log = structlog.get_logger("ttsyncd.store")
@@ -66,17 +64,6 @@ redis.call('HSET', KEYS[1], unpack(ARGV, p + 2 + ndel))
 return 1
 """
 GUARDED_WRITE_SHA: Final = hashlib.sha1(GUARDED_WRITE.encode()).hexdigest()
-# Behind Sentinel: how long a sync waits for the replicas to acknowledge what it read and wrote.
-REPLICA_WAIT_MS: Final = 1000
-
-
-@dataclass(frozen=True)
-class Marker:
-    """An epoch marker of a Cluster primary as read: its token (None: missing), and the slots
-    of the primary that holds it, whose keys go when the primary comes back without its data."""
-
-    token: str | None
-    slots: frozenset[int]
 
 
 @dataclass
@@ -197,84 +184,6 @@ def decoded_hash(reply: Any, shared: SharedStrings | None = None) -> dict[str, s
         shown = raw_name.decode("utf-8", "backslashreplace")
         return f"field {shown!r} is not UTF-8 text"
     return decoded
-
-
-def epoch_key(town: str) -> str:
-    """A marker ttsyncd leaves in the town's Redis: a random token, kept in the base too. A
-    Redis whose token is missing or another one is not the Redis the base agreed with (it
-    restarted empty, or it is a new one), even when an agent has written a task to it since."""
-    return f"tt:{town}:ttsyncd:epoch"
-
-
-def ensure_epoch(client: RedisClient, town: str) -> str:
-    """The marker's token, set first if missing (NX: every daemon of the town agrees on it)."""
-    client.set(epoch_key(town), uuid.uuid4().hex, nx=True)
-    return str(client.get(epoch_key(town)))
-
-
-# How far cluster_markers looks for a marker key that hashes into a primary's slots: ~1.3 tries
-# a primary on average; a town whose name holds a hash tag ({...}) puts all its keys, markers
-# included, in one slot, and then the other primaries hold none of the town's keys anyway.
-MARKER_CANDIDATES: Final = 4096
-
-
-def marker_key(town: str, n: int) -> str:
-    return f"{epoch_key(town)}:{n}"
-
-
-def cluster_markers(client: redis.cluster.RedisCluster, town: str) -> dict[str, frozenset[int]]:
-    """One epoch marker key in the slots of each primary of a Cluster, as the client's slot map
-    has it now, with that primary's slots: epoch_key for the primary that holds its slot, else
-    the first `tt:<town>:ttsyncd:epoch:<n>` that hashes into its slots.
-
-    A primary that restarts without its data (no replica, no persistence) loses its marker with
-    its keys, while the others keep theirs: its slots are then known to have been emptied, and
-    only the tasks in them are repopulated from the file (the engine), instead of reading as
-    deleted in Redis. A marker moves with its slot (resharding), and a promoted replica holds
-    its primary's."""
-    slots_of: dict[str, set[int]] = {}
-    for slot, nodes in client.nodes_manager.slots_cache.items():
-        if nodes:
-            slots_of.setdefault(nodes[0].name, set()).add(slot)
-    candidates = [epoch_key(town), *(marker_key(town, n) for n in range(MARKER_CANDIDATES))]
-    markers: dict[str, frozenset[int]] = {}
-    for _name, slots in sorted(slots_of.items()):
-        key = next((k for k in candidates if key_slot(k.encode()) in slots), None)
-        if key is not None:
-            markers[key] = frozenset(slots)
-    return markers
-
-
-def read_markers(client: RedisClient, town: str) -> dict[str, Marker]:
-    """A Cluster's markers with their tokens ({} on one server: epoch_key is its marker)."""
-    if not isinstance(client, redis.cluster.RedisCluster):
-        return {}
-    slots = cluster_markers(client, town)
-    pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
-    for key in slots:
-        pipe.get(key)  # GETs, not MGET: the ACL user has +get
-    tokens = pipe.execute()
-    return {
-        key: Marker(None if token is None else str(token), slots[key])
-        for key, token in zip(slots, tokens, strict=True)
-    }
-
-
-def ensure_markers(client: RedisClient, town: str, markers: dict[str, Marker]) -> dict[str, str]:
-    """Each Cluster marker's token (epoch_key's left out: ensure_epoch keeps it), a fresh one
-    set first where it is missing (NX: every daemon of the town agrees on it). Done before the
-    sync writes anything and saved in the base after: a crash or another restart in between
-    leaves the base's token and the marker differing, so the slots are repopulated again."""
-    tokens: dict[str, str] = {}
-    for key, marker in markers.items():
-        if key == epoch_key(town):
-            continue
-        if marker.token is None:
-            client.set(key, uuid.uuid4().hex, nx=True)
-            tokens[key] = str(client.get(key))
-        else:
-            tokens[key] = marker.token
-    return tokens
 
 
 def read_snapshot(client: RedisClient, town: str) -> Snapshot:
@@ -434,131 +343,6 @@ def guarded_writes_on_cluster(
     raise redis.ResponseError("the cluster kept forgetting ttsyncd's write script")
 
 
-class NotReplicated(RedisUnavailable, redis.ConnectionError):
-    """The primary's replicas did not acknowledge in time: the daemon retries the sync (as
-    after a lost connection), a one-shot command exits 3."""
-
-
-def confirm_replicated(
-    client: RedisClient, town: str, epoch: str, markers: dict[str, str] | None = None
-) -> None:
-    """Behind Sentinel, before a sync saves its base: what it read and wrote is on the primary
-    Sentinel names now, and on every replica a failover could promote. Redis replicates
-    asynchronously, and a failover loses what the old primary acknowledged but had not passed
-    on: a SIGKILL just after a write; a handover, where the old primary takes writes for a
-    while after the promoted replica detached (and clients' pooled connections still reach it
-    until it is demoted). A base that counts such a write as done would read the new primary's
-    older data as an edit made in Redis, and delete or revert the file's entry. Unconfirmed,
-    the base stays as it was, so the next sync (on the new primary) still sees the file's
-    change to push.
-
-    WAIT counts the writes of its own connection, and the replication offset is global: a
-    write on this connection (the epoch marker set to what it holds) then WAIT covers
-    everything before it, this sync's writes included. On a Cluster, the same on every primary
-    (confirm_on_cluster); a plain server skips this."""
-    if isinstance(client, redis.cluster.RedisCluster):
-        confirm_on_cluster(client, {epoch_key(town): epoch, **(markers or {})})
-        return
-    pool = client.connection_pool
-    if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
-        return
-    used = pool.master_address  # where this client's connections went
-    current = pool.get_master_address()  # type: ignore[no-untyped-call]
-    if used is not None and tuple(current) != tuple(used):
-        raise NotReplicated(
-            "the primary changed during the sync: its writes may be lost; syncing again"
-        )
-    replicas = promotable(pool)
-    if not replicas:
-        return  # none (the only replica died): nothing a failover could promote
-    pipe = client.pipeline(transaction=False)
-    pipe.set(epoch_key(town), epoch, xx=True)
-    pipe.execute_command("WAIT", len(replicas), REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
-    acknowledged = int(pipe.execute()[-1])
-    if acknowledged < len(replicas):
-        log.warning("the replicas did not acknowledge the sync in time",
-                    acknowledged=acknowledged, replicas=len(replicas))  # fmt: skip
-        raise NotReplicated(
-            f"{acknowledged} of {len(replicas)} replicas acknowledged within "
-            f"{REPLICA_WAIT_MS} ms: a failover could lose this sync's writes; syncing again"
-        )
-
-
-def confirm_on_cluster(client: redis.cluster.RedisCluster, markers: dict[str, str]) -> None:
-    """confirm_replicated on a Cluster: on each primary, its marker set to what it holds (XX)
-    and, where it has replicas online, WAIT for them on that connection. A Cluster fails a
-    primary over to one of its replicas just as Sentinel does, and loses what the replica had
-    not received. A marker that is gone (XX sets nothing) means its primary restarted empty
-    during the sync: what the sync wrote there is gone too, so its base is not saved either."""
-    by_node: dict[str, list[str]] = {}
-    nodes: dict[str, Any] = {}
-    for key in markers:
-        node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
-        by_node.setdefault(node.name, []).append(key)
-        nodes[node.name] = node
-    for name, keys in sorted(by_node.items()):
-        primary = client.get_redis_connection(nodes[name])
-        try:
-            replicas = online_replicas(primary.info("replication"))
-            pipe = primary.pipeline(transaction=False)
-            for key in keys:
-                pipe.set(key, markers[key], xx=True)
-            if replicas:
-                pipe.execute_command("WAIT", replicas, REPLICA_WAIT_MS)  # type: ignore[no-untyped-call]
-            replies = pipe.execute()
-        except (redis.exceptions.MovedError, redis.exceptions.ReadOnlyError) as error:
-            # The client's slot map is older than a failover: read it anew for the retry.
-            client.nodes_manager.initialize()
-            raise NotReplicated(
-                f"{name} is no longer the primary of its slots ({type(error).__name__}): "
-                "its writes may be lost; syncing again"
-            ) from None
-        if not all(replies[: len(keys)]):
-            raise NotReplicated(
-                f"{name} lost its epoch marker during the sync (it restarted empty?); syncing again"
-            )
-        acknowledged = int(replies[-1]) if replicas else 0
-        if acknowledged < replicas:
-            log.warning("the replicas did not acknowledge the sync in time", primary=name,
-                        acknowledged=acknowledged, replicas=replicas)  # fmt: skip
-            raise NotReplicated(
-                f"{acknowledged} of {replicas} replicas of {name} acknowledged within "
-                f"{REPLICA_WAIT_MS} ms: a failover could lose this sync's writes; syncing again"
-            )
-
-
-def online_replicas(info: dict[str, Any]) -> int:
-    """The replicas INFO replication lists as online (the ones a WAIT can count on)."""
-    return sum(
-        1
-        for name, value in info.items()
-        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
-    )
-
-
-def promotable(pool: redis.sentinel.SentinelConnectionPool) -> list[str]:
-    """The replicas a failover may promote, as Sentinel lists them: the one it is promoting
-    (flagged `promoted`, whatever else it says meanwhile), and those up and replicating (link
-    ok). Not one that is down or not replicating yet (a demoted primary until Sentinel
-    converts it, a dead one after a failover): Sentinel does not pick those, and waiting for
-    them would stall every sync."""
-    for sentinel in pool.sentinel_manager.sentinels:
-        try:
-            replicas = sentinel.sentinel_slaves(pool.service_name)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
-            continue
-        return [
-            f"{r['ip']}:{r['port']}"
-            for r in replicas
-            if "promoted" in str(r.get("flags", "")).split(",")
-            or (
-                not (r["is_sdown"] or r["is_odown"] or r["is_disconnected"])
-                and r.get("master-link-status") == "ok"
-            )
-        ]
-    return []  # no sentinel answers: none can fail the primary over either
-
-
 def hash_after(write: TaskWrite) -> dict[str, str] | None:
     """What the hash holds once `write` applied (None: deleted)."""
     if write.write is None:
@@ -582,7 +366,7 @@ class RedisSource(Protocol):
         """The Redis's ttsyncd marker, set if missing."""
 
     def ensure_markers(self, markers: dict[str, Marker]) -> dict[str, str]:
-        """A Cluster's markers per primary (see store.ensure_markers), set where missing."""
+        """A Cluster's markers per primary (see markers.ensure_markers), set where missing."""
 
 
 class LiveRead:

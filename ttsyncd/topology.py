@@ -7,7 +7,7 @@ its Cluster client routes each key to its node and follows MOVED/ASK. What ttsyn
 what no client can do for it: turning keyspace notifications on for every primary, noticing
 that the primary it listens to is no longer the one (see `current_primaries`), reconnecting to
 a Cluster from every node it knew (`known_cluster_nodes`), and, behind Sentinel and on a
-Cluster, saving a base only once the replicas hold it (store.confirm_replicated).
+Cluster, saving a base only once the replicas hold it (replication.confirm_replicated).
 """
 
 from __future__ import annotations
