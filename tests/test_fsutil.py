@@ -1,0 +1,110 @@
+"""The plan's atomic replace against saves that land in its last gap: between the check that
+the file still holds what the pull read, and the rename that puts the pull's text in place.
+
+A thread switch in the daemon can hold that gap open for milliseconds, and an editor's save
+in it was renamed over and lost (the file-and-agent race test caught it about once in twenty
+runs). Here the save is made to land exactly there, by running it from inside the check.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ttsyncd import fsutil
+from ttsyncd.fsutil import write_atomic
+
+READ = "what the pull read\n"
+OURS = "the pull's text\n"
+
+needs_exchange = pytest.mark.skipif(
+    fsutil._renameat2 is None, reason="no renameat2 here: the check-then-rename fallback is used"
+)
+
+
+def save_by_rename(path: Path, text: str) -> None:
+    temp = path.with_name(".tasks.toml.editor~")
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+def save_in_place(path: Path, text: str) -> None:
+    with open(path, "r+") as out:
+        out.truncate()
+        out.write(text)
+
+
+def save_right_after_the_check(monkeypatch: pytest.MonkeyPatch, save: Callable[[], None]) -> None:
+    """The next look at the file reads it, then a save lands before anything else runs."""
+    real = fsutil.current_bytes
+    pending = [save]
+
+    def check_then_save(path: Path) -> bytes:
+        seen = real(path)
+        while pending:
+            pending.pop()()
+        return seen
+
+    monkeypatch.setattr(fsutil, "current_bytes", check_then_save)
+
+
+@needs_exchange
+@pytest.mark.parametrize("style", ["rename", "in-place"])
+def test_a_save_between_the_check_and_the_rename_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, style: str
+) -> None:
+    path = tmp_path / "tasks.toml"
+    path.write_text(READ)
+    save = save_by_rename if style == "rename" else save_in_place
+    save_right_after_the_check(monkeypatch, lambda: save(path, "the user's save\n"))
+    assert not write_atomic(path, OURS, READ)  # the caller merges again
+    assert path.read_text() == "the user's save\n"
+    assert sorted(os.listdir(tmp_path)) == ["tasks.toml"]
+
+
+@needs_exchange
+def test_a_second_save_while_the_swap_is_undone_is_kept_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two saves inside the gap: the newest ends at the plan's name, the other beside it."""
+    path = tmp_path / "tasks.toml"
+    path.write_text(READ)
+    save_right_after_the_check(monkeypatch, lambda: save_by_rename(path, "first save\n"))
+    real_exchange = fsutil.exchange
+    calls = []
+
+    def exchange(a: Path, b: Path) -> bool:
+        calls.append(1)
+        if len(calls) == 2:  # undoing the swap: one more save lands first
+            save_by_rename(path, "second save\n")
+        return real_exchange(a, b)
+
+    monkeypatch.setattr(fsutil, "exchange", exchange)
+    assert not write_atomic(path, OURS, READ)
+    assert path.read_text() == "second save\n"
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("tasks.toml.saved-")]
+    assert [p.read_text() for p in kept] == ["first save\n"]
+    assert sorted(os.listdir(tmp_path)) == sorted(["tasks.toml", kept[0].name])
+
+
+def test_a_file_created_after_we_read_it_missing_is_not_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tasks.toml"
+    save_right_after_the_check(monkeypatch, lambda: path.write_text("a new plan\n"))
+    assert not write_atomic(path, OURS, "")
+    assert path.read_text() == "a new plan\n"
+    assert os.listdir(tmp_path) == ["tasks.toml"]
+
+
+def test_without_a_race_the_pull_lands_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.toml"
+    path.write_text(READ)
+    inode = path.stat().st_ino
+    assert write_atomic(path, OURS, READ)
+    assert path.read_text() == OURS
+    assert path.stat().st_ino != inode  # a new file, swapped in whole
+    assert os.listdir(tmp_path) == ["tasks.toml"]
