@@ -57,13 +57,13 @@ import gc
 import os
 import signal
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
 import structlog
 
 from ttsyncd import activity, background, control, engine, handlers, log, metrics, systemd
+from ttsyncd.antientropy import AntiEntropy
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.engine import SyncReport, SyncRequest, state_store_for
@@ -97,15 +97,6 @@ POLICY: dict[str, Policy] = {
 }
 
 
-# What an anti-entropy pass found, by (file differed, Redis differed).
-VERIFY_FOUND = {
-    (False, False): "in sync",
-    (True, False): "file differed",
-    (False, True): "redis differed",
-    (True, True): "file and redis differed",
-}
-
-
 class Daemon:
     def __init__(self, settings: Settings, reload_settings: Callable[[], Settings], mode: str):
         self.settings = settings
@@ -135,8 +126,11 @@ class Daemon:
         # `ttsyncd pause`: when it began; None when syncing. Kept in a marker file, so a daemon
         # restarted in the middle of a checkout starts paused.
         self.paused_since = background.paused_since(settings)
-        self.verified_at: str | None = None  # the last anti-entropy pass, and what it found
-        self.verify_found: str | None = None
+        # The part `verify` (ttsyncd/antientropy.py).
+        self.anti_entropy = AntiEntropy(
+            self.schedule, self.sync_lock, self.wake, self.idle,
+            lambda: (self.file_side, self.session.mirror),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------ lifecycle
 
@@ -172,7 +166,7 @@ class Daemon:
                 self.start_part("file", self.watch_file)
                 self.start_part("syncer", self.syncer)
                 self.start_part("watchdog", self.watchdog)
-                self.start_part("verify", self.verify)
+                self.start_part("verify", self.anti_entropy.run)
                 await self.serve_until_stopped(on_ready)
                 self.parts.cancel_all()
         except* PartFailed as group:
@@ -219,6 +213,11 @@ class Daemon:
         """Run `work` as the part `name` under the supervisor, with the part's policy; a part
         of that name already running is cancelled first (a reload moving the watch)."""
         self.parts.start(name, work, POLICY[name])
+
+    async def watchdog(self) -> None:
+        """systemd's watchdog pings, only while the syncer makes progress (ttsyncd/supervisor.py
+        says how); paused or idle, the syncer still reports progress."""
+        await self.parts.watchdog("syncer", self.watchdog_interval)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -272,29 +271,6 @@ class Daemon:
         self.wake.set()
         logger.info("configuration reloaded", redis=settings.endpoint.redacted())
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
-
-    async def watchdog(self) -> None:
-        """WATCHDOG=1 every half WatchdogSec, while the syncer makes progress: silent for a
-        whole WatchdogSec (dead, or stuck in a sync that never returns), it gets no more pings,
-        and systemd restarts the daemon. Paused or idle, the syncer still reports progress."""
-        interval = self.watchdog_interval
-        if interval is None:
-            return
-        stalled = False
-        while True:
-            silent = self.parts.silent_for("syncer")
-            if silent <= 2 * interval:
-                systemd.notify("WATCHDOG=1")
-                if stalled:
-                    logger.warning("the syncer makes progress again: watchdog pings resumed")
-                stalled = False
-            elif not stalled:
-                stalled = True
-                logger.error(
-                    "the syncer has made no progress: no more watchdog pings, so systemd "
-                    "restarts the daemon", silent_s=round(silent, 1),
-                )  # fmt: skip
-            await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------------ file side
 
@@ -452,52 +428,12 @@ class Daemon:
 
     # ------------------------------------------------------------------------ anti-entropy
 
-    async def verify(self) -> None:
-        """While idle, every `verify_interval_s`: check that the file and Redis still hold what
-        was last synced, and sync in full if not. A safety net under the watchers: a change
-        they could not see (a notification lost, a write through a hard link) is synced late,
-        never lost."""
-        while True:
-            await asyncio.sleep(self.schedule.verify_in())
-            self.schedule.verify_started()
-            if self.idle() and not self.sync_lock.locked():
-                async with self.sync_lock:
-                    if self.idle():  # still, now that no sync can start
-                        await self.verify_once()
-
     def idle(self) -> bool:
         """Connected, first sync done, and no sync settling or owed."""
         return (
             self.session.connected and self.first_sync_done.is_set() and not self.paused_since
             and self.schedule.settled()
         )  # fmt: skip
-
-    async def verify_once(self) -> None:
-        """One pass; the caller holds the sync lock. The file: its text against the last text
-        read or written. Redis: every hash of the town against the mirror (`TownMirror.verify`
-        takes in what differs from what notifications had kept it at)."""
-        mirror, file_side = self.session.mirror, self.file_side
-        assert mirror is not None
-
-        def check() -> tuple[bool, bool]:
-            try:
-                file_differed = not file_side.knows(read_text(file_side.path))
-            except TtsyncdError:
-                file_differed = True  # not UTF-8: let the sync report it
-            return file_differed, mirror.verify()
-
-        try:
-            file_differed, redis_differed = await asyncio.to_thread(check)
-        except UNREACHABLE:
-            return  # the Redis session notices and reconnects (and then syncs in full)
-        self.verified_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        self.verify_found = VERIFY_FOUND[file_differed, redis_differed]
-        if file_differed or redis_differed:
-            logger.warning("verify: out of sync", found=self.verify_found)
-            # A sync of everything (the mirror holds what differed already): whatever slipped
-            # past the change detection is merged, not only what this pass saw.
-            self.schedule.verify_found(file_differed=file_differed, redis_differed=redis_differed)
-            self.wake.set()
 
     # ------------------------------------------------------------------------ status
 

@@ -165,8 +165,8 @@ def status(daemon: Daemon) -> dict[str, Any]:
         "part_failures": dict(daemon.parts.failures),  # per part, restarted or not
         "monitors": len(standing.events.subscribers),  # `ttsyncd monitor`s watching
         "verify": {
-            "last": daemon.verified_at,
-            "found": daemon.verify_found,
+            "last": daemon.anti_entropy.verified_at,
+            "found": daemon.anti_entropy.found,
             "interval_s": settings.sync.verify_interval_s,
         },
     }
