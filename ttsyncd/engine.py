@@ -1,7 +1,8 @@
 """One sync of a town: read both sides, merge, write what changed, remember the new base.
 
 The imperative shell around the pure merge. push, pull and the daemon's two-way sync all run
-`sync` with different directions.
+`sync` with different directions. What a sync holds back (the deletion guard, the writes set
+aside) is decided in ttsyncd/guard.py; a dry run's lines are worded in ttsyncd/changes.py.
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from typing import TypeVar
 import structlog
 from redis.crc import key_slot
 
-from ttsyncd.changes import TaskChange, task_changes
+from ttsyncd.changes import TaskChange, describe, task_changes
 from ttsyncd.codec import encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
-from ttsyncd.errors import DeletionsRefused, PlanError, SyncRefused
+from ttsyncd.errors import PlanError, SyncRefused
+from ttsyncd.guard import (
+    check_file_deletions,
+    hold_back_deletions,
+    live_tasks,
+    refusal,
+    still_set_aside,
+)
 from ttsyncd.identity import Identified, task_uuid_for
 from ttsyncd.merge import (
-    ENTRY,
-    BaseTask,
     Conflict,
     Delete,
     MergeResult,
@@ -52,7 +58,6 @@ from ttsyncd.state import (
     StateStore,
     SyncState,
     append_conflicts,
-    plan_digest,
 )
 from ttsyncd.store import RedisSource, Snapshot, TaskWrite, epoch_key
 from ttsyncd.topology import RedisClient
@@ -463,10 +468,6 @@ def without_slots(state: SyncState, town: str, slots: frozenset[int]) -> SyncSta
     )
 
 
-def live_tasks(state: SyncState) -> int:
-    return sum(1 for task in state.base.values() if not task.tombstone)
-
-
 def redis_writes(
     town: str,
     merged: MergeResult,
@@ -572,140 +573,6 @@ def count_changes(report: SyncReport, merged: MergeResult) -> None:
             else:
                 counts.updated += 1
         counts.unchanged = max(0, source_size - counts.created - counts.updated)
-
-
-def describe(merged: MergeResult, before: Mapping[Side, Mapping[str, Record]]) -> list[str]:
-    """One line per change, for --dry-run and `check`: the task, and each field it sets with
-    its value (an update: old → new). `before`: each side's records as the merge read them."""
-    lines = [change.line() for change in task_changes(merged, before)]
-    lines.extend(
-        f"conflict {c.plan_id}.{c.field}: file={c.file!r} redis={c.redis!r} -> {c.winner}"
-        for c in merged.settled
-    )
-    lines.extend(
-        f"conflict {c.plan_id}.{c.field}: file={c.file!r} redis={c.redis!r} -> left for you"
-        for conflicts in merged.pending.values()
-        for c in conflicts
-    )
-    lines.extend(set_aside_line(c) for c in [*merged.set_aside, *merged.set_aside_later])
-    return lines
-
-
-def set_aside_line(c: Conflict) -> str:
-    """One stale or held write set aside, in words."""
-    if c.kind == "held":
-        return (
-            f"held {c.plan_id}: removed from the file while {c.redis} in Redis; not deleted, "
-            f"its entry goes back (`ttsyncd resolve {c.plan_id} --take file` deletes it)"
-        )
-    if c.field == ENTRY:
-        return (
-            f"stale {c.plan_id}: removed from the file by a copy older than the task; not "
-            f"deleted (`ttsyncd resolve {c.plan_id} --take file` deletes it)"
-        )
-    stale, kept = (c.file, c.redis) if c.from_side == "file" else (c.redis, c.file)
-    return (
-        f"stale {c.plan_id}.{c.field}: the {c.from_side}'s {stale!r} undoes the newer "
-        f"{kept!r}; kept {kept!r} (`ttsyncd resolve {c.plan_id} --take {c.from_side}` "
-        "applies it)"
-    )
-
-
-def check_file_deletions(
-    settings: Settings, state: SyncState, merged: MergeResult, force: bool
-) -> None:
-    """Refuse a sync that would remove a large share of the synced tasks from the file (Redis
-    lost them), unless forced."""
-    deleting = sum(1 for op in merged.file_ops if isinstance(op, Delete))
-    if force or deleting <= settings.sync.max_delete_min:
-        return  # (never too many: no need to count the synced tasks, O(n) in a big town)
-    synced = live_tasks(state)
-    if too_many(settings, deleting, synced):
-        raise DeletionsRefused(
-            f"refusing to delete {deleting} of {synced} synced tasks from tasks.toml "
-            f"(more than max_delete_fraction={settings.sync.max_delete_fraction} and "
-            f"max_delete_min={settings.sync.max_delete_min}); run with --force to apply"
-        )
-
-
-def too_many(settings: Settings, deleting: int, synced: int) -> bool:
-    limits = settings.sync
-    return deleting > limits.max_delete_min and deleting > limits.max_delete_fraction * synced
-
-
-def hold_back_deletions(
-    settings: Settings, plan: Plan, state: SyncState, merged: MergeResult, force: bool
-) -> frozenset[str]:
-    """The deletion guard, a state and not an event: the task deletions from Redis it holds
-    back now (taken out of `merged`, whose base keeps those tasks). A mass deletion, or any
-    deletion by an empty plan, is refused; once refused, none of those deletions happens
-    while the plan's text stays the one they were refused for, whatever else changes (an
-    agent touching one of them must not bring the rest under the threshold). A new save is
-    judged afresh; --force (and `resolve`) lifts it."""
-    deleting = {
-        op.plan_id for op in merged.redis_ops if isinstance(op, Delete) and op.mode == "delete"
-    }
-    if force or not deleting:
-        return frozenset()
-    standing = state.refused is not None and state.refused.plan_digest == plan_digest(plan.text)
-    if not standing and plan.entries and not too_many(settings, len(deleting), live_tasks(state)):
-        return frozenset()
-    merged.redis_ops = [
-        op for op in merged.redis_ops if not (isinstance(op, Delete) and op.plan_id in deleting)
-    ]
-    for plan_id in deleting:
-        merged.base[plan_id] = state.base[plan_id]
-    return frozenset(deleting)
-
-
-def refusal(
-    settings: Settings,
-    state: SyncState,
-    held_back: frozenset[str],
-    read: Plan,
-    left: Plan,
-    base: Mapping[str, BaseTask],
-) -> RefusedDeletions | None:
-    """The refusal that stands once a sync that read the plan `read` leaves `left` (its own
-    write is no new save): what it held back, and what a standing refusal still holds (tasks
-    still out of the file and in the base) though this sync did not come to delete them (a
-    pull, or a scope without them)."""
-    refused = state.refused
-    if refused is not None and refused.plan_digest == plan_digest(read.text):
-        in_file = left.by_id
-        held_back |= {i for i in refused.plan_ids if i in base and i not in in_file}
-    if not held_back:
-        return None
-    synced = live_tasks(state)
-    if not left.entries:
-        message = (
-            f"{settings.tasks_file} has no tasks: refusing to delete {len(held_back)} task(s) "
-            "from Redis; run `ttsyncd push --force` if that is what you want"
-        )
-    else:
-        message = (
-            f"refusing to delete {len(held_back)} of {synced} synced tasks from Redis (more "
-            f"than max_delete_fraction={settings.sync.max_delete_fraction} and "
-            f"max_delete_min={settings.sync.max_delete_min}): "
-            f"{', '.join(sorted(held_back)[:20])}{' ...' if len(held_back) > 20 else ''}; "
-            "save tasks.toml again to have it judged afresh, or run `ttsyncd push --force`"
-        )
-    return RefusedDeletions(held_back, plan_digest(left.text), message)
-
-
-def still_set_aside(
-    before: Mapping[str, list[Conflict]],
-    found: list[Conflict],
-    base: Mapping[str, object],
-    resolved: AbstractSet[str],
-) -> dict[str, list[Conflict]]:
-    """The set-aside writes `resolve` can still apply: the latest per task and field, kept
-    until resolved or the task is gone."""
-    kept = {k: list(v) for k, v in before.items() if k not in resolved}
-    for conflict in found:
-        same = [c for c in kept.get(conflict.plan_id, []) if c.field != conflict.field]
-        kept[conflict.plan_id] = [*same, conflict]
-    return {k: v for k, v in kept.items() if k in base}
 
 
 def log_changes(merged: MergeResult) -> None:
