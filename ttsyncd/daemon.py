@@ -1,4 +1,5 @@
-"""`ttsyncd run`: live two-way sync of one town on one asyncio loop: lifecycle and wiring.
+"""`ttsyncd run`: live two-way sync of one town on one asyncio loop: lifecycle, wiring and
+the syncer.
 
 The path of a change, top-down: the file watcher (ttsyncd/watcher.py, through `file_changed`)
 or the Redis session (ttsyncd/session.py, `RedisSession.listen` or `poll`) feeds an event to
@@ -25,7 +26,7 @@ A part that raises is logged with its traceback, then, by its policy (`POLICY`):
 |          | reconnects by itself (jittered backoff)    |                                    |
 |          | after a lost connection                    |                                    |
 | file     | watchfiles on the plan's directory         | restarted: watching again, it      |
-|          |                                            | checks the file, so a save made    |
+|          | (ttsyncd/watcher.py)                       | checks the file, so a save made    |
 |          |                                            | meanwhile is synced                |
 | syncer   | syncs what the schedule says is due, in a  | exit 1: what it holds (the work    |
 |          | worker thread, one sync at a time;         | owed, the scope of the next sync)  |
@@ -33,8 +34,9 @@ A part that raises is logged with its traceback, then, by its policy (`POLICY`):
 |          |                                            | daemon starts from the persisted   |
 |          |                                            | base (systemd: Restart=on-failure) |
 | verify   | anti-entropy, every `verify_interval_s`    | restarted                          |
+|          | (ttsyncd/antientropy.py)                   |                                    |
 | watchdog | WATCHDOG=1, only while the syncer makes    | exit 1: without its pings systemd  |
-|          | progress                                   | would kill the daemon anyway       |
+|          | progress (`Supervisor.watchdog`)           | would kill the daemon anyway       |
 | reload   | SIGHUP: read the configuration again       | restarted: reading it again is     |
 |          | (one-shot)                                 | harmless                           |
 
