@@ -100,6 +100,9 @@ POLICY: dict[str, Policy] = {
 
 
 class Daemon:
+    """One town's daemon: its parts (the table above) and what they share: the schedule, the
+    sync lock, the event that wakes the syncer, the session and the standing."""
+
     def __init__(self, settings: Settings, reload_settings: Callable[[], Settings], mode: str):
         self.settings = settings
         self.reload_settings = reload_settings
