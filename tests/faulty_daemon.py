@@ -16,14 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ttsyncd import cli, daemon, engine, schedule, supervisor
+from ttsyncd import antientropy, cli, daemon, engine, schedule, session, supervisor
 
 # Where each fault is planted: a method that part (and, for some, only that part) calls.
 SPOTS: dict[str, tuple[object, str]] = {
     "syncer": (schedule.Schedule, "take"),  # every sync, before the engine runs
-    "redis": (daemon.Daemon, "check_session"),  # the session's health check, every second
+    "redis": (session.RedisSession, "check_session"),  # its health check, every second
     "file": (daemon.Daemon, "file_changed"),  # the watcher, for each change it sees
-    "verify": (daemon.Daemon, "verify_once"),  # each anti-entropy pass
+    "verify": (antientropy.AntiEntropy, "verify_once"),  # each anti-entropy pass
     "reload": (daemon.Daemon, "reload"),  # SIGHUP
     "watchdog": (supervisor.Supervisor, "silent_for"),  # each ping the watchdog considers
     "wedge": (engine, "run_sync"),  # the engine, in the syncer's worker thread

@@ -13,7 +13,7 @@ from tests.daemon_harness import Daemon, RedisServer, started, wait_until, write
 from tests.helpers import make_town, run_cli
 from ttsyncd.config import load_settings
 from ttsyncd.daemon import Daemon as LiveDaemon
-from ttsyncd.daemon import DaemonState, Problem
+from ttsyncd.standing import DaemonState, Problem
 
 TOWN = "stately"
 PLAN = '[[tasks]]\nid = "api"\ndescription = "Build the API"\n'
@@ -31,23 +31,23 @@ def test_the_state_is_decided_from_the_facts_in_one_order(town: Path) -> None:
     )  # fmt: skip
     daemon = LiveDaemon(settings, lambda: settings, "foreground")  # nothing connects here
     assert daemon.state is DaemonState.STARTING
-    daemon.report_problem("redis", "Redis unreachable")
+    daemon.standing.report_problem("redis", "Redis unreachable")
     assert daemon.state is DaemonState.STARTING  # never connected yet
-    daemon.clear_problem("redis")
-    daemon.connected = daemon.ever_connected = True
+    daemon.standing.clear_problem("redis")
+    daemon.session.connected = daemon.session.ever_connected = True
     assert daemon.state is DaemonState.STARTING  # connected, first sync not done
     daemon.first_sync_done.set()
     assert daemon.state is DaemonState.IDLE
     daemon.syncing = True
     assert daemon.state is DaemonState.SYNCING
     daemon.syncing = False
-    daemon.problem = Problem("sync", "tasks.toml:3: broken")
+    daemon.standing.problem = Problem("sync", "tasks.toml:3: broken")
     assert daemon.state is DaemonState.ERROR
     assert daemon.status_line() == "error: tasks.toml:3: broken"
-    daemon.problem = Problem("redis", "Redis unreachable during sync (ConnectionError)")
+    daemon.standing.problem = Problem("redis", "Redis unreachable during sync (ConnectionError)")
     assert daemon.state is DaemonState.RECONNECTING  # a sync lost Redis: retried once back
-    daemon.problem = None
-    daemon.connected = False
+    daemon.standing.problem = None
+    daemon.session.connected = False
     assert daemon.state is DaemonState.RECONNECTING
     daemon.paused_since = "2026-01-01T00:00:00+00:00"
     assert daemon.state is DaemonState.PAUSED  # first of all

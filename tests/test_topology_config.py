@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_config import PASSWORD, assert_no_secret, config_error, load, make_town
-from ttsyncd.cli import status_lines
 from ttsyncd.endpoints import Endpoint, endpoint_from_url
+from ttsyncd.status_text import status_lines
 from ttsyncd.topology import Topology
 
 SENTINEL_URL = f"redis+sentinel://alice:{PASSWORD}@s1.example:26380,[::1]:26381,s3/towns/2"

@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 import structlog
 
-from ttsyncd.changes import TaskChange, shown
-from ttsyncd.engine import Counts, SyncReport, set_aside_line
+from ttsyncd.changes import TaskChange, set_aside_line, shown
+from ttsyncd.engine import Counts, SyncReport
 from ttsyncd.events import EventBus
 
 logger = structlog.get_logger("ttsyncd.daemon")

@@ -1,5 +1,6 @@
-"""What a sync changed, task by task: the data behind a dry run's lines, the daemon's log and
-`ttsyncd monitor`. Pure; one small object per task written, so every sync can keep them."""
+"""What a sync changed, task by task: the data behind a dry run's lines (`describe`), the
+daemon's log and `ttsyncd monitor`. Pure; one small object per task written, so every sync
+can keep them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ttsyncd.merge import Delete, MergeResult, Op, Side
+from ttsyncd.merge import ENTRY, Conflict, Delete, MergeResult, Op, Side
 from ttsyncd.model import FIELDS, Record, Value
 
 # What a sync did to a task on the side it wrote ("stop syncing": a removal from the file under
@@ -98,3 +99,40 @@ def shown(value: Value) -> str:
     if value is None:
         return "(none)"
     return json.dumps(value if isinstance(value, str) else list(value), ensure_ascii=False)
+
+
+def describe(merged: MergeResult, before: Mapping[Side, Mapping[str, Record]]) -> list[str]:
+    """One line per change, for --dry-run and `check`: the task, and each field it sets with
+    its value (an update: old → new). `before`: each side's records as the merge read them."""
+    lines = [change.line() for change in task_changes(merged, before)]
+    lines.extend(
+        f"conflict {c.plan_id}.{c.field}: file={c.file!r} redis={c.redis!r} -> {c.winner}"
+        for c in merged.settled
+    )
+    lines.extend(
+        f"conflict {c.plan_id}.{c.field}: file={c.file!r} redis={c.redis!r} -> left for you"
+        for conflicts in merged.pending.values()
+        for c in conflicts
+    )
+    lines.extend(set_aside_line(c) for c in [*merged.set_aside, *merged.set_aside_later])
+    return lines
+
+
+def set_aside_line(c: Conflict) -> str:
+    """One stale or held write set aside, in words."""
+    if c.kind == "held":
+        return (
+            f"held {c.plan_id}: removed from the file while {c.redis} in Redis; not deleted, "
+            f"its entry goes back (`ttsyncd resolve {c.plan_id} --take file` deletes it)"
+        )
+    if c.field == ENTRY:
+        return (
+            f"stale {c.plan_id}: removed from the file by a copy older than the task; not "
+            f"deleted (`ttsyncd resolve {c.plan_id} --take file` deletes it)"
+        )
+    stale, kept = (c.file, c.redis) if c.from_side == "file" else (c.redis, c.file)
+    return (
+        f"stale {c.plan_id}.{c.field}: the {c.from_side}'s {stale!r} undoes the newer "
+        f"{kept!r}; kept {kept!r} (`ttsyncd resolve {c.plan_id} --take {c.from_side}` "
+        "applies it)"
+    )

@@ -1,4 +1,6 @@
-"""The `ttsyncd` command: argument parsing, output and exit codes. No sync logic lives here.
+"""The `ttsyncd` command: what each command runs, its output and exit codes. No sync logic
+lives here; the command line's words (commands, options, help) are in ttsyncd/cli_args.py,
+and `status` as it prints in ttsyncd/status_text.py.
 
 push, pull, check, conflicts and resolve go through the control socket when a daemon serves
 the town (so the daemon's caches and the file stay consistent), and run in this process
@@ -12,219 +14,18 @@ process loads the sync engine, and only `run` and `start` the daemon and python-
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ttsyncd import __version__
+from ttsyncd.cli_args import parse_args
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN, ConfigError, TtsyncdError
 
 if TYPE_CHECKING:
     from ttsyncd.config import Settings
     from ttsyncd.output import Output
-
-# The options every command takes, before or after its name. Their defaults are SUPPRESSed in
-# the parsers (a subcommand's default would otherwise overwrite the value given before it) and
-# filled in by `parse_args`.
-GLOBAL_DEFAULTS: dict[str, Any] = {
-    "town": None,
-    "config": None,
-    "redis_url": None,
-    "log_format": None,
-    "verbose": False,
-}
-
-
-def global_options() -> argparse.ArgumentParser:
-    options = argparse.ArgumentParser(add_help=False)
-    group = options.add_argument_group("options of every command (before or after it)")
-    group.add_argument(
-        "--town", metavar="DIR", default=argparse.SUPPRESS,
-        help="the town directory (default: the nearest one holding tinytown.toml or "
-        "tasks.toml, from the current directory up)",
-    )  # fmt: skip
-    group.add_argument(
-        "--config", metavar="FILE", default=argparse.SUPPRESS,
-        help="ttsyncd config (default: <town>/ttsyncd.toml)",
-    )  # fmt: skip
-    group.add_argument(
-        "--redis-url", metavar="URL", default=argparse.SUPPRESS,
-        help="Redis to use (overrides REDIS_URL)",
-    )  # fmt: skip
-    group.add_argument(
-        "--log-format", choices=("auto", "console", "json"), default=argparse.SUPPRESS,
-        help="log format (default: config)",
-    )  # fmt: skip
-    group.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-        help="log progress, not only problems (run, start: debug, each field a sync changes)",
-    )  # fmt: skip
-    return options
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = global_options()
-    parser = argparse.ArgumentParser(
-        prog="ttsyncd",
-        description="Keep a tinytown town's tasks.toml and its Redis tasks in sync.",
-        parents=[common],
-    )
-    parser.add_argument("--version", action="version", version=f"ttsyncd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def command(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=description, parents=[common])
-
-    command(
-        "run", "run the daemon in the foreground (as systemd does)",
-        "Run the daemon in the foreground: sync the town's tasks.toml and Redis both ways, "
-        "live, until SIGTERM or Ctrl-C (pending work is flushed first). Under systemd "
-        "(NOTIFY_SOCKET set) it reports READY, STATUS and WATCHDOG; SIGHUP reloads the config.",
-    )  # fmt: skip
-    command(
-        "start", "run the daemon in the background",
-        "Start the daemon in the background (pidfile and log under <town>/.tt/). Returns once "
-        "the first sync is done and the control socket answers; exits non-zero with the reason "
-        "when the daemon cannot come up or one already serves the town.",
-    )  # fmt: skip
-    command(
-        "stop", "stop the background daemon",
-        "Stop the town's daemon: asked through its control socket (else SIGTERM to the "
-        "pidfile's pid), and wait until it has flushed its work and exited.",
-    )  # fmt: skip
-    status = command(
-        "status", "what the daemon is doing",
-        "Show what the town's daemon is doing: Redis, notifications, the last push and pull, "
-        "pending events, conflicts, errors. Exits 1 when no daemon serves the town.",
-    )  # fmt: skip
-    status.add_argument(
-        "--json", action="store_true",
-        help='one JSON object, also with no daemon ({"running": false, ...})',
-    )  # fmt: skip
-    monitor = command(
-        "monitor", "watch the daemon work, live",
-        "Watch the town's daemon live: each sync with its direction and duration, every task "
-        "and field it changes (old → new), deletions, conflicts and stale writes set aside, "
-        "errors, reconnects, pause and resume; on a terminal under a status header. Ends on "
-        "Ctrl-C or when the daemon stops (exit 0); exits 1 when no daemon serves the town.",
-    )  # fmt: skip
-    monitor.add_argument(
-        "--json", action="store_true",
-        help='one JSON event per line (the first: {"event": "subscribed", "status": ...})',
-    )  # fmt: skip
-    for name, help_text, description in (
-        ("push", "apply the file's changes to Redis",
-         "Apply the changes made in tasks.toml since the last sync to the town's Redis tasks "
-         "(three-way merge: a change made in Redis waits for `pull`, it is not overwritten)."),
-        ("pull", "apply Redis's changes to the file",
-         "Apply the changes made in the town's Redis tasks since the last sync to tasks.toml, "
-         "keeping its comments and layout (creates tasks.toml when the town has none)."),
-    ):  # fmt: skip
-        push_or_pull = command(name, help_text, description)
-        push_or_pull.add_argument(
-            "--force", action="store_true",
-            help="make the target equal the source for every task, deletions included",
-        )  # fmt: skip
-        push_or_pull.add_argument(
-            "--dry-run", action="store_true", help="show every change it would make, write nothing"
-        )
-    command(
-        "pause", "stop syncing and writing either side (for git)",
-        "Stop syncing and writing either side (before a rebase or a branch switch); changes "
-        "wait, also across a daemon restart, until `ttsyncd resume`.",
-    )  # fmt: skip
-    command(
-        "resume", "sync again after `pause`",
-        "Sync again after `pause`: one sync of everything that changed meanwhile right away, "
-        "then live.",
-    )  # fmt: skip
-    command(
-        "check", "validate the plan and the town's Redis tasks, write nothing",
-        "Validate tasks.toml and the town's Redis tasks and report what is out of sync, "
-        "duplicates, unreadable hashes and conflicts; writes nothing. Exits 1 on a problem.",
-    )  # fmt: skip
-    repair = command(
-        "repair", "delete duplicate tasks left by `tt sync push`",
-        "Delete the duplicate tasks `tt sync push` leaves (several tasks carrying one plan "
-        "tag), keeping the most recently updated of each.",
-    )  # fmt: skip
-    repair.add_argument("--dry-run", action="store_true", help="show what would be deleted")
-    conflicts = command(
-        "conflicts", "list recorded and unresolved conflicts",
-        "List every conflict settled by the policy (with the losing value), every one left "
-        "for you, and every stale or held write set aside.",
-    )  # fmt: skip
-    conflicts.add_argument("--json", action="store_true", help="one JSON object")
-    resolve = command(
-        "resolve", "settle a conflict left for you (manual policy)",
-        "Settle one task on purpose: make it equal on both sides to the side taken. Settles a "
-        "conflict the manual policy left for you, applies a stale write set aside, or lets a "
-        "held or refused deletion go through (--take file).",
-    )  # fmt: skip
-    resolve.add_argument("plan_id", metavar="ID", help="the task's plan id")
-    resolve.add_argument(
-        "--take", choices=("file", "redis"), required=True, help="whose values win"
-    )
-    service = command(
-        "service", "install the daemon as a systemd service (install, uninstall, status)",
-        "The town's daemon as a systemd service: `install` writes the unit ttsyncd@.service "
-        "(ExecStart set to this ttsyncd) and runs `systemctl daemon-reload` and "
-        "`enable --now` of the town's instance; `uninstall` undoes it; `status` asks systemctl.",
-    )  # fmt: skip
-    actions = service.add_subparsers(dest="action", required=True, metavar="ACTION")
-    for action, help_text, description in (
-        ("install", "write the unit, daemon-reload, enable --now",
-         "Write ttsyncd@.service (ExecStart: this ttsyncd; --system: a drop-in running it as "
-         "the town's owner) into the unit directory, then `systemctl daemon-reload` and "
-         "`systemctl enable --now ttsyncd@<town>.service`."),
-        ("uninstall", "disable --now, remove the unit, daemon-reload",
-         "`systemctl disable --now ttsyncd@<town>.service`, remove its drop-in, and the unit "
-         "too when no other town's instance is enabled, then `systemctl daemon-reload`."),
-        ("status", "where the unit is, and what systemctl says of the town's instance",
-         "Show where the unit is and `systemctl status` of the town's instance; exits 0 when "
-         "it is active, 1 otherwise."),
-    ):  # fmt: skip
-        parser_of_action = actions.add_parser(
-            action, help=help_text, description=description, parents=[common]
-        )
-        scope = parser_of_action.add_mutually_exclusive_group()
-        scope.add_argument(
-            "--user", dest="system", action="store_false",
-            help="a user unit, ~/.config/systemd/user (the default)",
-        )  # fmt: skip
-        scope.add_argument(
-            "--system", dest="system", action="store_true",
-            help="a system unit, /etc/systemd/system, run as the town's owner",
-        )  # fmt: skip
-        parser_of_action.set_defaults(system=False)
-        parser_of_action.add_argument(
-            "--unit-dir", metavar="DIR", help="the unit directory to use instead"
-        )
-        if action != "status":
-            parser_of_action.add_argument(
-                "--dry-run", action="store_true",
-                help="print the files and the systemctl commands, change nothing",
-            )  # fmt: skip
-    demo = command(
-        "demo", "make a demo town and run the daemon on it",
-        "Make a demo town (a tinytown.toml and a commented tasks.toml) with an embedded "
-        "redis-server, and run the daemon on it, showing a sync in each direction.",
-    )  # fmt: skip
-    demo.add_argument(
-        "dir", nargs="?", default="ttsyncd-demo", help="where (default: ./ttsyncd-demo)"
-    )
-    return parser
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    for name, default in GLOBAL_DEFAULTS.items():
-        if not hasattr(args, name):
-            setattr(args, name, default)
-    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "service":
             return manage_service(args, settings)
         if args.command == "status":
+            from ttsyncd.status_text import show_status
+
             return show_status(settings, as_json=args.json)
         if args.command == "monitor":
             from ttsyncd.monitor import monitor
@@ -461,94 +264,3 @@ def pause_or_resume(settings: Settings, command: str) -> int:
         print(f"ttsyncd resumed (paused since {result['paused_since']}) and synced"
               + (f"; last error: {error}" if error else ""))  # fmt: skip
     return EXIT_OK
-
-
-def show_status(settings: Settings, *, as_json: bool) -> int:
-    """The daemon's status; exits 1 when none serves the town. `--json` always prints one
-    JSON object, `"running"` saying whether a daemon answered."""
-    from ttsyncd import control
-
-    sock = control.socket_path(settings.town_dir)
-    answer = control.request(sock, {"cmd": "status"}, 10.0)
-    if answer is None or not answer.get("ok"):
-        error = None if answer is None else str(answer.get("error"))
-        if as_json:
-            not_serving: dict[str, Any] = {
-                "running": answer is not None,
-                "town": settings.town_name,
-                "town_dir": str(settings.town_dir),
-                "socket": str(sock),
-            }
-            if error is not None:
-                not_serving["error"] = error
-            print(json.dumps(not_serving, indent=2))
-            return EXIT_PLAN
-        if error is not None:
-            raise TtsyncdError(error)
-        print(f"ttsyncd is not running for {settings.town_dir}", file=sys.stderr)
-        return EXIT_PLAN
-    status: dict[str, Any] = answer["result"]
-    if as_json:
-        print(json.dumps({"running": True, **status}, indent=2))
-        return EXIT_OK
-    for line in status_lines(status):
-        print(line)
-    return EXIT_OK
-
-
-def verify_lines(verify: dict[str, Any] | None) -> list[str]:
-    if not verify:
-        return []
-    last = f"last {verify['last']}: {verify['found']}" if verify["last"] else "not yet"
-    return [f"  verify:        every {verify['interval_s']:g} s; {last}"]
-
-
-def status_lines(status: dict[str, Any]) -> list[str]:
-    from ttsyncd.topology_status import describe
-
-    def stamp(entry: dict[str, Any] | None) -> str:
-        if not entry:
-            return "never"
-        return (
-            f"{entry['time']} ({entry['duration_ms']} ms): created {entry['created']}, "
-            f"updated {entry['updated']}, deleted {entry['deleted']}, "
-            f"unchanged {entry['unchanged']}"
-        )
-
-    connected = "connected" if status["redis_connected"] else "NOT CONNECTED"
-    pending = status["pending_events"]
-    paused: dict[str, Any] | None = status.get("paused")
-    return [
-        f"ttsyncd {status['mode']} (pid {status['pid']}) for town {status['town']!r}",
-        *(
-            [f"  paused:        since {paused['since']} (`ttsyncd resume` to sync again)"]
-            if paused
-            else []
-        ),
-        f"  tasks file:    {status['tasks_file']}",
-        f"  redis:         {status['redis']} ({connected})",
-        f"  topology:      {describe(status['topology'])}",
-        f"  notifications: {status['notifications']}",
-        f"  last push:     {stamp(status['last_push'])}",
-        f"  last pull:     {stamp(status['last_pull'])}",
-        f"  pending:       file {'changed' if pending['file'] else 'unchanged'}, "
-        f"{pending['redis']} Redis key(s)",
-        f"  conflicts:     {status['conflicts']} recorded, {status['conflicts_pending']} "
-        "left for you",
-        f"  last error:    {status['last_error'] or 'none'}",
-        *verify_lines(status.get("verify")),
-        *(
-            [f"  refused:       {', '.join(status['refused_deletions'])} (not deleted)"]
-            if status.get("refused_deletions")
-            else []
-        ),
-        *(
-            f"  duplicates:    plan:{plan_id} is carried by {len(extra) + 1} tasks "
-            "(`ttsyncd repair` keeps the newest)"
-            for plan_id, extra in sorted(status.get("duplicates", {}).items())
-        ),
-        *(
-            f"  unreadable:    {key}: {why}"
-            for key, why in sorted(status.get("unreadable", {}).items())
-        ),
-    ]

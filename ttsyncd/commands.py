@@ -8,8 +8,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from ttsyncd.changes import set_aside_line
 from ttsyncd.config import Settings
-from ttsyncd.engine import SyncReport, set_aside_line, state_store_for, sync
+from ttsyncd.engine import SyncReport, state_store_for, sync
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
 from ttsyncd.identity import identify
 from ttsyncd.merge import ENTRY, Conflict, Side

@@ -1,14 +1,18 @@
-"""`ttsyncd run`: live two-way sync of one town on one asyncio loop: lifecycle and wiring.
+"""`ttsyncd run`: live two-way sync of one town on one asyncio loop: lifecycle, wiring and
+the syncer.
 
-The path of a change, top-down: the file watcher (`watch_file`) or the Redis session
-(`connect_and_listen`) feeds an event to the schedule (ttsyncd/schedule.py: debounce, the work
-owed, retries, the verify interval); the syncer (`syncer`, `sync_due`) takes what is due,
-fetches what it names into the mirror, adds the tasks it touched to the scope
-(ttsyncd/scope.py) and runs the engine (`engine.run_sync`) in a worker thread, which reads and
-writes both sides through ttsyncd/sides.py; the outcome goes back to the schedule.
+The path of a change, top-down: the file watcher (ttsyncd/watcher.py, through `file_changed`)
+or the Redis session (ttsyncd/session.py, `RedisSession.listen` or `poll`) feeds an event to
+the schedule (ttsyncd/schedule.py: debounce, the work owed, retries, the verify interval); the
+syncer (`syncer`, `sync_due`) takes what is due, fetches what it names into the mirror, adds the
+tasks it touched to the scope (ttsyncd/scope.py) and runs the engine (`engine.run_sync`) in a
+worker thread, which reads and writes both sides through ttsyncd/sides.py; the outcome goes
+back to the schedule, and to the standing (ttsyncd/standing.py: the syncs done, the last error,
+the state, with the events and metrics they feed), which `status` answers from.
 
 The daemon's long-lived tasks ("parts") share the loop under one owner, a `Supervisor`
-(ttsyncd/supervisor.py, an `asyncio.TaskGroup`), beside the control socket. Echoes of the
+(ttsyncd/supervisor.py, an `asyncio.TaskGroup`), beside the control socket (ttsyncd/control.py
+serves it; ttsyncd/handlers.py answers each command, `status` included). Echoes of the
 daemon's own writes are recognised by content: a file event whose text is what the daemon
 wrote, a notification whose hash is what the mirror already holds, starts no sync.
 
@@ -16,12 +20,13 @@ A part that raises is logged with its traceback, then, by its policy (`POLICY`):
 
 | part     | what it does                               | on an unexpected exception         |
 |----------|--------------------------------------------|------------------------------------|
-| redis    | the Redis session: connect, notifications  | restarted (jittered backoff): it   |
-|          | on, subscribe, load the mirror, then listen| connects again and syncs in full, |
-|          | or poll; it reconnects by itself (jittered | as after an outage                 |
-|          | backoff) after a lost connection           |                                    |
+| redis    | the Redis session (ttsyncd/session.py):    | restarted (jittered backoff): it   |
+|          | connect, notifications on, subscribe, load | connects again and syncs in full,  |
+|          | the mirror, then listen or poll; it        | as after an outage                 |
+|          | reconnects by itself (jittered backoff)    |                                    |
+|          | after a lost connection                    |                                    |
 | file     | watchfiles on the plan's directory         | restarted: watching again, it      |
-|          |                                            | checks the file, so a save made    |
+|          | (ttsyncd/watcher.py)                       | checks the file, so a save made    |
 |          |                                            | meanwhile is synced                |
 | syncer   | syncs what the schedule says is due, in a  | exit 1: what it holds (the work    |
 |          | worker thread, one sync at a time;         | owed, the scope of the next sync)  |
@@ -29,8 +34,9 @@ A part that raises is logged with its traceback, then, by its policy (`POLICY`):
 |          |                                            | daemon starts from the persisted   |
 |          |                                            | base (systemd: Restart=on-failure) |
 | verify   | anti-entropy, every `verify_interval_s`    | restarted                          |
+|          | (ttsyncd/antientropy.py)                   |                                    |
 | watchdog | WATCHDOG=1, only while the syncer makes    | exit 1: without its pings systemd  |
-|          | progress                                   | would kill the daemon anyway       |
+|          | progress (`Supervisor.watchdog`)           | would kill the daemon anyway       |
 | reload   | SIGHUP: read the configuration again       | restarted: reading it again is     |
 |          | (one-shot)                                 | harmless                           |
 
@@ -49,65 +55,37 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import enum
 import gc
 import os
 import signal
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.cluster
 import structlog
-from redis.backoff import EqualJitterBackoff
 
-from ttsyncd import activity, background, commands, control, engine, log, metrics, systemd
-from ttsyncd.commands import Town
+from ttsyncd import activity, background, control, engine, handlers, log, metrics, systemd
+from ttsyncd.antientropy import AntiEntropy
 from ttsyncd.config import Settings
 from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.engine import SyncReport, SyncRequest, state_store_for
-from ttsyncd.errors import DeletionsRefused, RedisUnavailable, TtsyncdError
-from ttsyncd.events import EventBus
+from ttsyncd.errors import DeletionsRefused, TtsyncdError
 from ttsyncd.memory import release_free_memory
-from ttsyncd.mirror import TownMirror
-from ttsyncd.notifications import (
-    FollowingClusterNotifications,
-    Notifications,
-    enable_notifications,
-    notifications_arrive,
-    subscribe,
-)
 from ttsyncd.plan import PlanReader, read_text
 from ttsyncd.replication import NotReplicated
 from ttsyncd.schedule import Batch, Owed, Schedule, Timing
 from ttsyncd.scope import OwedTasks
+from ttsyncd.session import RedisSession
 from ttsyncd.sides import FileSide, RedisSide, Sides
-from ttsyncd.state import RefusedDeletions
+from ttsyncd.standing import DaemonState, Facts, Standing, decide_state, direction_of
 from ttsyncd.supervisor import PartFailed, Policy, Supervisor, Work
-from ttsyncd.topology import (
-    UNREACHABLE,
-    AsyncRedisClient,
-    RedisClient,
-    current_primaries,
-    current_topology,
-    open_async_client,
-    topology_of,
-)
+from ttsyncd.topology import UNREACHABLE
 from ttsyncd.watcher import PlanWatcher
 
 logger = structlog.get_logger("ttsyncd.daemon")
 T = TypeVar("T")
 
-# The wait before the n-th reconnect in a row (n from 0): between half and all of
-# min(5, 0.1 * 2**n) seconds, at random, so daemons sharing a Redis do not retry in lockstep.
-RECONNECT_BACKOFF = EqualJitterBackoff(cap=5.0, base=0.1)
 SHUTDOWN_FLUSH_S = 4.0  # SIGTERM: flush pending work, and exit within 5 s
-HEALTH_CHECK_S = 1.0  # how often the session checks Redis is there and its primaries the same
 HEARTBEAT_S = 1.0  # the syncer reports progress at least this often while idle
 
 # What a part's failure does (the table above).
@@ -121,91 +99,29 @@ POLICY: dict[str, Policy] = {
 }
 
 
-class Paused(TtsyncdError):
-    """A command that would write, sent to a paused daemon."""
-
-
-class TopologyChanged(redis.ConnectionError):
-    """The primary the session listens to is no longer the one (a Sentinel failover, a
-    Cluster's primaries changing): reconnect, resubscribe and sync in full, as after a loss."""
-
-
-# What an anti-entropy pass found, by (file differed, Redis differed).
-VERIFY_FOUND = {
-    (False, False): "in sync",
-    (True, False): "file differed",
-    (False, True): "redis differed",
-    (True, True): "file and redis differed",
-}
-
-
-@dataclass
-class SyncStamp:
-    """One sync, as `status` reports it."""
-
-    time: str
-    duration_ms: float
-    created: int
-    updated: int
-    deleted: int
-    unchanged: int
-
-
-# What an error is about, which says what clears it: `redis`, the session (a connection made
-# again); `sync`, a sync that failed (the next one that completes); `watch`, the file watcher
-# (watching again); `reload`, a SIGHUP whose configuration was refused (a reload that works);
-# `refused`, deletions the guard holds back (a sync that finds the refusal lifted).
-ErrorKind = Literal["redis", "sync", "refused", "watch", "reload"]
-
-
-class DaemonState(enum.StrEnum):
-    """What the daemon is doing, as `status` (`state`) and systemd's STATUS= line say. The
-    facts behind it are independent (a pause, the connection, a sync under way, the last
-    error), so `Daemon.state` decides it from them in one place, first match wins:"""
-
-    PAUSED = "paused"  # `ttsyncd pause`: both sides watched, nothing written
-    SYNCING = "syncing"  # a sync, or a push/pull/resolve/repair sent through the socket
-    STARTING = "starting"  # not yet connected to Redis, or the first sync not yet done
-    RECONNECTING = "reconnecting"  # Redis was lost (or failed a sync): waiting to connect again
-    ERROR = "error"  # the last sync failed, deletions are refused, the watch or a reload failed
-    IDLE = "idle"  # synced; watching both sides
-
-
-@dataclass(frozen=True)
-class Problem:
-    """The daemon's last error, as `status` shows it, with its kind."""
-
-    kind: ErrorKind
-    message: str
-
-
 class Daemon:
+    """One town's daemon: its parts (the table above) and what they share: the schedule, the
+    sync lock, the event that wakes the syncer, the session and the standing."""
+
     def __init__(self, settings: Settings, reload_settings: Callable[[], Settings], mode: str):
         self.settings = settings
         self.reload_settings = reload_settings
         self.mode = mode  # foreground | background | systemd
         self.file_side = FileSide(PlanReader(settings.tasks_file))
         self.state_store = state_store_for(settings)
-        self.client: RedisClient | None = None
-        self.mirror: TownMirror | None = None
-        self.connected = False
-        self.ever_connected = False  # STARTING until the first connection, RECONNECTING after
         self.syncing = False  # a sync (or a command that syncs) is under way
-        self.notifications = "keyspace"
-        self.topology = topology_of(settings.endpoint)
         self.schedule = Schedule(Timing.of(settings.sync))  # what to sync, when
         self.owed_tasks = OwedTasks()  # which tasks it must sync
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
         self.first_sync_done = asyncio.Event()
         self.sync_lock = asyncio.Lock()
-        self.started_at = datetime.now(UTC).isoformat()
-        self.syncs = 0
-        self.last_sync: SyncStamp | None = None
-        self.last_push: SyncStamp | None = None
-        self.last_pull: SyncStamp | None = None
-        self.problem: Problem | None = None
-        self.last_report: SyncReport | None = None  # duplicates, unreadable hashes, agents
+        # The syncs done and the last error, the events and the metrics (ttsyncd/standing.py).
+        self.standing = Standing()
+        # The Redis connection, kept up by the part `redis` (ttsyncd/session.py).
+        self.session = RedisSession(
+            lambda: self.settings, self.sync_lock, self.schedule, self.wake, self.standing
+        )
         self.parts = Supervisor()
         self.watchdog_interval = systemd.watchdog_interval()
         # How long the syncer may wait idle before it reports progress again: well within the
@@ -215,29 +131,30 @@ class Daemon:
         # `ttsyncd pause`: when it began; None when syncing. Kept in a marker file, so a daemon
         # restarted in the middle of a checkout starts paused.
         self.paused_since = background.paused_since(settings)
-        self.verified_at: str | None = None  # the last anti-entropy pass, and what it found
-        self.verify_found: str | None = None
-        self.events = EventBus()  # what `ttsyncd monitor` shows (ttsyncd/activity.py says it)
-        self.metrics = metrics.Metrics()  # counts nothing until `run` serves [metrics] listen
+        # The part `verify` (ttsyncd/antientropy.py).
+        self.anti_entropy = AntiEntropy(
+            self.schedule, self.sync_lock, self.wake, self.idle,
+            lambda: (self.file_side, self.session.mirror),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------ lifecycle
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> int:
         """Serve until SIGTERM/SIGINT or a `stop` request; flush pending work; return 0."""
         # [metrics] listen: a missing extra or a port in use stops the daemon before it starts.
-        self.metrics = await asyncio.to_thread(metrics.serve, self.settings)
+        self.standing.metrics = await asyncio.to_thread(metrics.serve, self.settings)
         try:
             sock = control.socket_path(self.settings.town_dir)
-            server = await control.serve(sock, self.handle)
+            server = await control.serve(sock, lambda message: handlers.handle(self, message))
             try:
                 return await self.serve(on_ready)
             finally:
-                await self.events.close()  # monitors end here, as the daemon does
+                await self.standing.events.close()  # monitors end here, as the daemon does
                 server.close()
                 with contextlib.suppress(FileNotFoundError):
                     sock.unlink()
         finally:
-            await asyncio.to_thread(self.metrics.close)
+            await asyncio.to_thread(self.standing.metrics.close)
 
     async def serve(self, on_ready: Callable[[], None] | None) -> int:
         """0 after a stop; 1 when a part's failure took the daemon down."""
@@ -246,15 +163,15 @@ class Daemon:
             loop.add_signal_handler(signum, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.start_part, "reload", self.reload)
         # Fail fast (and say why) when Redis is wrong from the start; later outages are waited out.
-        self.client = await asyncio.to_thread(connect, self.settings)
+        self.session.client = await asyncio.to_thread(connect, self.settings)
         failed: list[PartFailed] = []
         try:
             async with self.parts:
-                self.start_part("redis", self.redis_session)
+                self.start_part("redis", self.session.run)
                 self.start_part("file", self.watch_file)
                 self.start_part("syncer", self.syncer)
                 self.start_part("watchdog", self.watchdog)
-                self.start_part("verify", self.verify)
+                self.start_part("verify", self.anti_entropy.run)
                 await self.serve_until_stopped(on_ready)
                 self.parts.cancel_all()
         except* PartFailed as group:
@@ -302,6 +219,11 @@ class Daemon:
         of that name already running is cancelled first (a reload moving the watch)."""
         self.parts.start(name, work, POLICY[name])
 
+    async def watchdog(self) -> None:
+        """systemd's watchdog pings, only while the syncer makes progress (ttsyncd/supervisor.py
+        says how); paused or idle, the syncer still reports progress."""
+        await self.parts.watchdog("syncer", self.watchdog_interval)
+
     def stop(self) -> None:
         self.stopping.set()
 
@@ -314,7 +236,7 @@ class Daemon:
             return
         if await self.file_differs():  # a save the watcher has not even reported yet
             self.schedule.file_changed()
-        if self.connected and (self.schedule.file or self.schedule.keys):
+        if self.session.connected and (self.schedule.file or self.schedule.keys):
             await self.sync_due(all_owed=True)
 
     async def file_differs(self) -> bool:
@@ -330,7 +252,7 @@ class Daemon:
         try:
             settings = await asyncio.to_thread(self.reload_settings)
         except TtsyncdError as error:
-            self.report_problem("reload", f"reload failed: {error}")
+            self.standing.report_problem("reload", f"reload failed: {error}")
             logger.error("reload failed, keeping the old configuration", error=str(error))
             systemd.notify("READY=1")
             return
@@ -348,154 +270,12 @@ class Daemon:
             self.schedule.file_changed()  # the policy or the file may differ: sync once
             self.owed_tasks = OwedTasks()
         if redis_changed:
-            self.connected = False
-            self.start_part("redis", self.redis_session)
-        self.clear_problem("reload")
+            self.session.connected = False
+            self.start_part("redis", self.session.run)
+        self.standing.clear_problem("reload")
         self.wake.set()
         logger.info("configuration reloaded", redis=settings.endpoint.redacted())
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
-
-    async def watchdog(self) -> None:
-        """WATCHDOG=1 every half WatchdogSec, while the syncer makes progress: silent for a
-        whole WatchdogSec (dead, or stuck in a sync that never returns), it gets no more pings,
-        and systemd restarts the daemon. Paused or idle, the syncer still reports progress."""
-        interval = self.watchdog_interval
-        if interval is None:
-            return
-        stalled = False
-        while True:
-            silent = self.parts.silent_for("syncer")
-            if silent <= 2 * interval:
-                systemd.notify("WATCHDOG=1")
-                if stalled:
-                    logger.warning("the syncer makes progress again: watchdog pings resumed")
-                stalled = False
-            elif not stalled:
-                stalled = True
-                logger.error(
-                    "the syncer has made no progress: no more watchdog pings, so systemd "
-                    "restarts the daemon", silent_s=round(silent, 1),
-                )  # fmt: skip
-            await asyncio.sleep(interval)
-
-    # ------------------------------------------------------------------------ Redis side
-
-    async def redis_session(self) -> None:
-        """Stay connected: notifications on, subscribed, mirror loaded; after any loss, back
-        off, reconnect and sync in full, so edits made during the outage arrive. A failover
-        takes the same path: the new primary gets notifications turned on and a full sync.
-        A failure none of that expects ends the session (the supervisor restarts it)."""
-        try:
-            await self.stay_connected()
-        except Exception:
-            self.connected = False
-            self.metrics.connection(connected=False)
-            raise
-
-    async def stay_connected(self) -> None:
-        failures = 0  # reconnects in a row that failed, for the backoff
-        while True:
-            aclient: AsyncRedisClient | None = None
-            try:
-                client = await asyncio.to_thread(connect, self.settings)
-                cluster = isinstance(client, redis.cluster.RedisCluster)
-                aclient = open_async_client(self.settings.endpoint, cluster)
-                if isinstance(aclient, redis.asyncio.cluster.RedisCluster):
-                    await aclient.initialize()  # its slot map, before anyone asks for nodes
-                await self.connect_and_listen(client, aclient)
-            except TopologyChanged as change:
-                logger.warning("Redis topology changed, reconnecting", change=str(change))
-                self.connected = False
-                failures = 0
-            except (*UNREACHABLE, RedisUnavailable) as e:
-                if self.connected:
-                    logger.warning("lost Redis, reconnecting", error=type(e).__name__)
-                    self.events.publish("reconnecting", error=type(e).__name__)
-                    failures = 0  # it was up: a blip, not a long outage
-                self.connected = False
-                self.report_problem(
-                    "redis", f"Redis unreachable at {self.settings.endpoint.redacted()}"
-                )
-            except redis.RedisError as error:  # e.g. a refused SUBSCRIBE: keep trying, say why
-                self.connected = False
-                self.report_problem("redis", f"Redis session failed: {error}")
-                logger.error("Redis session failed, retrying", error=str(error))
-            finally:
-                if aclient is not None:
-                    await aclient.aclose()
-            self.metrics.connection(connected=False)
-            await asyncio.sleep(RECONNECT_BACKOFF.compute(failures))
-            failures += 1
-
-    async def connect_and_listen(self, client: RedisClient, aclient: AsyncRedisClient) -> None:
-        keyspace = await asyncio.to_thread(enable_notifications, client)
-        topology = await asyncio.to_thread(current_topology, client)
-        town, db = self.settings.town_name, self.settings.endpoint.db
-        if not keyspace and isinstance(client, redis.Redis):
-            # CONFIG refused: a managed service may have them on all the same. (Not probed on a
-            # Cluster: one key's events come from one node only; it polls.)
-            assert isinstance(aclient, redis.asyncio.Redis)
-            keyspace = await notifications_arrive(aclient, client, town, db)
-        async with self.sync_lock:
-            if self.client is not None and self.client is not client:
-                self.client.close()
-            self.client = client
-            self.mirror = TownMirror(client, town)
-            self.topology = topology
-        notifications: Notifications | None = None
-        if keyspace:
-            self.notifications = "keyspace"
-            notifications = await subscribe(aclient, town, db)
-        elif self.notifications != "polling":
-            self.notifications = "polling"
-            logger.warning(
-                "Redis refused CONFIG and its keyspace notifications are off: polling for "
-                "changes instead (docs/managed-redis.md says how to turn them on)",
-                poll_interval_ms=self.settings.sync.poll_interval_ms,
-            )
-        self.schedule.reconnected()
-        self.wake.set()
-        self.metrics.connection(connected=True, again=self.ever_connected)
-        self.connected = self.ever_connected = True
-        self.clear_problem("redis")
-        logger.info("connected to Redis", notifications=self.notifications,
-                    topology=topology.describe())  # fmt: skip
-        self.events.publish("connected", notifications=self.notifications,
-                            redis=self.settings.endpoint.redacted())  # fmt: skip
-        if notifications is None:
-            await self.poll(client, aclient)
-            return
-        next_check = time.monotonic() + HEALTH_CHECK_S
-        while True:
-            # get_message raises ConnectionError when the connection goes (a Cluster's
-            # notifications resubscribe by themselves instead: see FollowingClusterNotifications).
-            message = await notifications.get_message(timeout=1.0)
-            if message is not None:
-                key = message.key if isinstance(message.key, str) else message.key.decode()
-                self.schedule.keys_changed({key})
-                self.wake.set()
-            if message is None or time.monotonic() >= next_check:
-                await self.check_session(aclient, notifications)
-                next_check = time.monotonic() + HEALTH_CHECK_S
-
-    async def check_session(
-        self, aclient: AsyncRedisClient, notifications: Notifications | None = None
-    ) -> None:
-        """Notice a silent loss within a second or so, and a primary that is no longer ours."""
-        await aclient.ping()
-        if isinstance(notifications, FollowingClusterNotifications) and notifications.refreshed:
-            raise TopologyChanged("the cluster's notifications were resubscribed")
-        now = await current_primaries(aclient)
-        if now != self.topology.primaries:
-            raise TopologyChanged(f"primaries were {self.topology.primaries}, now {now}")
-
-    async def poll(self, client: RedisClient, aclient: AsyncRedisClient) -> None:
-        while True:
-            await asyncio.sleep(self.settings.sync.poll_interval_ms / 1000)
-            await asyncio.to_thread(client.ping)  # raise here, in the session, when Redis goes
-            await self.check_session(aclient)
-            self.schedule.reread()
-            self.wake.set()
 
     # ------------------------------------------------------------------------ file side
 
@@ -519,9 +299,9 @@ class Daemon:
     def watch_problem(self, message: str | None) -> None:
         """The watcher cannot watch the plan's directory (None: it watches again)."""
         if message is None:
-            self.clear_problem("watch")
+            self.standing.clear_problem("watch")
         else:
-            self.report_problem("watch", message)
+            self.standing.report_problem("watch", message)
 
     # ------------------------------------------------------------------------ syncing
 
@@ -543,7 +323,7 @@ class Daemon:
             await self.sync_due()
 
     def seconds_until_due(self) -> float | None:
-        if not self.connected or self.paused_since:
+        if not self.session.connected or self.paused_since:
             return None  # the Redis session (or `resume`) wakes us
         return self.schedule.seconds_until_due()
 
@@ -555,7 +335,7 @@ class Daemon:
             if self.paused_since:
                 return  # the work stays owed until `resume`
             batch = self.schedule.take(all_owed)
-            mirror, client = self.mirror, self.client
+            mirror, client = self.session.mirror, self.session.client
             assert mirror is not None and client is not None
             sides = Sides(self.file_side, RedisSide(client, self.settings.town_name, mirror))
 
@@ -586,10 +366,11 @@ class Daemon:
         """A sync raised: nothing it owed is forgotten, and the daemon goes on. `intended`:
         the directions it was to sync, for the metrics."""
         retry = isinstance(error, UNREACHABLE)
-        self.metrics.sync_failed(direction=direction_of(intended.push, intended.pull),
-                                 outcome="deferred" if retry else "failed")  # fmt: skip
+        metrics = self.standing.metrics
+        metrics.sync_failed(direction=direction_of(intended.push, intended.pull),
+                            outcome="deferred" if retry else "failed")  # fmt: skip
         if isinstance(error, DeletionsRefused):
-            self.metrics.deletions_refused()
+            metrics.deletions_refused()
         if retry:
             why = f"Redis unreachable during sync ({type(error).__name__})"
             if isinstance(error, NotReplicated):  # behind Sentinel, mid-failover
@@ -630,43 +411,14 @@ class Daemon:
         finally:
             self.syncing = False
 
-    @property
-    def last_error(self) -> str | None:
-        return self.problem.message if self.problem else None
-
-    def report_problem(self, kind: ErrorKind, message: str) -> None:
-        if self.problem != Problem(kind, message):  # (a retry failing again is no news)
-            activity.problem(self.events, kind, message)
-        self.problem = Problem(kind, message)
-
-    def clear_problem(self, *kinds: ErrorKind) -> None:
-        """The cause of these kinds of error is gone: forget the last error if it is one."""
-        if self.problem is not None and self.problem.kind in kinds:
-            self.problem = None
-
-    def show_refusal(self, refused: RefusedDeletions | None) -> None:
-        """A refused deletion stands until the file is saved again (or --force, resolve): it
-        stays the last error till then, and is logged when it starts or changes."""
-        before = self.problem.message if self.problem and self.problem.kind == "refused" else None
-        self.clear_problem("refused")
-        self.metrics.deletions_held(len(refused.plan_ids) if refused else 0)
-        if refused is None:
-            return
-        self.report_problem("refused", refused.message)
-        if refused.message != before:
-            self.metrics.deletions_refused()
-            logger.warning("deletions refused", plan_ids=sorted(refused.plan_ids))
-            self.events.publish("refused", plan_ids=sorted(refused.plan_ids),
-                                message=refused.message)  # fmt: skip
-
     def fail(self, error: str) -> None:
-        self.report_problem("sync", error)
+        self.standing.report_problem("sync", error)
         logger.error("sync failed", error=error)
         systemd.notify(f"STATUS={self.status_line()}")
         self.first_sync_done.set()
 
     def retry_later(self, batch: Batch, why: str) -> None:
-        self.report_problem("redis", why)
+        self.standing.report_problem("redis", why)
         logger.warning("sync deferred", error=why)
         self.schedule.failed(batch, retry=True)
         self.wake.set()
@@ -675,244 +427,35 @@ class Daemon:
         self, report: SyncReport, *, push: bool, pull: bool, origin: activity.Origin = "daemon",
         waited: dict[str, float] | None = None,
     ) -> None:  # fmt: skip
-        """A sync completed: `status`, the log, the events and the metrics say so. `waited`:
-        seconds since the first event of each side's changes it applied."""
-        self.syncs += 1
-        self.clear_problem("sync", "redis")  # a completed sync reached Redis too
-        self.show_refusal(report.refused)
-        self.last_report = report
-        now = datetime.now(UTC).isoformat(timespec="milliseconds")
-
-        def stamp(counts: Any) -> SyncStamp:
-            return SyncStamp(now, report.duration_ms, counts.created, counts.updated,
-                             counts.deleted, counts.unchanged)  # fmt: skip
-
-        if push:
-            self.last_push = self.last_sync = stamp(report.to_redis)
-        if pull:
-            self.last_pull = self.last_sync = stamp(report.to_file)
-        direction = direction_of(push, pull)
-        activity.sync_done(self.events, report, direction=direction, origin=origin)
-        self.metrics.sync_done(report, direction=direction, origin=origin, waited=waited or {})
-        report.changed = []  # named in the log and the events: not kept with last_report
+        """A sync completed: `status`, the log, the events, the metrics and systemd say so."""
+        self.standing.record(report, push=push, pull=pull, origin=origin, waited=waited)
         systemd.notify(f"STATUS={self.status_line()}")
 
     # ------------------------------------------------------------------------ anti-entropy
 
-    async def verify(self) -> None:
-        """While idle, every `verify_interval_s`: check that the file and Redis still hold what
-        was last synced, and sync in full if not. A safety net under the watchers: a change
-        they could not see (a notification lost, a write through a hard link) is synced late,
-        never lost."""
-        while True:
-            await asyncio.sleep(self.schedule.verify_in())
-            self.schedule.verify_started()
-            if self.idle() and not self.sync_lock.locked():
-                async with self.sync_lock:
-                    if self.idle():  # still, now that no sync can start
-                        await self.verify_once()
-
     def idle(self) -> bool:
         """Connected, first sync done, and no sync settling or owed."""
         return (
-            self.connected and self.first_sync_done.is_set() and not self.paused_since
+            self.session.connected and self.first_sync_done.is_set() and not self.paused_since
             and self.schedule.settled()
         )  # fmt: skip
 
-    async def verify_once(self) -> None:
-        """One pass; the caller holds the sync lock. The file: its text against the last text
-        read or written. Redis: every hash of the town against the mirror (`TownMirror.verify`
-        takes in what differs from what notifications had kept it at)."""
-        mirror, file_side = self.mirror, self.file_side
-        assert mirror is not None
-
-        def check() -> tuple[bool, bool]:
-            try:
-                file_differed = not file_side.knows(read_text(file_side.path))
-            except TtsyncdError:
-                file_differed = True  # not UTF-8: let the sync report it
-            return file_differed, mirror.verify()
-
-        try:
-            file_differed, redis_differed = await asyncio.to_thread(check)
-        except UNREACHABLE:
-            return  # the Redis session notices and reconnects (and then syncs in full)
-        self.verified_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-        self.verify_found = VERIFY_FOUND[file_differed, redis_differed]
-        if file_differed or redis_differed:
-            logger.warning("verify: out of sync", found=self.verify_found)
-            # A sync of everything (the mirror holds what differed already): whatever slipped
-            # past the change detection is merged, not only what this pass saw.
-            self.schedule.verify_found(file_differed=file_differed, redis_differed=redis_differed)
-            self.wake.set()
-
-    # ------------------------------------------------------------------------ control
-
-    async def handle(self, message: dict[str, Any]) -> Any:
-        command = message["cmd"]
-        if command == "status":
-            return self.status()
-        if command == "subscribe":  # `ttsyncd monitor`
-            subscription = self.events.subscribe()
-            return control.Stream(
-                {"status": self.status()}, subscription.events(),
-                lambda: self.events.unsubscribe(subscription),
-            )  # fmt: skip
-        if command == "stop":
-            self.stop()
-            return {"stopping": True, "pid": os.getpid()}
-        if command == "reload":
-            await self.reload()
-            return self.status()
-        if command == "pause":
-            return await self.pause()
-        if command == "resume":
-            return await self.resume()
-        if command == "conflicts":
-            as_json = bool(message.get("json"))
-            return commands.conflicts(
-                self.settings, as_json=as_json, store=self.state_store
-            ).to_json()
-        if command in ("push", "pull", "check", "resolve", "repair"):
-            return (await self.run_command(command, message)).to_json()
-        raise ValueError(f"unknown command {command!r}")
-
-    async def pause(self) -> dict[str, Any]:
-        """Stop syncing and writing either side (for git): both are still watched, and what
-        changes waits. Once this answers, nothing more is written (a sync under way ends
-        first)."""
-        async with self.sync_lock:
-            already = self.paused_since is not None
-            self.paused_since = await asyncio.to_thread(background.mark_paused, self.settings)
-        if not already:
-            logger.info("paused", since=self.paused_since)
-            self.events.publish("paused", since=self.paused_since)
-            systemd.notify(f"STATUS={self.status_line()}")
-        return {"paused": {"since": self.paused_since}, "already": already}
-
-    async def resume(self) -> dict[str, Any]:
-        """Sync again: one sync right away, of everything that changed meanwhile (the merge
-        rules as ever), before answering."""
-        async with self.sync_lock:
-            since = self.paused_since
-            await asyncio.to_thread(background.clear_pause, self.settings)
-            self.paused_since = None
-            if since is None:
-                return {"resumed": False}
-            # Read both sides afresh: a long pause (a rebase) may hold more than the events say.
-            self.schedule.resumed(file_differed=await self.file_differs())
-            self.wake.set()
-        logger.info("resumed", paused_since=since)
-        self.events.publish("resumed", paused_since=since)
-        if self.connected:
-            await self.sync_due(all_owed=True)
-        systemd.notify(f"STATUS={self.status_line()}")
-        return {"resumed": True, "paused_since": since, "synced": self.connected,
-                "last_error": self.last_error}  # fmt: skip
-
-    async def run_command(self, command: str, message: dict[str, Any]) -> commands.Output:
-        """push/pull/check/resolve for the CLI, through the daemon's own caches, between
-        its syncs. Paused, the commands that write are refused (a dry run writes nothing)."""
-        writes = command in ("push", "pull", "resolve", "repair") and not message.get("dry_run")
-        if self.paused_since and writes:
-            raise Paused(f"paused since {self.paused_since}; `ttsyncd resume` first")
-        if not self.connected or self.mirror is None or self.client is None:
-            raise RedisUnavailable(f"Redis unreachable at {self.settings.endpoint.redacted()}")
-        async with self.sync_lock:
-            town = Town(
-                self.settings, self.client, self.file_side.reader, self.mirror, self.state_store
-            )
-            force, dry_run = bool(message.get("force")), bool(message.get("dry_run"))
-
-            def run() -> commands.Output:
-                assert self.mirror is not None
-                self.mirror.reload()  # an explicit command reads Redis afresh
-                if command == "check":
-                    return commands.check(town)
-                if command == "resolve":
-                    return commands.resolve(town, str(message["plan_id"]), str(message["take"]))
-                if command == "repair":
-                    return commands.repair(town, dry_run=dry_run)
-                return commands.push_or_pull(town, command, force=force, dry_run=dry_run)
-
-            output = await self.under_way(run)
-            for report, push, pull, wrote_nothing in town.synced:  # recorded as its own are
-                if wrote_nothing:
-                    said = command if command == "check" else f"{command} --dry-run"
-                    activity.check_done(self.events, report, command=said)
-                else:
-                    self.record(report, push=push, pull=pull, origin="command")
-            if writes:  # a forced push or a resolve may have lifted (or made) a refusal
-                self.show_refusal(self.state_store.load().refused)
-            return output
-
-    def status(self) -> dict[str, Any]:
-        settings = self.settings
-        lists = commands.conflict_lists(settings, self.state_store)
-        refused = self.state_store.load().refused
-        return {
-            "pid": os.getpid(),
-            "town": settings.town_name,
-            "town_dir": str(settings.town_dir),
-            "tasks_file": str(settings.tasks_file),
-            "redis": settings.endpoint.redacted(),
-            "topology": self.topology.to_json(),
-            "mode": self.mode,
-            "state": self.state.value,
-            "notifications": self.notifications,
-            "redis_connected": self.connected,
-            "started_at": self.started_at,
-            "syncs": self.syncs,
-            "last_push": vars(self.last_push) if self.last_push else None,
-            "last_pull": vars(self.last_pull) if self.last_pull else None,
-            "pending_events": {"file": self.schedule.file, "redis": len(self.schedule.keys)},
-            "duplicates": self.last_report.duplicates if self.last_report else {},
-            "unreadable": self.last_report.unreadable if self.last_report else {},
-            "unknown_agents": self.last_report.unresolved_agents if self.last_report else {},
-            "conflicts": len(lists["recorded"]),
-            "conflicts_pending": len(lists["pending"]),
-            "refused_deletions": sorted(refused.plan_ids) if refused else [],
-            "paused": {"since": self.paused_since} if self.paused_since else None,
-            "last_error": self.last_error,
-            "last_error_kind": self.problem.kind if self.problem else None,
-            "part_failures": dict(self.parts.failures),  # per part, restarted or not
-            "monitors": len(self.events.subscribers),  # `ttsyncd monitor`s watching
-            "verify": {
-                "last": self.verified_at,
-                "found": self.verify_found,
-                "interval_s": settings.sync.verify_interval_s,
-            },
-        }
+    # ------------------------------------------------------------------------ status
 
     @property
     def state(self) -> DaemonState:
-        """The one place the daemon's state is decided (DaemonState lists the order)."""
-        problem = self.problem.kind if self.problem else None
-        if self.paused_since:
-            return DaemonState.PAUSED
-        if self.syncing:
-            return DaemonState.SYNCING
-        if not self.connected or problem == "redis":
-            return DaemonState.RECONNECTING if self.ever_connected else DaemonState.STARTING
-        if problem is not None:
-            return DaemonState.ERROR
-        if not self.first_sync_done.is_set():
-            return DaemonState.STARTING
-        return DaemonState.IDLE
+        """What the daemon is doing (ttsyncd/standing.py decides it from these facts)."""
+        return decide_state(Facts(
+            paused=bool(self.paused_since), syncing=self.syncing,
+            connected=self.session.connected, ever_connected=self.session.ever_connected,
+            problem=self.standing.problem, first_sync_done=self.first_sync_done.is_set(),
+        ))  # fmt: skip
 
     def status_line(self) -> str:
         """systemd's STATUS= line: the state, and what goes with it."""
-        state = self.state
-        if state is DaemonState.PAUSED:
-            return f"paused since {self.paused_since}"
-        if self.last_error and state in (DaemonState.ERROR, DaemonState.RECONNECTING):
-            return f"{state}: {self.last_error.splitlines()[0]}"
-        last = self.last_sync.time if self.last_sync else "never"
-        return f"{state}: {self.syncs} syncs, last {last}; notifications: {self.notifications}"
-
-
-def direction_of(push: bool, pull: bool) -> str:
-    return "both" if push and pull else ("push" if push else "pull")
+        return self.standing.status_line(
+            self.state, paused_since=self.paused_since, notifications=self.session.notifications
+        )
 
 
 def internal_error(error: Exception) -> str:

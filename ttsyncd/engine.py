@@ -1,7 +1,8 @@
 """One sync of a town: read both sides, merge, write what changed, remember the new base.
 
 The imperative shell around the pure merge. push, pull and the daemon's two-way sync all run
-`sync` with different directions.
+`sync` with different directions. What a sync holds back (the deletion guard, the writes set
+aside) is decided in ttsyncd/guard.py; a dry run's lines are worded in ttsyncd/changes.py.
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ from typing import TypeVar
 import structlog
 from redis.crc import key_slot
 
-from ttsyncd.changes import TaskChange, task_changes
-from ttsyncd.codec import encode_task, is_uuid, task_key
+from ttsyncd.changes import TaskChange, describe, task_changes
+from ttsyncd.codec import RedisTask, encode_task, is_uuid, task_key
 from ttsyncd.config import Settings
-from ttsyncd.errors import DeletionsRefused, PlanError, SyncRefused
+from ttsyncd.errors import PlanError, SyncRefused
+from ttsyncd.guard import (
+    check_file_deletions,
+    hold_back_deletions,
+    live_tasks,
+    refusal,
+    still_set_aside,
+)
 from ttsyncd.identity import Identified, task_uuid_for
 from ttsyncd.markers import epoch_key
 from ttsyncd.merge import (
-    ENTRY,
-    BaseTask,
     Conflict,
     Delete,
     MergeResult,
@@ -53,7 +59,6 @@ from ttsyncd.state import (
     StateStore,
     SyncState,
     append_conflicts,
-    plan_digest,
 )
 from ttsyncd.store import RedisSource, Snapshot, TaskWrite
 from ttsyncd.topology import RedisClient
@@ -317,35 +322,12 @@ def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(
     report.redis_tasks = len(identified.by_plan_id)
     report.unreadable = dict(snapshot.unreadable)
     report.duplicates = {k: [t.uuid for t in v] for k, v in identified.duplicates.items()}
-    another_redis, emptied_slots = markers_lost(state, snapshot, town)
-    emptied = not identified.by_plan_id and not snapshot.unreadable and live_tasks(state)
-    if another_redis or emptied:
-        # A fresh or reset Redis: repopulate it from the file, never "everything was deleted".
-        log.warning("not the Redis the base agreed with: repopulating it from the file")
-        state = SyncState()
-        report.new_redis = True
-        scope = None
-    elif emptied_slots:
-        # A Cluster primary that came back empty: its tasks are new to Redis, not deleted.
-        primaries = sum(1 for m in snapshot.markers.values() if m.slots <= emptied_slots)
-        log.warning("a Cluster primary came back without its data: repopulating its tasks "
-                    "from the file", primaries=primaries, slots=len(emptied_slots))  # fmt: skip
-        state = without_slots(state, town, emptied_slots)
-        report.emptied_primaries = primaries
-        scope = None
-
-    # A task whose hash cannot be read is left alone on both sides until it can be: found by
-    # the uuid the base remembers (an agent-made task has a random one), else the entry's own.
-    def known_uuid(plan_id: str) -> str:
-        return state.uuids.get(plan_id) or task_uuid_for(town, plan_id)
-
-    unreadable = {
-        plan_id
-        for plan_id in (set(state.base) | set(plan.by_id) if snapshot.unreadable else ())
-        if task_key(town, known_uuid(plan_id)) in snapshot.unreadable
-    }
+    reset = base_for_this_redis(state, snapshot, identified, town, report)
+    if reset is not None:
+        state, scope = reset, None  # every task: the base no longer says what changed
+    unreadable = unreadable_ids(state, plan, snapshot, town)
     # A child of such a task keeps its parent link.
-    hidden_parents = {known_uuid(plan_id): plan_id for plan_id in unreadable}
+    hidden_parents = {known_uuid(state, town, plan_id): plan_id for plan_id in unreadable}
     # What this sync merges: the scope widened by scope.py's rules (None: every task).
     refused_ids = state.refused.plan_ids if state.refused is not None else frozenset()
     limit = merge_limit(scope, refused_ids, only, plan, identified.by_plan_id)
@@ -360,27 +342,80 @@ def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(
     merged = merge(base, file_records, redis_records, options, state.pending)
     merged.file_ops += [Delete(plan_id) for plan_id in sorted(removing) if plan_id in plan.by_id]
     refused = hold_back_deletions(settings, plan, state, merged, options.force)
-    report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
-    report.set_aside = [*merged.set_aside, *merged.set_aside_later]
-    report.owed_push = frozenset(merged.waiting_push)
-    report.owed_pull = frozenset(merged.waiting_pull)
     writes, unresolved = redis_writes(
         town, merged, identified, redis_records, snapshot.agent_names, state.unresolved_agents
     )
     edits: list[FileEdit] = [*view.new_ids, *file_edits(merged.file_ops)]
-    report.unresolved_agents = unresolved
-    count_changes(report, merged)
     before: dict[Side, Mapping[str, Record]] = {"file": view.records, "redis": redis_records}
-    report.changed = task_changes(merged, before)
-    if describe_changes:  # a dry run: every change in words
-        report.changes = describe(merged, before)
+    report_merge(report, merged, before, unresolved, describe_changes=describe_changes)
     uuids = {
         plan_id: identified.by_plan_id[plan_id].uuid
         if plan_id in identified.by_plan_id
-        else known_uuid(plan_id)
+        else known_uuid(state, town, plan_id)
         for plan_id in merged.base
     }
     return Decision(merged, writes, edits, unresolved, uuids, ids, state, refused)
+
+
+def base_for_this_redis(
+    state: SyncState, snapshot: Snapshot, identified: Identified, town: str, report: SyncReport
+) -> SyncState | None:
+    """The base to merge against when Redis is not the one `state` was agreed with (the report
+    says so); None: it is. A fresh or reset Redis gets no base at all: it is repopulated from
+    the file, never "everything was deleted". A Cluster primary that came back empty: the base
+    without its tasks, which are new to Redis, not deleted."""
+    another_redis, emptied_slots = markers_lost(state, snapshot, town)
+    emptied = not identified.by_plan_id and not snapshot.unreadable and live_tasks(state)
+    if another_redis or emptied:
+        log.warning("not the Redis the base agreed with: repopulating it from the file")
+        report.new_redis = True
+        return SyncState()
+    if emptied_slots:
+        primaries = sum(1 for m in snapshot.markers.values() if m.slots <= emptied_slots)
+        log.warning("a Cluster primary came back without its data: repopulating its tasks "
+                    "from the file", primaries=primaries, slots=len(emptied_slots))  # fmt: skip
+        report.emptied_primaries = primaries
+        return without_slots(state, town, emptied_slots)
+    return None
+
+
+def known_uuid(state: SyncState, town: str, plan_id: str) -> str:
+    """The task uuid of `plan_id` as the base remembers it (an agent-made task has a random
+    one), else the entry's own."""
+    return state.uuids.get(plan_id) or task_uuid_for(town, plan_id)
+
+
+def unreadable_ids(state: SyncState, plan: Plan, snapshot: Snapshot, town: str) -> set[str]:
+    """The tasks whose hash cannot be read: left alone on both sides until it can be."""
+    if not snapshot.unreadable:
+        return set()
+    return {
+        plan_id
+        for plan_id in set(state.base) | set(plan.by_id)
+        if task_key(town, known_uuid(state, town, plan_id)) in snapshot.unreadable
+    }
+
+
+def report_merge(
+    report: SyncReport,
+    merged: MergeResult,
+    before: Mapping[Side, Mapping[str, Record]],
+    unresolved: dict[str, str],
+    *,
+    describe_changes: bool,
+) -> None:
+    """What the merge decided, in the report: conflicts left for you, writes set aside, the
+    directions still owed, the counts and the changes (`describe_changes`: a dry run, each
+    change in words). `before`: each side's records as the merge read them."""
+    report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
+    report.set_aside = [*merged.set_aside, *merged.set_aside_later]
+    report.owed_push = frozenset(merged.waiting_push)
+    report.owed_pull = frozenset(merged.waiting_pull)
+    report.unresolved_agents = unresolved
+    count_changes(report, merged)
+    report.changed = task_changes(merged, before)
+    if describe_changes:
+        report.changes = describe(merged, before)
 
 
 def state_store_for(settings: Settings) -> StateStore:
@@ -464,10 +499,6 @@ def without_slots(state: SyncState, town: str, slots: frozenset[int]) -> SyncSta
     )
 
 
-def live_tasks(state: SyncState) -> int:
-    return sum(1 for task in state.base.values() if not task.tombstone)
-
-
 def redis_writes(
     town: str,
     merged: MergeResult,
@@ -478,65 +509,85 @@ def redis_writes(
 ) -> tuple[list[TaskWrite], dict[str, str]]:
     """The task writes for the merge's Redis ops plus identity repairs, and the agent names
     Redis cannot hold (no agent hash carries them) by plan id."""
-    now = datetime.now(UTC)
-    by_name = agent_uuids(agent_names)
-    current = identified.by_plan_id
-    unresolved: dict[str, str] = {}
+    writer = TaskWriter(town, identified.by_plan_id, agent_uuids(agent_names), datetime.now(UTC))
+    writes: list[TaskWrite] = []
+    for op in merged.redis_ops:
+        if isinstance(op, Upsert):
+            writes.append(writer.write(op.plan_id, op.record))
+        elif op.mode == "delete":
+            task = writer.current[op.plan_id]
+            writes.append(TaskWrite(task.key, dict(task.raw), None, task.uuid, backlog_remove=True))
+        elif op.mode == "cancel" and redis_records[op.plan_id].status != "cancelled":
+            cancelled = redis_records[op.plan_id].with_fields({"status": "cancelled"})
+            writes.append(writer.write(op.plan_id, cancelled, backlog_remove=True))
+    writes += repairs(writer, merged, identified, redis_records, previously_unresolved)
+    return writes, writer.unresolved
 
-    def uuid_of(plan_id: str) -> str:
-        task = current.get(plan_id)
-        return task.uuid if task else task_uuid_for(town, plan_id)
 
-    def write_for(plan_id: str, record: Record, **flags: bool) -> TaskWrite:
-        task = current.get(plan_id)
-        agent_uuid = resolve_agent(record.agent, by_name)
+def repairs(
+    writer: TaskWriter,
+    merged: MergeResult,
+    identified: Identified,
+    redis_records: dict[str, Record],
+    previously_unresolved: dict[str, str],
+) -> list[TaskWrite]:
+    """Repairs of tasks both sides agree on, which change no synced field: tag a task pulled in
+    under a derived id with its plan id (so identity is uniform from then on), and assign an
+    agent whose name an agent hash now carries."""
+    writes: list[TaskWrite] = []
+    touched = {op.plan_id for op in merged.redis_ops}
+    for plan_id, base_task in merged.base.items():
+        if plan_id in touched or base_task.tombstone or plan_id not in writer.current:
+            continue
+        record = redis_records[plan_id]
+        unresolved_name = previously_unresolved.get(plan_id)
+        now_resolvable = unresolved_name is not None and unresolved_name in writer.by_name
+        if plan_id in identified.untagged or now_resolvable:
+            writes.append(writer.write(plan_id, record))
+        elif unresolved_name is not None and record.agent == unresolved_name:
+            writer.unresolved[plan_id] = unresolved_name
+    return writes
+
+
+@dataclass
+class TaskWriter:
+    """Makes one sync's task writes: each record as the hash tinytown would hold, guarded by the
+    hash as it was read; notes the agent names Redis cannot hold (`unresolved`, by plan id)."""
+
+    town: str
+    current: Mapping[str, RedisTask]  # the task each plan id maps to, as read
+    by_name: dict[str, str]  # agent name -> agent uuid
+    now: datetime
+    unresolved: dict[str, str] = field(default_factory=dict)
+
+    def uuid_of(self, plan_id: str) -> str:
+        task = self.current.get(plan_id)
+        return task.uuid if task else task_uuid_for(self.town, plan_id)
+
+    def write(self, plan_id: str, record: Record, **flags: bool) -> TaskWrite:
+        task = self.current.get(plan_id)
+        agent_uuid = resolve_agent(record.agent, self.by_name)
         if record.agent is not None and agent_uuid is None:
-            unresolved[plan_id] = record.agent
+            self.unresolved[plan_id] = record.agent
         write = encode_task(
             record,
-            task_uuid=uuid_of(plan_id),
+            task_uuid=self.uuid_of(plan_id),
             plan_id=plan_id,
             current=task,
             assigned_to=agent_uuid,
-            parent_id=uuid_of(record.parent) if record.parent else None,
-            now=now,
+            parent_id=self.uuid_of(record.parent) if record.parent else None,
+            now=self.now,
         )
         # A new pending task nobody is assigned to is one agents may claim.
         claimable = task is None and record.status == "pending" and record.agent is None
         return TaskWrite(
-            key=task_key(town, uuid_of(plan_id)),
+            key=task_key(self.town, self.uuid_of(plan_id)),
             expected=dict(task.raw) if task else {},
             write=write,
-            task_uuid=uuid_of(plan_id),
+            task_uuid=self.uuid_of(plan_id),
             backlog_add=claimable,
             **flags,
         )
-
-    writes: list[TaskWrite] = []
-    for op in merged.redis_ops:
-        if isinstance(op, Upsert):
-            writes.append(write_for(op.plan_id, op.record))
-        elif op.mode == "delete":
-            task = current[op.plan_id]
-            writes.append(TaskWrite(task.key, dict(task.raw), None, task.uuid, backlog_remove=True))
-        elif op.mode == "cancel" and redis_records[op.plan_id].status != "cancelled":
-            cancelled = redis_records[op.plan_id].with_fields({"status": "cancelled"})
-            writes.append(write_for(op.plan_id, cancelled, backlog_remove=True))
-    # Repairs of tasks both sides agree on, which change no synced field: tag a task pulled in
-    # under a derived id with its plan id (so identity is uniform from then on), and assign an
-    # agent whose name an agent hash now carries.
-    touched = {op.plan_id for op in merged.redis_ops}
-    for plan_id, base_task in merged.base.items():
-        if plan_id in touched or base_task.tombstone or plan_id not in current:
-            continue
-        record = redis_records[plan_id]
-        unresolved_name = previously_unresolved.get(plan_id)
-        now_resolvable = unresolved_name is not None and unresolved_name in by_name
-        if plan_id in identified.untagged or now_resolvable:
-            writes.append(write_for(plan_id, record))
-        elif unresolved_name is not None and record.agent == unresolved_name:
-            unresolved[plan_id] = unresolved_name
-    return writes, unresolved
 
 
 def resolve_agent(name: str | None, by_name: dict[str, str]) -> str | None:
@@ -573,140 +624,6 @@ def count_changes(report: SyncReport, merged: MergeResult) -> None:
             else:
                 counts.updated += 1
         counts.unchanged = max(0, source_size - counts.created - counts.updated)
-
-
-def describe(merged: MergeResult, before: Mapping[Side, Mapping[str, Record]]) -> list[str]:
-    """One line per change, for --dry-run and `check`: the task, and each field it sets with
-    its value (an update: old → new). `before`: each side's records as the merge read them."""
-    lines = [change.line() for change in task_changes(merged, before)]
-    lines.extend(
-        f"conflict {c.plan_id}.{c.field}: file={c.file!r} redis={c.redis!r} -> {c.winner}"
-        for c in merged.settled
-    )
-    lines.extend(
-        f"conflict {c.plan_id}.{c.field}: file={c.file!r} redis={c.redis!r} -> left for you"
-        for conflicts in merged.pending.values()
-        for c in conflicts
-    )
-    lines.extend(set_aside_line(c) for c in [*merged.set_aside, *merged.set_aside_later])
-    return lines
-
-
-def set_aside_line(c: Conflict) -> str:
-    """One stale or held write set aside, in words."""
-    if c.kind == "held":
-        return (
-            f"held {c.plan_id}: removed from the file while {c.redis} in Redis; not deleted, "
-            f"its entry goes back (`ttsyncd resolve {c.plan_id} --take file` deletes it)"
-        )
-    if c.field == ENTRY:
-        return (
-            f"stale {c.plan_id}: removed from the file by a copy older than the task; not "
-            f"deleted (`ttsyncd resolve {c.plan_id} --take file` deletes it)"
-        )
-    stale, kept = (c.file, c.redis) if c.from_side == "file" else (c.redis, c.file)
-    return (
-        f"stale {c.plan_id}.{c.field}: the {c.from_side}'s {stale!r} undoes the newer "
-        f"{kept!r}; kept {kept!r} (`ttsyncd resolve {c.plan_id} --take {c.from_side}` "
-        "applies it)"
-    )
-
-
-def check_file_deletions(
-    settings: Settings, state: SyncState, merged: MergeResult, force: bool
-) -> None:
-    """Refuse a sync that would remove a large share of the synced tasks from the file (Redis
-    lost them), unless forced."""
-    deleting = sum(1 for op in merged.file_ops if isinstance(op, Delete))
-    if force or deleting <= settings.sync.max_delete_min:
-        return  # (never too many: no need to count the synced tasks, O(n) in a big town)
-    synced = live_tasks(state)
-    if too_many(settings, deleting, synced):
-        raise DeletionsRefused(
-            f"refusing to delete {deleting} of {synced} synced tasks from tasks.toml "
-            f"(more than max_delete_fraction={settings.sync.max_delete_fraction} and "
-            f"max_delete_min={settings.sync.max_delete_min}); run with --force to apply"
-        )
-
-
-def too_many(settings: Settings, deleting: int, synced: int) -> bool:
-    limits = settings.sync
-    return deleting > limits.max_delete_min and deleting > limits.max_delete_fraction * synced
-
-
-def hold_back_deletions(
-    settings: Settings, plan: Plan, state: SyncState, merged: MergeResult, force: bool
-) -> frozenset[str]:
-    """The deletion guard, a state and not an event: the task deletions from Redis it holds
-    back now (taken out of `merged`, whose base keeps those tasks). A mass deletion, or any
-    deletion by an empty plan, is refused; once refused, none of those deletions happens
-    while the plan's text stays the one they were refused for, whatever else changes (an
-    agent touching one of them must not bring the rest under the threshold). A new save is
-    judged afresh; --force (and `resolve`) lifts it."""
-    deleting = {
-        op.plan_id for op in merged.redis_ops if isinstance(op, Delete) and op.mode == "delete"
-    }
-    if force or not deleting:
-        return frozenset()
-    standing = state.refused is not None and state.refused.plan_digest == plan_digest(plan.text)
-    if not standing and plan.entries and not too_many(settings, len(deleting), live_tasks(state)):
-        return frozenset()
-    merged.redis_ops = [
-        op for op in merged.redis_ops if not (isinstance(op, Delete) and op.plan_id in deleting)
-    ]
-    for plan_id in deleting:
-        merged.base[plan_id] = state.base[plan_id]
-    return frozenset(deleting)
-
-
-def refusal(
-    settings: Settings,
-    state: SyncState,
-    held_back: frozenset[str],
-    read: Plan,
-    left: Plan,
-    base: Mapping[str, BaseTask],
-) -> RefusedDeletions | None:
-    """The refusal that stands once a sync that read the plan `read` leaves `left` (its own
-    write is no new save): what it held back, and what a standing refusal still holds (tasks
-    still out of the file and in the base) though this sync did not come to delete them (a
-    pull, or a scope without them)."""
-    refused = state.refused
-    if refused is not None and refused.plan_digest == plan_digest(read.text):
-        in_file = left.by_id
-        held_back |= {i for i in refused.plan_ids if i in base and i not in in_file}
-    if not held_back:
-        return None
-    synced = live_tasks(state)
-    if not left.entries:
-        message = (
-            f"{settings.tasks_file} has no tasks: refusing to delete {len(held_back)} task(s) "
-            "from Redis; run `ttsyncd push --force` if that is what you want"
-        )
-    else:
-        message = (
-            f"refusing to delete {len(held_back)} of {synced} synced tasks from Redis (more "
-            f"than max_delete_fraction={settings.sync.max_delete_fraction} and "
-            f"max_delete_min={settings.sync.max_delete_min}): "
-            f"{', '.join(sorted(held_back)[:20])}{' ...' if len(held_back) > 20 else ''}; "
-            "save tasks.toml again to have it judged afresh, or run `ttsyncd push --force`"
-        )
-    return RefusedDeletions(held_back, plan_digest(left.text), message)
-
-
-def still_set_aside(
-    before: Mapping[str, list[Conflict]],
-    found: list[Conflict],
-    base: Mapping[str, object],
-    resolved: AbstractSet[str],
-) -> dict[str, list[Conflict]]:
-    """The set-aside writes `resolve` can still apply: the latest per task and field, kept
-    until resolved or the task is gone."""
-    kept = {k: list(v) for k, v in before.items() if k not in resolved}
-    for conflict in found:
-        same = [c for c in kept.get(conflict.plan_id, []) if c.field != conflict.field]
-        kept[conflict.plan_id] = [*same, conflict]
-    return {k: v for k, v in kept.items() if k in base}
 
 
 def log_changes(merged: MergeResult) -> None:

@@ -43,6 +43,8 @@ from ttsyncd.errors import ConfigError
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
+    from prometheus_client import CollectorRegistry
+
     from ttsyncd.engine import SyncReport
 
 Outcome = Literal["ok", "failed", "deferred"]
@@ -92,7 +94,22 @@ class Prometheus(Metrics):
                 f"{source}: metrics.listen is set, but prometheus_client is not installed: "
                 f"pip install '{EXTRA}' (or remove [metrics] listen)"
             ) from None
-        self.registry = registry = prom.CollectorRegistry(auto_describe=True)
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        self.declare(self.registry)
+        self.server: WSGIServer | None = None
+        self.thread: threading.Thread | None = None
+        host, port = listen
+        try:
+            self.server, self.thread = prom.start_http_server(port, host, self.registry)
+        except OSError as error:
+            raise ConfigError(
+                f"{source}: metrics.listen: cannot serve on {host}:{port}: {error.strerror}"
+            ) from None
+
+    def declare(self, registry: CollectorRegistry) -> None:
+        """Every metric the module's table lists, in `registry`."""
+        import prometheus_client as prom
+
         self.syncs = prom.Counter(
             "ttsyncd_syncs", "Syncs, by direction, outcome and origin.",
             ["direction", "outcome", "origin"], registry=registry,
@@ -142,15 +159,6 @@ class Prometheus(Metrics):
             "ttsyncd_tasks", "Tasks on each side, as the last sync left them.", ["side"],
             registry=registry,
         )  # fmt: skip
-        self.server: WSGIServer | None = None
-        self.thread: threading.Thread | None = None
-        host, port = listen
-        try:
-            self.server, self.thread = prom.start_http_server(port, host, registry)
-        except OSError as error:
-            raise ConfigError(
-                f"{source}: metrics.listen: cannot serve on {host}:{port}: {error.strerror}"
-            ) from None
 
     def sync_done(
         self, report: SyncReport, *, direction: str, origin: str, waited: Mapping[str, float]

@@ -29,6 +29,8 @@ from types import TracebackType
 import structlog
 from redis.backoff import AbstractBackoff, EqualJitterBackoff
 
+from ttsyncd import systemd
+
 logger = structlog.get_logger("ttsyncd.supervisor")
 
 MAX_RESTARTS = 5  # failures in a row before a RESTART part is given up on
@@ -117,6 +119,28 @@ class Supervisor:
         """Seconds since the part `name` last reported progress (infinite if it never did)."""
         last = self.last_progress.get(name)
         return float("inf") if last is None else self.clock() - last
+
+    async def watchdog(self, name: str, interval: float | None) -> None:
+        """WATCHDOG=1 every `interval` (half WatchdogSec), while the part `name` makes progress:
+        silent for a whole WatchdogSec (dead, or stuck in work that never returns), it gets no
+        more pings, and systemd restarts the daemon. None: systemd asked for no pings."""
+        if interval is None:
+            return
+        stalled = False
+        while True:
+            silent = self.silent_for(name)
+            if silent <= 2 * interval:
+                systemd.notify("WATCHDOG=1")
+                if stalled:
+                    logger.warning(f"the {name} makes progress again: watchdog pings resumed")
+                stalled = False
+            elif not stalled:
+                stalled = True
+                logger.error(
+                    f"the {name} has made no progress: no more watchdog pings, so systemd "
+                    "restarts the daemon", silent_s=round(silent, 1),
+                )  # fmt: skip
+            await asyncio.sleep(interval)
 
     async def supervise(self, name: str, work: Work, policy: Policy) -> None:
         failures = 0  # in a row
