@@ -28,6 +28,7 @@ from ttsyncd.plan import (
     parse_plan,
     read,
     read_plan,
+    render_edits,
     render_plan,
     write_atomic,
 )
@@ -646,6 +647,20 @@ def test_random_edits_render_exactly_the_intended_entries(
     # Reading it back (render seeds the parses of the entries it added) says what a fresh read
     # of the text says.
     assert parsed_or_problems(rendered, plan) == parsed_or_problems_afresh(rendered)
+    # So does a read told what the render kept of the plan's text (as a pull reads it back);
+    # and what it says it kept, it kept.
+    result = render_edits(plan, edits)
+    assert result.text == rendered
+    if result.kept is not None:
+        head, tail = result.kept
+        assert head + tail <= min(len(text), len(rendered))
+        assert rendered[:head] == text[:head]
+        assert rendered[len(rendered) - tail :] == text[len(text) - tail :]
+        try:
+            again: Plan | list[str] = parse_plan(PATH, rendered, plan, kept=result.kept)
+        except PlanError as error:
+            again = error.problems
+        assert again == parsed_or_problems_afresh(rendered)
 
     expected = []
     for entry in model:

@@ -42,7 +42,7 @@ from ttsyncd.plan import (
     RemoveEntry,
     UpdateEntry,
     parse_plan,
-    render_plan,
+    render_edits,
 )
 from ttsyncd.scope import Scope, merge_limit, touched_ids
 from ttsyncd.sides import FileSide, RedisSide, Sides
@@ -472,9 +472,9 @@ def render_checked(plan: Plan, edits: list[FileEdit]) -> Plan | None:
     (say, a Redis `parent_id` naming a task the file does not hold). None: no edits."""
     if not edits:
         return None
-    text = render_plan(plan, edits)
+    rendered = render_edits(plan, edits)
     try:
-        return parse_plan(plan.path, text, previous=plan)
+        return parse_plan(plan.path, rendered.text, previous=plan, kept=rendered.kept)
     except PlanError as error:
         raise SyncRefused(
             f"not writing {plan.path}: the merged plan would not be valid:\n{error}"

@@ -60,10 +60,11 @@ def replace_atomically(
     return True
 
 
-def write_atomic(path: Path, text: str, expected_current: str | None) -> bool:
+def write_atomic(path: Path, text: str | bytes, expected_current: str | bytes | None) -> bool:
     """Replace the plan file with `text`, keeping its mode and owner; False when it no longer
     holds `expected_current` (changed since it was read: the caller re-merges). Through a
-    symlink, the link's target is replaced and the link stays a link."""
+    symlink, the link's target is replaced and the link stays a link. (Either may be given as
+    its UTF-8 bytes: a big plan's are not encoded again.)"""
     target = Path(os.path.realpath(path))
     try:
         status: os.stat_result | None = target.stat()
@@ -71,8 +72,12 @@ def write_atomic(path: Path, text: str, expected_current: str | None) -> bool:
         status = None
     return replace_atomically(
         target,
-        text.encode("utf-8"),
+        utf8(text),
         mode=status.st_mode & 0o7777 if status else 0o644,
         owner=(status.st_uid, status.st_gid) if status else None,
-        unless_changed_from=None if expected_current is None else expected_current.encode(),
+        unless_changed_from=None if expected_current is None else utf8(expected_current),
     )
+
+
+def utf8(text: str | bytes) -> bytes:
+    return text if isinstance(text, bytes) else text.encode("utf-8")

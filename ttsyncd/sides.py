@@ -38,9 +38,10 @@ class FileSide:
     def apply(self, plan: Plan, over: Plan) -> bool:
         """Write `plan` in place of `over` (atomically); False when the file no longer holds
         `over`'s text (changed since it was read: the caller merges again)."""
-        if not write_atomic(self.reader.path, plan.text, over.text):
+        data = plan.text.encode("utf-8")
+        if not write_atomic(self.reader.path, data, self.reader.raw_of(over)):
             return False
-        self.reader.wrote(plan)
+        self.reader.wrote(plan, data)
         return True
 
     def knows(self, text: str) -> bool:
