@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ttsyncd.errors import PlanError
+from ttsyncd.fsutil import CHUNK, holds
 from ttsyncd.model import STATES, Record
 from ttsyncd.plan import (
     AddEntry,
@@ -726,6 +727,23 @@ def test_write_atomic_keeps_the_mode_and_exact_bytes(tmp_path: Path) -> None:
     assert path.read_bytes() == "new\r\nçà\n".encode()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert os.listdir(tmp_path) == ["tasks.toml"]
+
+
+def test_holds_says_whether_a_file_holds_exactly_these_bytes(tmp_path: Path) -> None:
+    """The compare before a write, and a re-read, without copying the file: chunk by chunk,
+    across chunk boundaries, a missing file holding b""."""
+    path = tmp_path / "tasks.toml"
+    data = bytes(range(256)) * (CHUNK // 256 * 2 + 3)  # two chunks and a bit
+    path.write_bytes(data)
+    assert holds(path, data)
+    for other in (
+        data[:-1],  # shorter
+        data + b"x",  # longer
+        data[:CHUNK] + b"\xff" + data[CHUNK + 1 :],  # as long, one byte differs
+        data[:-1] + b"\x00",  # the last byte
+    ):
+        assert not holds(path, other)
+    assert not holds(tmp_path / "missing", data) and holds(tmp_path / "missing", b"")
 
 
 def test_write_atomic_refuses_when_the_file_changed(tmp_path: Path) -> None:

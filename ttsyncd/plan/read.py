@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ttsyncd.errors import PlanError
+from ttsyncd.fsutil import holds
 from ttsyncd.model import Record, new_record
 from ttsyncd.plan.grammar import TomlData, _load_toml, loads
 from ttsyncd.plan.model import Layout, Plan, PlanEntry
@@ -70,10 +71,11 @@ class PlanReader:
     the one text a file event may carry and still be no news. An older text (the daemon's
     write before the user's last save, an undo, a checkout back) is a change like any other.
 
-    `raw` is the last plan's text as bytes, as read or written: a read that finds the same
-    bytes is that plan, without decoding 12 MB at 100,000 entries (strict UTF-8 is one text
-    per byte string, so equal bytes are equal text), and a write compares the file with it
-    without encoding the text again."""
+    `raw` is the last plan's text as bytes, as read or written: a read that finds the file
+    holds those bytes (compared a chunk at a time, no copy made) is that plan, without reading
+    and decoding 12 MB at 100,000 entries (strict UTF-8 is one text per byte string, so equal
+    bytes are equal text), and a write compares the file with it without encoding the text
+    again."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -82,10 +84,10 @@ class PlanReader:
         self.seen: str | None = None
 
     def read(self) -> Plan:
-        raw = read_bytes(self.path)
-        if self.last is not None and raw == self.raw:
+        if self.last is not None and self.raw is not None and holds(self.path, self.raw):
             self.seen = self.last.text
             return self.last
+        raw = read_bytes(self.path)
         text = decoded(self.path, raw)
         self.seen = text  # before parsing: a save that fails to parse was seen all the same
         if self.last is None or self.last.text != text:
