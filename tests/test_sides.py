@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from ttsyncd.errors import PlanError
 from ttsyncd.plan import PlanReader, parse_plan
 from ttsyncd.sides import FileSide
 
@@ -50,3 +53,26 @@ def test_the_file_side_reads_every_save_after_its_write(tmp_path: Path) -> None:
     over = side.read()
     assert side.apply(parse_plan(path, AFTER, previous=over), over=over)
     assert path.read_text() == AFTER
+
+
+def test_the_file_side_tells_a_save_from_the_echo_of_its_own_write(tmp_path: Path) -> None:
+    """`differs` says what `knows` says of the file's text (compared with the kept bytes when
+    the text is the last plan's): no for the echo of its write or the text it read, yes for
+    any other save, a broken one included; and a broken save it read is known."""
+    path = tmp_path / "tasks.toml"
+    path.write_text(BEFORE)
+    side = FileSide(PlanReader(path))
+    read = side.read()
+    assert not side.differs()
+    assert side.apply(parse_plan(path, AFTER, previous=read), over=read)
+    assert not side.differs()  # the echo of its own write
+    path.write_text(BEFORE)  # an undo: as long, another text
+    assert side.differs()
+    path.write_text("[[tasks]\n")
+    assert side.differs()
+    with pytest.raises(PlanError):
+        side.read()
+    assert not side.differs()  # the broken save, read: known
+    path.write_bytes(b"\xff\n")
+    with pytest.raises(PlanError):
+        side.differs()  # not UTF-8

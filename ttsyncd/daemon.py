@@ -82,7 +82,7 @@ from ttsyncd.notifications import (
     notifications_arrive,
     subscribe,
 )
-from ttsyncd.plan import PlanReader, read_text
+from ttsyncd.plan import PlanReader
 from ttsyncd.schedule import Batch, Owed, Schedule, Timing
 from ttsyncd.scope import OwedTasks
 from ttsyncd.sides import FileSide, RedisSide, Sides
@@ -319,10 +319,9 @@ class Daemon:
 
     async def file_differs(self) -> bool:
         try:
-            text = await asyncio.to_thread(read_text, self.settings.tasks_file)
+            return await asyncio.to_thread(self.file_side.differs)
         except TtsyncdError:
             return True  # not UTF-8: let the sync report it
-        return not self.file_side.knows(text)
 
     async def reload(self) -> None:
         """SIGHUP: read the configuration again; reconnect if it names another Redis."""
@@ -728,7 +727,7 @@ class Daemon:
 
         def check() -> tuple[bool, bool]:
             try:
-                file_differed = not file_side.knows(read_text(file_side.path))
+                file_differed = file_side.differs()
             except TtsyncdError:
                 file_differed = True  # not UTF-8: let the sync report it
             return file_differed, mirror.verify()

@@ -48,6 +48,11 @@ class FileSide:
         """Whether `text` is what this side last read or wrote (a save of it is an echo)."""
         return self.reader.is_known(text)
 
+    def differs(self) -> bool:
+        """Whether the file no longer holds what this side last read or wrote (else: an echo,
+        or no change), without reading a big plan into memory. PlanError: not UTF-8."""
+        return self.reader.differs()
+
 
 class RedisSide:
     """The town in Redis: read through a `RedisSource` (the daemon's mirror, or a live read),

@@ -84,16 +84,17 @@ class PlanReader:
         self.seen: str | None = None
 
     def read(self) -> Plan:
-        if self.last is not None and self.raw is not None and holds(self.path, self.raw):
-            self.seen = self.last.text
-            return self.last
+        last, raw = self.last, self.raw
+        if last is not None and raw is not None and holds(self.path, raw):
+            self.seen = last.text
+            return last
         raw = read_bytes(self.path)
         text = decoded(self.path, raw)
         self.seen = text  # before parsing: a save that fails to parse was seen all the same
-        if self.last is None or self.last.text != text:
-            self.last = parse_plan(self.path, text, previous=self.last)
-        self.raw = raw
-        return self.last
+        if last is None or last.text != text:
+            last = parse_plan(self.path, text, previous=last)
+        self.raw, self.last, self.seen = raw, last, last.text  # (in this order: `differs`)
+        return last
 
     def raw_of(self, plan: Plan) -> bytes:
         """`plan.text` as bytes (the last plan's, kept; any other's, encoded)."""
@@ -104,14 +105,28 @@ class PlanReader:
     def wrote(self, plan: Plan, raw: bytes | None = None) -> None:
         """The daemon wrote this plan (as `raw`, its text's bytes): its echo is no change,
         and it needs no parse."""
-        self.seen = plan.text
-        self.last = plan
         self.raw = raw if raw is not None else plan.text.encode("utf-8")
+        self.last, self.seen = plan, plan.text  # (after raw, in this order: `differs`)
 
     def is_known(self, text: str) -> bool:
         """True when `text` is what was last read or written (the latest of the two): a file
         event with this content is the echo of our own write, or no change at all."""
         return text == self.seen
+
+    def differs(self) -> bool:
+        """Whether the file holds another text than the one last read or written: what
+        `is_known` says of the file's text, but when that is the last plan's (the echo of our
+        own write, most often), the file is compared with its bytes a chunk at a time, not
+        read into memory. PlanError: the file is not UTF-8.
+
+        (A daemon asks from another thread than its syncs': `seen` is read first, `raw`
+        last, the reverse of the order a sync sets them in, so that a `seen` that is the
+        last plan's text comes with that plan's bytes.)"""
+        seen, last = self.seen, self.last
+        raw = self.raw
+        if last is not None and raw is not None and seen is last.text:
+            return not holds(self.path, raw)
+        return not self.is_known(read_text(self.path))
 
 
 def forget_parses() -> None:
