@@ -42,7 +42,7 @@ READY_TIMEOUT_S = 300.0  # the first sync of a big town, on a slow machine
 class Params:
     sizes: list[int]
     repeat: int  # latency samples per direction and size
-    cold_repeat: int  # cold push/pull runs per size (the median is reported)
+    cold_repeat: int  # cold push/pull runs per size (the median is reported); 0: none
     idle_s: float  # idle window, at the largest size
     burst: int  # Redis updates in the burst
     burst_over_s: float
@@ -86,6 +86,11 @@ def parse_args(argv: list[str] | None) -> tuple[Params, Path]:
         help="Redis updates sent over one second (default 1000; fast 100)",
     )
     parser.add_argument(
+        "--no-cold",
+        action="store_true",
+        help="skip the cold push/pull figures (minutes at 100,000 tasks): the live ones only",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=DEFAULT_OUT,
@@ -98,7 +103,7 @@ def parse_args(argv: list[str] | None) -> tuple[Params, Path]:
     params = Params(
         sizes=sizes,
         repeat=args.repeat or (5 if fast else 30),
-        cold_repeat=1 if fast else 3,
+        cold_repeat=0 if args.no_cold else 1 if fast else 3,
         idle_s=args.idle_seconds or (3.0 if fast else 30.0),
         burst=args.burst or (100 if fast else 1000),
         burst_over_s=1.0,
@@ -178,8 +183,9 @@ def measure_size(
     town = make_town(workdir / f"town-{size}", size)
     result: dict[str, Any] = {"plan_bytes": (town / "tasks.toml").stat().st_size}
     try:
-        progress(started, f"  cold push / pull x{params.cold_repeat}")
-        result["cold"] = measure_cold(town, server.url, size, params.cold_repeat)
+        if params.cold_repeat:
+            progress(started, f"  cold push / pull x{params.cold_repeat}")
+            result["cold"] = measure_cold(town, server.url, size, params.cold_repeat)
         result["live"] = {}
         measure_live(town, size, server, params, result["live"], started)
     except (BenchError, redis.RedisError, OSError) as error:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from io import RawIOBase
 from pathlib import Path
 
 import pytest
@@ -37,18 +38,18 @@ def save_in_place(path: Path, text: str) -> None:
         out.write(text)
 
 
-def save_right_after_the_check(monkeypatch: pytest.MonkeyPatch, save: Callable[[], None]) -> None:
-    """The next look at the file reads it, then a save lands before anything else runs."""
-    real = fsutil.current_bytes
+def save_right_after_the_check(monkeypatch: pytest.MonkeyPatch, save: Callable[[], object]) -> None:
+    """The next check of the file reads it, then a save lands before anything else runs."""
+    real = fsutil.file_holds
     pending = [save]
 
-    def check_then_save(path: Path) -> bytes:
-        seen = real(path)
+    def check_then_save(current: RawIOBase, expected: bytes) -> bool:
+        seen = real(current, expected)
         while pending:
             pending.pop()()
         return seen
 
-    monkeypatch.setattr(fsutil, "current_bytes", check_then_save)
+    monkeypatch.setattr(fsutil, "file_holds", check_then_save)
 
 
 @needs_exchange
@@ -94,10 +95,27 @@ def test_a_file_created_after_we_read_it_missing_is_not_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "tasks.toml"
-    save_right_after_the_check(monkeypatch, lambda: path.write_text("a new plan\n"))
+    real = fsutil.link_in
+
+    def created_first(temp: Path, target: Path) -> bool:
+        path.write_text("a new plan\n")
+        return real(temp, target)
+
+    monkeypatch.setattr(fsutil, "link_in", created_first)
     assert not write_atomic(path, OURS, "")
     assert path.read_text() == "a new plan\n"
     assert os.listdir(tmp_path) == ["tasks.toml"]
+
+
+@needs_exchange
+def test_a_plan_deleted_in_the_gap_is_not_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tasks.toml"
+    path.write_text(READ)
+    save_right_after_the_check(monkeypatch, path.unlink)
+    assert not write_atomic(path, OURS, READ)
+    assert os.listdir(tmp_path) == []
 
 
 def test_without_a_race_the_pull_lands_and_leaves_nothing_behind(tmp_path: Path) -> None:

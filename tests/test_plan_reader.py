@@ -131,4 +131,9 @@ def test_a_reread_derives_index_of_from_the_plan_before() -> None:
         assert "index_of" in vars(edited)  # derived, not built when asked
         fresh = parse_plan(PATH, edited.text)
         assert edited.index_of == fresh.index_of
+        # The previous plan's maps were taken over (changed in place): it builds its own
+        # again when asked, from its entries.
+        assert "by_id" not in vars(plan) and "index_of" not in vars(plan)
+        before = parse_plan(PATH, plan.text)
+        assert plan.by_id == before.by_id and plan.index_of == before.index_of
         plan = edited

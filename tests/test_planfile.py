@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ttsyncd.errors import PlanError
+from ttsyncd.fsutil import CHUNK, holds
 from ttsyncd.model import STATES, Record
 from ttsyncd.plan import (
     AddEntry,
@@ -28,6 +29,7 @@ from ttsyncd.plan import (
     parse_plan,
     read,
     read_plan,
+    render_edits,
     render_plan,
     write_atomic,
 )
@@ -646,6 +648,20 @@ def test_random_edits_render_exactly_the_intended_entries(
     # Reading it back (render seeds the parses of the entries it added) says what a fresh read
     # of the text says.
     assert parsed_or_problems(rendered, plan) == parsed_or_problems_afresh(rendered)
+    # So does a read told what the render kept of the plan's text (as a pull reads it back);
+    # and what it says it kept, it kept.
+    result = render_edits(plan, edits)
+    assert result.text == rendered
+    if result.kept is not None:
+        head, tail = result.kept
+        assert head + tail <= min(len(text), len(rendered))
+        assert rendered[:head] == text[:head]
+        assert rendered[len(rendered) - tail :] == text[len(text) - tail :]
+        try:
+            again: Plan | list[str] = parse_plan(PATH, rendered, plan, kept=result.kept)
+        except PlanError as error:
+            again = error.problems
+        assert again == parsed_or_problems_afresh(rendered)
 
     expected = []
     for entry in model:
@@ -711,6 +727,23 @@ def test_write_atomic_keeps_the_mode_and_exact_bytes(tmp_path: Path) -> None:
     assert path.read_bytes() == "new\r\nçà\n".encode()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert os.listdir(tmp_path) == ["tasks.toml"]
+
+
+def test_holds_says_whether_a_file_holds_exactly_these_bytes(tmp_path: Path) -> None:
+    """The compare before a write, and a re-read, without copying the file: chunk by chunk,
+    across chunk boundaries, a missing file holding b""."""
+    path = tmp_path / "tasks.toml"
+    data = bytes(range(256)) * (CHUNK // 256 * 2 + 3)  # two chunks and a bit
+    path.write_bytes(data)
+    assert holds(path, data)
+    for other in (
+        data[:-1],  # shorter
+        data + b"x",  # longer
+        data[:CHUNK] + b"\xff" + data[CHUNK + 1 :],  # as long, one byte differs
+        data[:-1] + b"\x00",  # the last byte
+    ):
+        assert not holds(path, other)
+    assert not holds(tmp_path / "missing", data) and holds(tmp_path / "missing", b"")
 
 
 def test_write_atomic_refuses_when_the_file_changed(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ edits on either side, that must decide exactly what merging every task decides."
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from ttsyncd.codec import decode_task, encode_tags, task_key
 from ttsyncd.config import LogSettings, Settings, SyncSettings
 from ttsyncd.endpoints import Endpoint
-from ttsyncd.engine import Decision, SyncReport, decide, replaced
+from ttsyncd.engine import Decision, SyncReport, advance, advanced, decide, replaced, undo
 from ttsyncd.identity import IdentityIndex
 from ttsyncd.merge import Options
 from ttsyncd.plan import Plan, parse_plan, render_plan
@@ -125,6 +126,12 @@ def test_a_scoped_sync_decides_what_a_full_sync_decides(
     assert summary(scoped, plan, apply(scoped, plan, IdentityIndex(), state)) == summary(
         full, plan, apply(full, plan, IdentityIndex(), state)
     )
+    for decision in (full, scoped):  # the sync's in-place update of the state: the same
+        changed = copy.deepcopy(state)
+        before = advance(changed, decision, decision.touched, "e2", {})
+        assert changed == advanced(state, decision, decision.touched, "e2", {})
+        undo(changed, before, decision.touched)
+        assert changed == state
 
 
 def edit_redis(index: IdentityIndex, redis_edits: list[tuple[str, str, str]]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import tempfile
@@ -40,6 +41,26 @@ def test_a_small_save_is_a_journal_line_and_reads_back(tmp_path: Path) -> None:
     assert len(first.journal.read_text().splitlines()) == 1
     assert oct(os.stat(first.journal).st_mode & 0o777) == "0o600"
     assert store(tmp_path).load() == changed
+
+
+def test_a_state_changed_in_place_journals_what_changed(tmp_path: Path) -> None:
+    """The engine updates the cached state in place and says what it held before for the
+    ids it touched (`before`): the journal line is the same as for a new state."""
+    first = store(tmp_path)
+    first.save(state_with({"a": "A", "b": "B"}))
+    cached = first.load()
+    before = SyncState(
+        base={"a": cached.base["a"]}, uuids={"a": cached.uuids["a"]}, redis_epoch="e1"
+    )
+    cached.base["a"] = BaseTask({"description": "A2", "tags": ("a",)})
+    cached.base["c"] = BaseTask({"description": "C", "tags": ()})
+    cached.uuids["c"] = "uuid-c"
+    cached.redis_epoch = "e2"
+    first.save(cached, touched={"a", "c"}, before=before)
+    assert len(first.journal.read_text().splitlines()) == 1
+    assert store(tmp_path).load() == cached
+    first.save(cached, touched={"a", "c"}, before=copy.deepcopy(cached))
+    assert len(first.journal.read_text().splitlines()) == 1  # nothing changed: no line
 
 
 def test_a_save_that_changes_nothing_writes_nothing(tmp_path: Path) -> None:

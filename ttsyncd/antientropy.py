@@ -14,7 +14,6 @@ import structlog
 
 from ttsyncd.errors import TtsyncdError
 from ttsyncd.mirror import TownMirror
-from ttsyncd.plan import read_text
 from ttsyncd.schedule import Schedule
 from ttsyncd.sides import FileSide
 from ttsyncd.topology import UNREACHABLE
@@ -64,7 +63,7 @@ class AntiEntropy:
 
         def check() -> tuple[bool, bool]:
             try:
-                file_differed = not file_side.knows(read_text(file_side.path))
+                file_differed = file_side.differs()
             except TtsyncdError:
                 file_differed = True  # not UTF-8: let the sync report it
             return file_differed, mirror.verify()

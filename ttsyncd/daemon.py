@@ -71,7 +71,7 @@ from ttsyncd.connection import connect, refused_by_acl
 from ttsyncd.engine import SyncReport, SyncRequest, state_store_for
 from ttsyncd.errors import DeletionsRefused, TtsyncdError
 from ttsyncd.memory import release_free_memory
-from ttsyncd.plan import PlanReader, read_text
+from ttsyncd.plan import PlanReader
 from ttsyncd.replication import NotReplicated
 from ttsyncd.schedule import Batch, Owed, Schedule, Timing
 from ttsyncd.scope import OwedTasks
@@ -241,10 +241,9 @@ class Daemon:
 
     async def file_differs(self) -> bool:
         try:
-            text = await asyncio.to_thread(read_text, self.settings.tasks_file)
+            return await asyncio.to_thread(self.file_side.differs)
         except TtsyncdError:
             return True  # not UTF-8: let the sync report it
-        return not self.file_side.knows(text)
 
     async def reload(self) -> None:
         """SIGHUP: read the configuration again; reconnect if it names another Redis."""

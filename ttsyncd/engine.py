@@ -50,7 +50,7 @@ from ttsyncd.plan import (
     RemoveEntry,
     UpdateEntry,
     parse_plan,
-    render_plan,
+    render_edits,
 )
 from ttsyncd.scope import Scope, merge_limit, touched_ids
 from ttsyncd.sides import FileSide, RedisSide, Sides
@@ -235,20 +235,21 @@ def run_sync(
             report.file_written = True
         report.plan = new_plan or plan
         touched, old = decided.touched, decided.state
-        new_state = advanced(old, decided, touched, epoch, markers)
-        report.refused = refusal(settings, old, decided.refused, plan, report.plan, new_state.base)
-        new_state.refused = report.refused
-        new_state.set_aside = still_set_aside(
+        base_after = BaseAfter(old.base, decided.merged.base, touched)
+        report.refused = refusal(settings, old, decided.refused, plan, report.plan, base_after)
+        set_aside = still_set_aside(
             old.set_aside,
             decided.merged.set_aside,
-            new_state.base,
+            base_after,
             only if request.resolving and only is not None else frozenset(),
         )
         log_changes(decided.merged)
         sides.redis.confirm(epoch, markers)  # behind Sentinel, on a Cluster
-        state_store.save(new_state, touched if old is state else None)
+        before = advance(old, decided, touched, epoch, markers)
+        old.refused, old.set_aside = report.refused, set_aside
+        save_advanced(state_store, old, touched, before, cached=old is state)
         # Every agent name Redis cannot hold, not only those of the tasks this sync merged.
-        report.unresolved_agents = dict(new_state.unresolved_agents)
+        report.unresolved_agents = dict(old.unresolved_agents)
         report.settled = [c for c in recorded if c.winner is not None and c.kind == "conflict"]
         report.recorded = recorded
         break
@@ -262,7 +263,8 @@ def advanced(
     old: SyncState, decided: Decision, ids: AbstractSet[str], epoch: str, markers: dict[str, str]
 ) -> SyncState:
     """`old` with what `decided` agreed on for these tasks (the rest carries over), agreed with
-    the Redis whose markers are `epoch` and `markers`."""
+    the Redis whose markers are `epoch` and `markers`: a new state, `old` as it was (its maps
+    copied; `advance` is the in-place form a sync uses)."""
     merged = decided.merged
     return SyncState(
         base=replaced(old.base, ids, within(merged.base, ids)),
@@ -276,6 +278,82 @@ def advanced(
         refused=old.refused,
         redis_markers=markers,
     )
+
+
+def advance(
+    state: SyncState, decided: Decision, ids: AbstractSet[str], epoch: str, markers: dict[str, str]
+) -> SyncState:
+    """`advanced`, in place: `state` takes what `decided` agreed on for these tasks, agreed
+    with the Redis whose markers are `epoch` and `markers`. A big town's base and uuids are
+    not copied (~10 ms each at 100,000 tasks). Returns what it replaced: `state` as it was
+    for these ids (with its epoch, markers, refusal and set-aside), for the journal
+    (`StateStore.save`) and for `undo`.
+
+    Ownership: a state is changed only by the sync that loaded it (under the daemon's sync
+    lock, one at a time); `pending`, which `status` reads from another thread, is replaced,
+    never changed in place."""
+    merged = decided.merged
+    before = SyncState(
+        base=within(state.base, ids),
+        unresolved_agents=within(state.unresolved_agents, ids),
+        pending=within(state.pending, ids),
+        uuids=within(state.uuids, ids),
+        redis_epoch=state.redis_epoch,
+        set_aside=state.set_aside,
+        refused=state.refused,
+        redis_markers=state.redis_markers,
+    )
+    update(state.base, ids, within(merged.base, ids))
+    update(state.unresolved_agents, ids, within(decided.unresolved_agents, ids))
+    update(state.uuids, ids, within(decided.uuids, ids))
+    state.pending = replaced(state.pending, ids, within(merged.pending, ids))
+    state.redis_epoch, state.redis_markers = epoch, markers
+    return before
+
+
+def undo(state: SyncState, before: SyncState, ids: AbstractSet[str]) -> None:
+    """`state` back to what it was before `advance` (ids: the ones it advanced)."""
+    update(state.base, ids, before.base)
+    update(state.unresolved_agents, ids, before.unresolved_agents)
+    update(state.uuids, ids, before.uuids)
+    state.pending = replaced(state.pending, ids, before.pending)
+    state.redis_epoch, state.redis_markers = before.redis_epoch, before.redis_markers
+    state.set_aside, state.refused = before.set_aside, before.refused
+
+
+def save_advanced(
+    state_store: StateStore,
+    state: SyncState,
+    ids: AbstractSet[str],
+    before: SyncState,
+    *,
+    cached: bool,
+) -> None:
+    """Persist `state`, which `advance` took from `before` for these ids; `cached`: it is the
+    store's own (else: a new base, saved whole). A save that fails leaves `state` as it was,
+    as if this sync had not run: the next one merges from there."""
+    try:
+        if cached:
+            state_store.save(state, ids, before)
+        else:
+            state_store.save(state)
+    except BaseException:
+        undo(state, before, ids)
+        raise
+
+
+class BaseAfter:
+    """Which plan ids the base holds once `advance` has given the touched ids the merge's
+    base: asked before the state changes (a refusal and the set-aside writes are settled
+    before a failover check that must leave the state as it was)."""
+
+    def __init__(
+        self, base: Mapping[str, object], merged: Mapping[str, object], touched: AbstractSet[str]
+    ) -> None:
+        self.base, self.merged, self.touched = base, merged, touched
+
+    def __contains__(self, plan_id: object) -> bool:
+        return plan_id in (self.merged if plan_id in self.touched else self.base)
 
 
 def keep_what_landed(
@@ -300,7 +378,8 @@ def keep_what_landed(
         if decided.uuids.get(plan_id) not in failed_uuids and plan_id in decided.merged.base
     )
     if done:
-        state_store.save(advanced(old, decided, done, epoch, markers), done)
+        before = advance(old, decided, done, epoch, markers)
+        save_advanced(state_store, old, done, before, cached=True)
 
 
 def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(): issue 12
@@ -430,9 +509,9 @@ def render_checked(plan: Plan, edits: list[FileEdit]) -> Plan | None:
     (say, a Redis `parent_id` naming a task the file does not hold). None: no edits."""
     if not edits:
         return None
-    text = render_plan(plan, edits)
+    rendered = render_edits(plan, edits)
     try:
-        return parse_plan(plan.path, text, previous=plan)
+        return parse_plan(plan.path, rendered.text, previous=plan, kept=rendered.kept)
     except PlanError as error:
         raise SyncRefused(
             f"not writing {plan.path}: the merged plan would not be valid:\n{error}"
@@ -454,6 +533,13 @@ def replaced(
         result.pop(key, None)
     result.update(new)
     return result
+
+
+def update(values: dict[str, T], touched: AbstractSet[str], new: Mapping[str, T]) -> None:
+    """`replaced`, in place."""
+    for key in touched:
+        values.pop(key, None)
+    values.update(new)
 
 
 def markers_lost(state: SyncState, snapshot: Snapshot, town: str) -> tuple[bool, frozenset[int]]:

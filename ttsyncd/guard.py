@@ -12,12 +12,12 @@ Pure: settings, the base and the merge in, decisions out.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from collections.abc import Set as AbstractSet
 
 from ttsyncd.config import Settings
 from ttsyncd.errors import DeletionsRefused
-from ttsyncd.merge import BaseTask, Conflict, Delete, MergeResult
+from ttsyncd.merge import Conflict, Delete, MergeResult
 from ttsyncd.plan import Plan
 from ttsyncd.state import RefusedDeletions, SyncState, plan_digest
 
@@ -79,7 +79,7 @@ def refusal(
     held_back: frozenset[str],
     read: Plan,
     left: Plan,
-    base: Mapping[str, BaseTask],
+    base: Container[str],
 ) -> RefusedDeletions | None:
     """The refusal that stands once a sync that read the plan `read` leaves `left` (its own
     write is no new save): what it held back, and what a standing refusal still holds (tasks
@@ -111,7 +111,7 @@ def refusal(
 def still_set_aside(
     before: Mapping[str, list[Conflict]],
     found: list[Conflict],
-    base: Mapping[str, object],
+    base: Container[str],
     resolved: AbstractSet[str],
 ) -> dict[str, list[Conflict]]:
     """The set-aside writes `resolve` can still apply: the latest per task and field, kept

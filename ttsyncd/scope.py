@@ -26,7 +26,7 @@ Invariants
    is dropped: `engine.decide`).
 
 3. **A refusal is judged on every sync.** The plan ids of a standing refused deletion are
-   in every scope (the guard is a state, not an event: `engine.hold_back_deletions`).
+   in every scope (the guard is a state, not an event: `guard.hold_back_deletions`).
 
 4. **A task leaving a side takes its children.** When an id in the scope is gone from the
    file or from Redis, its children's parent link changes with it: every file entry whose

@@ -38,14 +38,20 @@ class FileSide:
     def apply(self, plan: Plan, over: Plan) -> bool:
         """Write `plan` in place of `over` (atomically); False when the file no longer holds
         `over`'s text (changed since it was read: the caller merges again)."""
-        if not write_atomic(self.reader.path, plan.text, over.text):
+        data = plan.text.encode("utf-8")
+        if not write_atomic(self.reader.path, data, self.reader.raw_of(over)):
             return False
-        self.reader.wrote(plan)
+        self.reader.wrote(plan, data)
         return True
 
     def knows(self, text: str) -> bool:
         """Whether `text` is what this side last read or wrote (a save of it is an echo)."""
         return self.reader.is_known(text)
+
+    def differs(self) -> bool:
+        """Whether the file no longer holds what this side last read or wrote (else: an echo,
+        or no change), without reading a big plan into memory. PlanError: not UTF-8."""
+        return self.reader.differs()
 
 
 class RedisSide:

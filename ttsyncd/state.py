@@ -84,10 +84,17 @@ class StateStore:
             self.journal_lines = replay_journal(self.journal, self.cached, self.generation)
         return self.cached
 
-    def save(self, state: SyncState, touched: AbstractSet[str] | None = None) -> None:
+    def save(
+        self,
+        state: SyncState,
+        touched: AbstractSet[str] | None = None,
+        before: SyncState | None = None,
+    ) -> None:
         """Persist `state`; `touched`: the only plan ids whose entries may differ from the
-        state last saved (None: any)."""
-        old = self.load()
+        state last saved (None: any). `before` (with `touched`): `state` is the cached state,
+        updated in place (engine.advance), and `before` what it held for those ids, with its
+        whole-state fields (epoch, markers, refusal, set-aside) as they were."""
+        old = self.load() if before is None else before
         small = touched is not None and len(touched) <= JOURNAL_LINE_TASKS
         if touched is not None and small and self.generation and self.journal_lines < JOURNAL_LIMIT:
             delta = journal_delta(old, state, touched)

@@ -20,7 +20,7 @@ from ttsyncd.plan.model import (
     new_entry_id,
 )
 from ttsyncd.plan.read import PlanReader, forget_parses, parse_plan, read_plan, read_text
-from ttsyncd.plan.render import render_plan
+from ttsyncd.plan.render import Rendered, render_edits, render_plan
 from ttsyncd.plan.validate import parent_cycles
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "PlanEntry",
     "PlanReader",
     "RemoveEntry",
+    "Rendered",
     "UpdateEntry",
     "forget_parses",
     "new_entry_id",
@@ -38,6 +39,7 @@ __all__ = [
     "parse_plan",
     "read_plan",
     "read_text",
+    "render_edits",
     "render_plan",
     "write_atomic",
 ]
