@@ -26,7 +26,9 @@ invariants hold:
   side it came first: `Change.overtaken`), or came from the same old copy writing again (an
   agent's next step, a buffer saved twice: `Change.old_copy`). Such a copy mixes points:
   what it wrote from its old copy before, written again where the task now holds another
-  value, is stale again, whatever point its other fields are from. The history keeps the
+  value, is stale again, whatever point its other fields are from; and a value the old copy
+  had set aside, held again, says nothing of the point the rest of the copy is from (it may
+  equal the task's value now by chance: a requeue's state). The history keeps the
   last HISTORY_LIMIT changes of a task: a copy older than that is not recognised.
 - S2. A write from the latest copy is never stale: it cannot hold a value the other side
   replaced after it was read, unless it sets that value anew, and deliberate reverts are
@@ -36,8 +38,10 @@ invariants hold:
   complete(), fail() and cancel()): the step is meant even when applied to an old copy.
   What values cannot tell apart is read as stale: a user setting a task back to the exact
   state of before the agent's last step, when that step changed nothing else; and a write
-  that, right after a stale write from its side was set aside, holds the same stale value
-  again (the old copy's writer saving again looks just like it).
+  that, after a stale write from its side was set aside (while the task's history holds it),
+  holds the same stale value again (the old copy's writer saving again looks just like it),
+  or, holding such a value by chance, puts back a value that copy wrote which the other side
+  has replaced since.
 - S3. Setting aside changes nothing the base agreed on: a stale write is recorded (kind
   "stale", with both values) when the sync that restores the newer values runs, and
   `resolve --take` pins the stale value on both sides on purpose.
@@ -386,6 +390,15 @@ def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
         for f, v in change.old_copy.values.items()
         if f in changed and f not in meant and record.get(f) == v
     )
+    # The values an old copy of this side had set aside before, held again (changed or not):
+    # known to come from that copy, they say nothing of the point the rest of it is from.
+    held_again = {
+        f
+        for change in history
+        if change.side == side and change.old_copy
+        for f, v in change.old_copy.values.items()
+        if record.get(f) == v
+    }
     newest_change = {f: i for i, change in enumerate(history) for f in change.before}
     at_p = dict(current)  # the task's fields at point p: before history[k]
     changed_since_p: set[str] = set()
@@ -409,7 +422,7 @@ def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
         # new one: a write that holds a later value is from a later copy.
         later = {
             f
-            for f in changed_since_p - changed - meant
+            for f in changed_since_p - changed - meant - held_again
             if record.get(f) != at_p[f] and not (f in relaxed and record.get(f) in held_since_p[f])
         }
         if later:
