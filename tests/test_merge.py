@@ -54,7 +54,7 @@ def side_states(field: str) -> list[tuple[str, Record | None]]:
 
 
 def base_of(record: Record) -> dict[str, BaseTask]:
-    return {"t1": BaseTask(record.as_fields())}
+    return {"t1": BaseTask(record)}
 
 
 CASES = [
@@ -256,7 +256,7 @@ def test_random_towns_converge_and_lose_nothing(
     town: tuple[dict[str, Record], dict[str, Record], dict[str, Record]], policy: str, mode: str
 ) -> None:
     base, file_view, redis_view = town
-    base_tasks = {k: BaseTask(v.as_fields()) for k, v in base.items()}
+    base_tasks = {k: BaseTask(v) for k, v in base.items()}
     options = Options(policy=policy, deletions=mode)
     result = merge(base_tasks, file_view, redis_view, options)
     new_file = apply(file_view, result.file_ops, redis_side=False)
@@ -293,7 +293,7 @@ def test_push_then_pull_converges(
     town: tuple[dict[str, Record], dict[str, Record], dict[str, Record]], policy: str
 ) -> None:
     base, file_view, redis_view = town
-    base_tasks = {k: BaseTask(v.as_fields()) for k, v in base.items()}
+    base_tasks = {k: BaseTask(v) for k, v in base.items()}
     pushed = merge(base_tasks, file_view, redis_view, Options(policy=policy, pull=False))
     assert pushed.file_ops == []
     redis_view = apply(redis_view, pushed.redis_ops, redis_side=True)

@@ -127,7 +127,7 @@ def task_entry(state: SyncState, plan_id: str) -> dict[str, Any] | None:
     if task is None:
         return None
     return {
-        "fields": dict(task.fields),
+        "fields": task.fields,
         **({"uuid": state.uuids[plan_id]} if plan_id in state.uuids else {}),
         **({"tombstone": True} if task.tombstone else {}),
         **({"history": [history_entry(c) for c in task.history]} if task.history else {}),
@@ -267,7 +267,7 @@ def freeze(value: Any) -> Value:
 
 
 def base_task(entry: dict[str, Any]) -> BaseTask:
-    return BaseTask(
+    return BaseTask.of(
         {name: freeze(value) for name, value in entry["fields"].items()},
         tombstone=entry.get("tombstone", False),
         history=tuple(
