@@ -56,9 +56,9 @@ class IdentityIndex:
 
     def __init__(self, tasks: Iterable[RedisTask] = ()) -> None:
         self.tasks: dict[str, RedisTask] = {}  # key -> task
-        # plan tag -> the tasks carrying it (a tuple, almost always of one: a dict per tag
-        # would cost ~200 bytes per task in a big town's mirror)
-        self.sharing: dict[str, tuple[RedisTask, ...]] = {}
+        # plan tag -> the task carrying it, or a tuple of the tasks when several do (rarely:
+        # a tuple of one per tag would cost ~70 bytes per task in a big town's mirror)
+        self.sharing: dict[str, RedisTask | tuple[RedisTask, ...]] = {}
         self.untagged_tasks: dict[str, RedisTask] = {}  # key -> task
         self.by_plan_id: dict[str, RedisTask] = {}
         self.duplicates: dict[str, list[RedisTask]] = {}
@@ -101,7 +101,8 @@ class IdentityIndex:
                 self.untagged_tasks[task.key] = task
                 rederive = True
             else:
-                self.sharing[task.plan_id] = (*self.sharing.get(task.plan_id, ()), task)
+                group = self.group(task.plan_id)
+                self.sharing[task.plan_id] = (*group, task) if group else task
                 tags.add(task.plan_id)
         for key in removed:
             rederive |= self._detach(key, tags)
@@ -119,13 +120,18 @@ class IdentityIndex:
         if task.plan_id is None:
             del self.untagged_tasks[key]
             return True
-        group = tuple(t for t in self.sharing[task.plan_id] if t.key != key)
+        group = tuple(t for t in self.group(task.plan_id) if t.key != key)
         if group:
-            self.sharing[task.plan_id] = group
+            self.sharing[task.plan_id] = group if len(group) > 1 else group[0]
         else:
             del self.sharing[task.plan_id]
         tags.add(task.plan_id)
         return False
+
+    def group(self, plan_id: str) -> tuple[RedisTask, ...]:
+        """The tasks carrying this plan tag."""
+        tasks = self.sharing.get(plan_id, ())
+        return tasks if isinstance(tasks, tuple) else (tasks,)
 
     def _settle(self, plan_id: str) -> None:
         """Choose the task this tag maps to again: the most recently updated one."""
@@ -134,7 +140,7 @@ class IdentityIndex:
         if before is not None and self.plan_id_of_uuid.get(before.uuid) == plan_id:
             del self.plan_id_of_uuid[before.uuid]
         self.duplicates.pop(plan_id, None)
-        group = self.sharing.get(plan_id)
+        group = self.group(plan_id)
         if not group:
             return
         newest_first = sorted(group, key=lambda t: (parse_time(t.updated_at), t.uuid), reverse=True)
