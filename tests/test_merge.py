@@ -300,8 +300,8 @@ def test_push_then_pull_converges(
     pulled = merge(pushed.base, file_view, redis_view, Options(policy=policy, push=False))
     assert pulled.redis_ops == []
     # Whatever the pull brings, the push saw waiting for it (so a daemon never forgets it).
-    assert {op.plan_id for op in pulled.file_ops} <= pushed.waiting_pull
-    assert not pulled.waiting_push  # the push took every file-side change
+    assert {op.plan_id for op in pulled.file_ops} <= pushed.owed_pull
+    assert not pulled.owed_push  # the push took every file-side change
     file_view = apply(file_view, pulled.file_ops, redis_side=False)
     assert file_view == redis_view
     assert_idempotent(pulled, file_view, redis_view, policy)

@@ -361,8 +361,8 @@ def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(
     refused = hold_back_deletions(settings, plan, state, merged, options.force)
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
     report.set_aside = [*merged.set_aside, *merged.set_aside_later]
-    report.owed_push = frozenset(merged.waiting_push)
-    report.owed_pull = frozenset(merged.waiting_pull)
+    report.owed_push = frozenset(merged.owed_push)
+    report.owed_pull = frozenset(merged.owed_pull)
     writes, unresolved = redis_writes(
         town, merged, identified, redis_records, snapshot.agent_names, state.unresolved_agents
     )

@@ -248,14 +248,15 @@ class MergeResult:
     set_aside: list[Conflict] = field(default_factory=list)
     # ... and those a one-way sync saw but leaves for the other direction to restore.
     set_aside_later: list[Conflict] = field(default_factory=list)
-    # Tasks with changes this sync's direction left for the other one: a one-way sync that
-    # saw them tells its caller, so the other direction is not forgotten.
-    waiting_push: set[str] = field(default_factory=set)
-    waiting_pull: set[str] = field(default_factory=set)
+    # Tasks with changes this sync's direction left for the other one, owed to it (as
+    # SyncReport.owed_push / owed_pull): a one-way sync that saw them tells its caller, so the
+    # other direction is not forgotten.
+    owed_push: set[str] = field(default_factory=set)
+    owed_pull: set[str] = field(default_factory=set)
 
     def wait_for(self, direction: Side, plan_id: str) -> None:
-        """`direction` names the side whose change waits: "file" waits for a push."""
-        (self.waiting_push if direction == "file" else self.waiting_pull).add(plan_id)
+        """`direction` names the side whose change waits: "file" waits for a push (owed_push)."""
+        (self.owed_push if direction == "file" else self.owed_pull).add(plan_id)
 
     def can_write(self, options: Options, side: Side) -> bool:
         return options.pull if side == "file" else options.push
