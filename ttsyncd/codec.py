@@ -199,7 +199,7 @@ def rfc3339(moment: datetime) -> str:
     return utc.isoformat(timespec="microseconds")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per task a sync writes
 class HashWrite:
     """One task's write: HDEL of `delete_fields`, then HSET of `set_fields`."""
 

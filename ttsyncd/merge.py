@@ -219,14 +219,14 @@ class Options:
     pins: Pins = field(default_factory=dict)  # `resolve`: values chosen on purpose
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per task a sync writes
 class Upsert:
     plan_id: str
     record: Record
     created: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per task a sync writes
 class Delete:
     plan_id: str
     mode: str = "delete"  # for Redis: delete | cancel | keep

@@ -96,7 +96,7 @@ class Snapshot:
         return self.identified if self.identified is not None else identify(self.tasks)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per task a sync writes
 class TaskWrite:
     key: str
     expected: dict[str, str]  # the hash as the merge read it; {} when it did not exist
