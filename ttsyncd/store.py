@@ -346,14 +346,18 @@ def apply_writes(client: RedisClient, town: str, writes: Sequence[TaskWrite]) ->
         return apply_writes_to_cluster(client, town, writes)
     script = client.register_script(GUARDED_WRITE)
     backlog = backlog_key(town)
-    # One round trip: on one connection Redis runs the LREMs before the scripts' DELs.
-    pipe = client.pipeline(transaction=False)
+    # The LREMs go first: in the first round trip, where Redis runs them before the scripts'
+    # DELs. A big write (a first push) goes PIPELINE_CHUNK scripts per round trip, each after
+    # the last: the packed commands of a whole town at once would swell the heap for good.
     leaving = [w for w in writes if w.backlog_remove]
-    for write in leaving:
-        pipe.lrem(backlog, 0, write.task_uuid)
-    for write in writes:
-        script(keys=[write.key], args=guarded_write_args(write), client=pipe)
-    replies = pipe.execute()
+    replies: list[Any] = []
+    for start in range(0, len(writes), PIPELINE_CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for write in leaving if start == 0 else ():
+            pipe.lrem(backlog, 0, write.task_uuid)
+        for write in writes[start : start + PIPELINE_CHUNK]:
+            script(keys=[write.key], args=guarded_write_args(write), client=pipe)
+        replies += pipe.execute()
     removed_from_backlog = {w.task_uuid for w, n in zip(leaving, replies, strict=False) if n}
     changed, claimable = outcome(writes, replies[len(leaving) :], removed_from_backlog)
     follow_up = client.pipeline(transaction=False)
