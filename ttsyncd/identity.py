@@ -3,12 +3,12 @@ a new entry's uuid is uuid5(town, plan id) (README, "File format and field mappi
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Final
 
 from ttsyncd.codec import RedisTask, parse_time
 
@@ -18,8 +18,27 @@ TTSYNCD_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/tinytown/
 DERIVED_PREFIX = "task-"
 
 
-@functools.lru_cache(maxsize=1 << 16)  # asked for several times per task in one sync
 def task_uuid_for(town: str, plan_id: str) -> str:
+    """derive_task_uuid, memoised: a sync asks for it several times per task. Per town, a dict
+    of plan id -> uuid (an entry costs ~30 bytes; functools.lru_cache's key tuple and link
+    cost ~140 per task, and a daemon keeps the whole town's), started over when it is full."""
+    known = _DERIVED.get(town)
+    if known is None:
+        known = _DERIVED.setdefault(town, {})
+    task_uuid = known.get(plan_id)
+    if task_uuid is None:
+        task_uuid = derive_task_uuid(town, plan_id)
+        if len(known) >= DERIVED_LIMIT:
+            known.clear()
+        known[plan_id] = task_uuid
+    return task_uuid
+
+
+DERIVED_LIMIT: Final = 1 << 17  # uuids memoised per town
+_DERIVED: dict[str, dict[str, str]] = {}
+
+
+def derive_task_uuid(town: str, plan_id: str) -> str:
     """str(uuid.uuid5(TTSYNCD_NAMESPACE, f"{town}/{plan_id}")), ~5x faster (a cold push
     derives one per task): the same SHA-1, version and variant bits set on the bytes, with no
     UUID object in between. tests/test_identity.py holds it to uuid5."""
