@@ -199,12 +199,25 @@ def rfc3339(moment: datetime) -> str:
     return utc.isoformat(timespec="microseconds")
 
 
-@dataclass(frozen=True, slots=True)  # one per task a sync writes
+@dataclass(frozen=True, slots=True, init=False)  # one per task a sync writes: kept small
 class HashWrite:
-    """One task's write: HDEL of `delete_fields`, then HSET of `set_fields`."""
+    """One task's write: HDEL of `delete_fields`, then HSET of `set_fields`. Kept as tuples
+    (the field names and the deleted fields shared among writes of the same shape), not a
+    dict per task: a first push holds one per task until it ends."""
 
-    set_fields: dict[str, str]
+    names: tuple[str, ...]  # set_fields' names, in order
+    values: tuple[str, ...]  # and their values
     delete_fields: tuple[str, ...]
+
+    def __init__(self, set_fields: Mapping[str, str], delete_fields: tuple[str, ...]) -> None:
+        object.__setattr__(self, "names", shared(_SHAPES, tuple(set_fields)))
+        object.__setattr__(self, "values", tuple(set_fields.values()))
+        object.__setattr__(self, "delete_fields", shared(_SHAPES, tuple(delete_fields)))
+
+    @property
+    def set_fields(self) -> dict[str, str]:
+        """The fields HSET sets, and their values (a new dict each time)."""
+        return dict(zip(self.names, self.values, strict=True))
 
 
 def encode_task(  # noqa: PLR0913 — keyword-only: the record, and each fact of the hash it lands in
