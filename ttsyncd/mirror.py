@@ -7,7 +7,7 @@ mirror instead of Redis; the guarded writes catch anything the mirror missed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ttsyncd.codec import RedisTask, agent_key_prefix, decode_task, is_uuid
 from ttsyncd.identity import IdentityIndex
@@ -16,6 +16,7 @@ from ttsyncd.store import (
     Snapshot,
     TaskWrite,
     agent_name,
+    chunks,
     ensure_epoch,
     ensure_markers,
     epoch_key,
@@ -26,6 +27,7 @@ from ttsyncd.store import (
     read_markers,
     read_snapshot,
     scan_keys,
+    task_from_reply,
 )
 from ttsyncd.topology import RedisClient
 
@@ -107,25 +109,8 @@ class TownMirror:
         agent_keys = sorted(k for k in set(keys) if k.startswith(self.agent_prefix))
         if not task_keys and not agent_keys:
             return False
-        fresh = read_hashes(self.client, task_keys, agent_keys)
-        found = {task.key: task for task in fresh.tasks}
-        changed = False
-        put: list[RedisTask] = []
-        gone: list[str] = []
-        for key in task_keys:
-            before = (self.tasks.get(key), self.unreadable.get(key))
-            after = (found.get(key), fresh.unreadable.get(key))
-            if before == after:
-                continue
-            changed = True
-            self.unreadable.pop(key, None)
-            if after[1] is not None:
-                self.unreadable[key] = after[1]
-            if after[0] is not None:
-                put.append(after[0])
-            else:
-                gone.append(key)
-        self.index.update(put, gone)
+        changed = self.refresh_tasks(task_keys)
+        fresh = read_hashes(self.client, (), agent_keys)
         for key in agent_keys:
             agent_uuid = key[len(self.agent_prefix) :]
             name = fresh.agent_names.get(agent_uuid)
@@ -137,6 +122,30 @@ class TownMirror:
             else:
                 self.agent_names[agent_uuid] = name
         return changed
+
+    def refresh_tasks(self, task_keys: Sequence[str]) -> bool:
+        """refresh() of these task keys, a pipelined chunk at a time; a hash that reads as
+        the mirror holds it (the echo of the daemon's own write) is not even decoded: an
+        echo of a first push is the whole town."""
+        put: list[RedisTask] = []
+        gone: list[str] = []
+        for batch in chunks(task_keys):
+            for key, reply in zip(batch, hgetall_many(self.client, batch), strict=True):
+                known = self.index.tasks.get(key)
+                if known is not None and key not in self.unreadable and known.raw == reply:
+                    continue
+                after = task_from_reply(key, reply)
+                if (known, self.unreadable.get(key)) == after:
+                    continue
+                self.unreadable.pop(key, None)
+                if after[1] is not None:
+                    self.unreadable[key] = after[1]
+                if after[0] is not None:
+                    put.append(after[0])
+                else:
+                    gone.append(key)
+        self.index.update(put, gone)
+        return bool(put or gone)
 
     # RedisSource, for the engine:
 

@@ -299,19 +299,30 @@ def read_hashes(
     snapshot = Snapshot()
     replies = hgetall_many(client, [*task_keys, *agent_keys])
     for key, reply in zip(task_keys, replies[: len(task_keys)], strict=True):
-        if isinstance(reply, str):
-            snapshot.unreadable[key] = reply
-        elif reply:
-            try:
-                snapshot.tasks.append(decode_task(key, reply))
-            except BadHash as error:
-                snapshot.unreadable[key] = str(error)
+        task, why = task_from_reply(key, reply)
+        if task is not None:
+            snapshot.tasks.append(task)
+        elif why is not None:
+            snapshot.unreadable[key] = why
     for key, reply in zip(agent_keys, replies[len(task_keys) :], strict=True):
         agent_uuid = key.rsplit(":", 1)[-1]
         name = agent_name(agent_uuid, reply)
         if name is not None:
             snapshot.agent_names[agent_uuid] = name
     return snapshot
+
+
+def task_from_reply(key: str, reply: dict[str, str] | str) -> tuple[RedisTask | None, str | None]:
+    """A task hash as hgetall_many gave it: (the task, None); (None, why it cannot be read);
+    (None, None) when the key does not exist."""
+    if isinstance(reply, str):
+        return None, reply
+    if not reply:
+        return None, None
+    try:
+        return decode_task(key, reply), None
+    except BadHash as error:
+        return None, str(error)
 
 
 def agent_name(agent_uuid: str, reply: dict[str, str] | str) -> str | None:
