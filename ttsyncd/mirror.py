@@ -44,10 +44,12 @@ class TownMirror:
         self.epoch: str | None = None
         self.markers: dict[str, Marker] = {}  # a Cluster's, one per primary
         self.all_changed = True  # loaded anew, or an agent renamed: any task may read differently
+        self.unflushed: list[list[TaskWrite]] = []  # writes applied, not taken in yet (`wrote`)
 
     def reload(self) -> bool:
         """Read the whole town (at start, after a reconnect, when polling); True if it changed.
         A reload that finds nothing new keeps the index, and so the daemon's small scope."""
+        self.flush()
         snapshot = read_snapshot(self.client, self.town)
         tasks = {task.key: task for task in snapshot.tasks}
         now = (tasks, snapshot.unreadable, snapshot.agent_names, snapshot.epoch, snapshot.markers)
@@ -65,6 +67,7 @@ class TownMirror:
         """Compare the town in Redis with the mirror, hash by hash as read (decoding only what
         differs), and take in what does; True if anything did. The daemon's anti-entropy pass:
         a third of the cost of `reload` at 10,000 tasks, and a scope of only what differed."""
+        self.flush()
         snapshot_keys, _ = scan_keys(self.client, glob_escape(self.task_prefix) + "*")
         task_keys = [k for k in snapshot_keys if is_uuid(k[len(self.task_prefix) :])]
         agent_keys, _ = scan_keys(self.client, glob_escape(self.agent_prefix) + "*")
@@ -100,11 +103,13 @@ class TownMirror:
 
     @property
     def tasks(self) -> dict[str, RedisTask]:
+        self.flush()
         return self.index.tasks
 
     def refresh(self, keys: Iterable[str]) -> bool:
         """Fetch these keys; True when a task or an agent's name really changed (an agent's
         heartbeat, or the echo of the daemon's own write, changes nothing)."""
+        self.flush()
         task_keys = sorted(k for k in set(keys) if k.startswith(self.task_prefix))
         agent_keys = sorted(k for k in set(keys) if k.startswith(self.agent_prefix))
         if not task_keys and not agent_keys:
@@ -150,6 +155,7 @@ class TownMirror:
     # RedisSource, for the engine:
 
     def snapshot(self) -> Snapshot:
+        self.flush()
         return Snapshot(
             list(self.tasks.values()),
             dict(self.unreadable),
@@ -175,13 +181,23 @@ class TownMirror:
         self.refresh(keys)
 
     def wrote(self, writes: Iterable[TaskWrite]) -> None:
-        put: list[RedisTask] = []
-        gone: list[str] = []
-        for write in writes:
-            after = hash_after(write)
-            if after is None:
-                gone.append(write.key)
-            else:
-                put.append(decode_task(write.key, after))
-        # The base already holds what these writes say: nothing for the next sync to merge.
-        self.index.update(put, gone, note=False)
+        """Taken in on the mirror's next use (`flush`), not now: the sync that wrote them still
+        holds its own objects (a whole town's, after a first push), and the mirror's tasks
+        built among them would keep more of the heap they leave behind (at 10,000 tasks ~3 MB
+        more at the peak, and ~0.07 KB per task of RSS after). Built after, they fill it."""
+        self.unflushed.append(list(writes))
+
+    def flush(self) -> None:
+        """Take in the writes applied since the last use, in order."""
+        while self.unflushed:
+            writes = self.unflushed.pop(0)
+            put: list[RedisTask] = []
+            gone: list[str] = []
+            for write in writes:
+                after = hash_after(write)
+                if after is None:
+                    gone.append(write.key)
+                else:
+                    put.append(decode_task(write.key, after))
+            # The base already holds what these writes say: nothing for the next sync to merge.
+            self.index.update(put, gone, note=False)
