@@ -109,6 +109,7 @@ RECONNECT_BACKOFF = EqualJitterBackoff(cap=5.0, base=0.1)
 SHUTDOWN_FLUSH_S = 4.0  # SIGTERM: flush pending work, and exit within 5 s
 HEALTH_CHECK_S = 1.0  # how often the session checks Redis is there and its primaries the same
 HEARTBEAT_S = 1.0  # the syncer reports progress at least this often while idle
+RELEASE_AFTER_IDLE_S = 2.0  # idle this long after syncs, the daemon releases free memory
 
 # What a part's failure does (the table above).
 POLICY: dict[str, Policy] = {
@@ -201,6 +202,7 @@ class Daemon:
         self.sync_lock = asyncio.Lock()
         self.started_at = datetime.now(UTC).isoformat()
         self.syncs = 0
+        self.last_synced: float | None = None  # monotonic; None: memory released since
         self.last_sync: SyncStamp | None = None
         self.last_push: SyncStamp | None = None
         self.last_pull: SyncStamp | None = None
@@ -531,6 +533,12 @@ class Daemon:
         while True:
             self.parts.progress("syncer")
             timeout = self.seconds_until_due()
+            if timeout is None and self.idle_since_sync() >= RELEASE_AFTER_IDLE_S:
+                # Nothing owed for a while after syncs: hand back the heap they freed (a big
+                # plan's buffers, megabytes each), which glibc keeps otherwise. Not at once:
+                # the next sync would fault those pages in again (~1 ms at 10,000 tasks).
+                self.last_synced = None
+                release_free_memory()
             if timeout is None or timeout > 0:
                 timeout = self.beat_s if timeout is None else min(timeout, self.beat_s)
                 # asyncio.timeout, not wait_for: on 3.11 a cancel racing wait_for's timeout
@@ -541,6 +549,11 @@ class Daemon:
                 self.wake.clear()
                 continue
             await self.sync_due()
+            self.last_synced = time.monotonic()
+
+    def idle_since_sync(self) -> float:
+        """Seconds since the last sync ended; 0 when memory was released since (or no sync)."""
+        return 0.0 if self.last_synced is None else time.monotonic() - self.last_synced
 
     def seconds_until_due(self) -> float | None:
         if not self.connected or self.paused_since:
