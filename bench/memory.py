@@ -3,9 +3,11 @@ task, alone (the whole `python -m bench` takes several minutes per size).
 
 For each size, as `python -m bench` does it: a generated town (bench/town.py) in an empty
 Redis of our own, the real daemon started on it (its first sync pushes every task), VmRSS once
-it is idle ("after start"); then edits both ways (editor saves of descriptions, tinytown-style
-agent updates, a burst of result updates), VmRSS again ("after edits"). Each is also shown as
-KB per task above the RSS of a daemon on an empty town. Prints numbers; asserts nothing.
+it has been idle for `--idle` seconds ("after start"; an idle daemon hands free memory back
+after 2 s); then edits both ways (editor saves of descriptions, tinytown-style agent updates,
+a burst of result updates) and as long idle, VmRSS again ("after edits"). Each is also shown
+as KB per task above the RSS of a daemon on an empty town, read the same way. Prints numbers;
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 from bench.live import LiveTown, burst, redis_to_file, save_to_redis
 from bench.procs import Daemon, RedisServer, memory_mb
-from bench.run import READY_TIMEOUT_S, empty_daemon_memory, fmt_load
+from bench.run import READY_TIMEOUT_S, fmt_load
 from bench.town import make_town, plan_text, reset_files, town_name
 from ttsyncd.config import SyncSettings
 from ttsyncd.tinytown import register_agent
@@ -47,17 +51,36 @@ def measure(size: int, workdir: Path, server: RedisServer, args: argparse.Namesp
         out["first_sync_s"] = perf_counter() - started
         live = LiveTown(town, size, daemon, client, db=0, debounce=SyncSettings())
         live.settle()
+        time.sleep(args.idle)
         out["after_start"] = memory_mb(daemon.pid)
-        save_to_redis(live, args.repeat)
-        redis_to_file(live, args.repeat, agent)
+        saves = save_to_redis(live, args.repeat)
+        pulls = redis_to_file(live, args.repeat, agent)
+        out["sync_ms"] = {  # the daemon's own sync time (its log), median: memory is not free
+            "save": statistics.median(saves["daemon_sync_ms"] or [0.0]),
+            "agent update": statistics.median(pulls["daemon_sync_ms"] or [0.0]),
+        }
         if args.burst:
             burst(live, args.burst, 1.0)
         live.settle()
+        time.sleep(args.idle)
         out["after_edits"] = memory_mb(daemon.pid)
     finally:
         daemon.stop()
         client.close()
     return out
+
+
+def empty_daemon_rss(workdir: Path, server: RedisServer, idle_s: float) -> float:
+    """The RSS of a daemon on a town with no tasks, idle `idle_s` after its first sync."""
+    town = make_town(workdir / "town-empty", 0)
+    server.client().flushall()
+    daemon = Daemon(town, server.url, workdir / "daemon-empty.log")
+    try:
+        daemon.wait_ready(READY_TIMEOUT_S)
+        time.sleep(idle_s)
+        return memory_mb(daemon.pid)["rss_mb"]
+    finally:
+        daemon.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="editor saves, and as many agent updates (default 10)")  # fmt: skip
     parser.add_argument("--burst", type=int, default=1000, metavar="N",
                         help="result updates over one second; 0: none (default 1000)")  # fmt: skip
+    parser.add_argument("--idle", type=float, default=4.0, metavar="S",
+                        help="seconds idle before each reading (default 4)")  # fmt: skip
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="ttm-"))  # short: unix socket paths max ~107 bytes
     server = RedisServer(workdir / "redis")
     try:
         load_start = os.getloadavg()
-        empty = empty_daemon_memory(workdir, server)["rss_mb"]
+        empty = empty_daemon_rss(workdir, server, args.idle)
         print(f"empty daemon: RSS {empty:.1f} MB", flush=True)
         for size in args.sizes:
             result = measure(size, workdir, server, args)
@@ -81,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{size:>7,} tasks {when.replace('_', ' '):<12} RSS {rss:6.1f} MB "
                       f"(peak {result[when]['peak_rss_mb']:6.1f})  "
                       f"{per_task_kb(rss, empty, size):4.2f} KB/task", flush=True)  # fmt: skip
-            print(f"{size:>7,} tasks first sync {result['first_sync_s']:.1f} s", flush=True)
+            syncs = ", ".join(f"{k} {v:.1f} ms" for k, v in result["sync_ms"].items())
+            print(f"{size:>7,} tasks first sync {result['first_sync_s']:.1f} s; "
+                  f"median daemon sync: {syncs}", flush=True)  # fmt: skip
         print(f"load average {fmt_load(list(load_start))} at start, "
               f"{fmt_load(list(os.getloadavg()))} at the end")  # fmt: skip
     finally:
