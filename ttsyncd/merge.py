@@ -101,6 +101,46 @@ class Change:
     # next write from that copy (known by the stale values) holds this change too (S1).
     old_copy: OldCopy | None = None
 
+    def __post_init__(self) -> None:
+        # A task's history keeps up to HISTORY_LIMIT of these, and most say the same few
+        # things (a status, an agent; which fields were overtaken): equal ones share one
+        # object (a dict of one field and a frozenset cost ~220 bytes each).
+        object.__setattr__(self, "before", shared_values(self.before))
+        object.__setattr__(self, "overtaken", shared_fields(self.overtaken))
+
+
+# Sets of field names and small field values, one object each (bounded).
+_FIELD_SETS: dict[frozenset[str], frozenset[str]] = {}
+_VALUES: dict[tuple[tuple[str, Value], ...], Mapping[str, Value]] = {}
+SHARED_VALUES_LIMIT: Final = 4096
+SHORT_VALUE: Final = 40  # characters: a state, an agent name; not a description
+
+
+def shared_fields(names: frozenset[str]) -> frozenset[str]:
+    """One frozenset for equal sets of field names (while the table has room)."""
+    kept = _FIELD_SETS.get(names)
+    if kept is None:
+        kept = names
+        if len(_FIELD_SETS) < SHARED_VALUES_LIMIT:
+            _FIELD_SETS[names] = names
+    return kept
+
+
+def shared_values(values: Mapping[str, Value]) -> Mapping[str, Value]:
+    """One mapping for equal small `values` (none longer than SHORT_VALUE, none a tuple), while
+    the table has room; else `values` itself. The callers never change what they pass."""
+    if len(values) > 2 or not all(
+        v is None or (isinstance(v, str) and len(v) <= SHORT_VALUE) for v in values.values()
+    ):
+        return values
+    key = tuple(values.items())
+    kept = _VALUES.get(key)
+    if kept is None:
+        kept = values
+        if len(_VALUES) < SHARED_VALUES_LIMIT:
+            _VALUES[key] = values
+    return kept
+
 
 ALL_AGREED: Final[frozenset[str]] = frozenset()  # no field unknown (one set for every task)
 
@@ -644,6 +684,7 @@ def agreed_base(
     changes = [
         Change(side, came_from[side], overtaken=moved[other_side(side)], old_copy=old_copy[side])
         for side in SIDES
+        if came_from[side]  # (a change of no field is not kept anyway: BaseTask.after)
     ]
     # An old copy whose other changes still wait for the other direction is remembered.
     waiting_copy = next(
