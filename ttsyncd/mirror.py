@@ -137,8 +137,10 @@ class TownMirror:
         for batch in chunks(task_keys):
             for key, reply in zip(batch, hgetall_many(self.client, batch), strict=True):
                 known = self.index.tasks.get(key)
-                if known is not None and key not in self.unreadable and known.raw == reply:
-                    continue
+                if known is not None and isinstance(reply, dict):
+                    if key not in self.unreadable and known.raw == reply:
+                        continue
+                    key, reply = known.key, with_values_of(known, reply)
                 after = task_from_reply(key, reply)
                 if (known, self.unreadable.get(key)) == after:
                     continue
@@ -201,3 +203,12 @@ class TownMirror:
                     put.append(decode_task(write.key, after))
             # The base already holds what these writes say: nothing for the next sync to merge.
             self.index.update(put, gone, note=False)
+
+
+def with_values_of(task: RedisTask, reply: dict[str, str]) -> dict[str, str]:
+    """`reply` with each value the task already holds taken from the task: the same strings,
+    not copies (an agent's update changes a field or two; the description, the tags and the
+    times it leaves as they were, and the first push shared them with the plan's entry)."""
+    before = task.raw
+    return {name: before[name] if before.get(name) == value else value
+            for name, value in reply.items()}  # fmt: skip
