@@ -588,6 +588,8 @@ class Daemon:
                 report = await self.under_way(
                     engine.run_sync, self.settings, sides, request, self.state_store
                 )
+                if scope is None:  # the mirror's new tasks too, before synced() freezes the town
+                    await asyncio.to_thread(mirror.flush)
             except Exception as error:
                 self.sync_failed(batch, error, self.schedule.intended(batch))
                 return
