@@ -64,6 +64,13 @@ def measure(size: int, workdir: Path, server: RedisServer, args: argparse.Namesp
         live.settle()
         time.sleep(args.idle)
         out["after_edits"] = memory_mb(daemon.pid)
+        if args.restart:  # the same town again: its base loaded from disk, Redis holding it
+            daemon.stop()
+            daemon = Daemon(town, server.url, workdir / f"daemon-{size}-again.log")
+            daemon.wait_ready(READY_TIMEOUT_S)
+            LiveTown(town, size, daemon, client, db=0, debounce=SyncSettings()).settle()
+            time.sleep(args.idle)
+            out["after_restart"] = memory_mb(daemon.pid)
     finally:
         daemon.stop()
         client.close()
@@ -90,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="editor saves, and as many agent updates (default 10)")  # fmt: skip
     parser.add_argument("--burst", type=int, default=1000, metavar="N",
                         help="result updates over one second; 0: none (default 1000)")  # fmt: skip
+    parser.add_argument("--restart", action="store_true",
+                        help="then start the daemon on the town again, read again")  # fmt: skip
     parser.add_argument("--idle", type=float, default=4.0, metavar="S",
                         help="seconds idle before each reading (default 4)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -101,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"empty daemon: RSS {empty:.1f} MB", flush=True)
         for size in args.sizes:
             result = measure(size, workdir, server, args)
-            for when in ("after_start", "after_edits"):
+            for when in ("after_start", "after_edits", "after_restart")[: 2 + args.restart]:
                 rss = result[when]["rss_mb"]
                 print(f"{size:>7,} tasks {when.replace('_', ' '):<12} RSS {rss:6.1f} MB "
                       f"(peak {result[when]['peak_rss_mb']:6.1f})  "
