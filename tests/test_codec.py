@@ -167,12 +167,19 @@ def test_every_fixture_task_decodes_to_its_golden_values(task_uuid: str) -> None
     assert dict(task.raw) == TASK_HASHES[key]
 
 
-def test_raw_is_the_callers_dict_kept_without_a_copy() -> None:
-    """A mirror holds 10,000 of these: the task keeps the dict it was given (its callers,
-    the store's reads and the mirror's writes, each pass a dict of their own)."""
+def test_the_hash_is_kept_as_its_values_with_shared_names_and_tags() -> None:
+    """A mirror holds a whole town's tasks: each keeps the hash's values (the very str objects
+    read, no copies), one tuple of field names for every hash of the same fields, and one
+    tuple for equal tags. A hash read with its fields in another order is the same task."""
     raw = fixture_hash(AUTH_API)
     task = decode_task(key_of(AUTH_API), raw)
-    assert task.raw is raw
+    assert task.raw == raw and all(task.raw[name] is raw[name] for name in raw)
+    assert task.description is raw["description"] and task.updated_at is raw["updated_at"]
+    reordered = dict(reversed(fixture_hash(AUTH_API).items()))
+    again = decode_task(key_of(AUTH_API), reordered)
+    assert again == task and again.raw == raw
+    assert again.names is task.names
+    assert task.tags and again.tags is task.tags
 
 
 def test_plan_tag_is_removed_from_tags_but_other_tags_keep_their_order() -> None:

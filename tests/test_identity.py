@@ -17,6 +17,7 @@ from ttsyncd.identity import (
     TTSYNCD_NAMESPACE,
     Identified,
     IdentityIndex,
+    derive_task_uuid,
     derived_ids,
     identify,
     task_uuid_for,
@@ -417,4 +418,5 @@ def test_the_index_kept_current_equals_identifying_afresh(
 def test_the_derived_uuid_is_uuid5_of_town_and_plan_id(town: str, plan_id: str) -> None:
     """task_uuid_for computes uuid5 by hand for speed; every ttsyncd must derive the same."""
     expected = uuid.uuid5(TTSYNCD_NAMESPACE, f"{town}/{plan_id}")
-    assert task_uuid_for.__wrapped__(town, plan_id) == str(expected)
+    assert derive_task_uuid(town, plan_id) == str(expected)
+    assert task_uuid_for(town, plan_id) == task_uuid_for(town, plan_id) == str(expected)

@@ -54,7 +54,7 @@ def side_states(field: str) -> list[tuple[str, Record | None]]:
 
 
 def base_of(record: Record) -> dict[str, BaseTask]:
-    return {"t1": BaseTask(record.as_fields())}
+    return {"t1": BaseTask(record)}
 
 
 CASES = [
@@ -256,7 +256,7 @@ def test_random_towns_converge_and_lose_nothing(
     town: tuple[dict[str, Record], dict[str, Record], dict[str, Record]], policy: str, mode: str
 ) -> None:
     base, file_view, redis_view = town
-    base_tasks = {k: BaseTask(v.as_fields()) for k, v in base.items()}
+    base_tasks = {k: BaseTask(v) for k, v in base.items()}
     options = Options(policy=policy, deletions=mode)
     result = merge(base_tasks, file_view, redis_view, options)
     new_file = apply(file_view, result.file_ops, redis_side=False)
@@ -293,15 +293,15 @@ def test_push_then_pull_converges(
     town: tuple[dict[str, Record], dict[str, Record], dict[str, Record]], policy: str
 ) -> None:
     base, file_view, redis_view = town
-    base_tasks = {k: BaseTask(v.as_fields()) for k, v in base.items()}
+    base_tasks = {k: BaseTask(v) for k, v in base.items()}
     pushed = merge(base_tasks, file_view, redis_view, Options(policy=policy, pull=False))
     assert pushed.file_ops == []
     redis_view = apply(redis_view, pushed.redis_ops, redis_side=True)
     pulled = merge(pushed.base, file_view, redis_view, Options(policy=policy, push=False))
     assert pulled.redis_ops == []
     # Whatever the pull brings, the push saw waiting for it (so a daemon never forgets it).
-    assert {op.plan_id for op in pulled.file_ops} <= pushed.waiting_pull
-    assert not pulled.waiting_push  # the push took every file-side change
+    assert {op.plan_id for op in pulled.file_ops} <= pushed.owed_pull
+    assert not pulled.owed_push  # the push took every file-side change
     file_view = apply(file_view, pulled.file_ops, redis_side=False)
     assert file_view == redis_view
     assert_idempotent(pulled, file_view, redis_view, policy)

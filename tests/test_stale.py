@@ -224,7 +224,7 @@ def test_a_push_never_pushes_a_stale_save_and_the_pull_restores_it_recording_onc
     agent_step(world, status="running", agent="bob")
     world.file = dict(buffer)
     pushed = world.sync(Options(pull=False))
-    assert pushed.redis_ops == [] and A in pushed.waiting_pull
+    assert pushed.redis_ops == [] and A in pushed.owed_pull
     assert world.redis[A].status == "running" and not pushed.set_aside
     assert len(pushed.set_aside_later) == 2  # shown as a warning, recorded by the pull
     world.sync(Options(push=False))
@@ -240,10 +240,10 @@ def test_a_pull_never_pulls_a_stale_write_back_and_the_push_restores_redis() -> 
     # A pull cannot put the description back in Redis: the whole task waits, its new state
     # too (taking it now would make the stale write look like a later copy).
     pulled = world.sync(Options(push=False))
-    assert world.file[A] == Record("new words") and A in pulled.waiting_push
+    assert world.file[A] == Record("new words") and A in pulled.owed_push
     assert [c.field for c in pulled.set_aside_later] == ["description"]
     pushed = world.sync(Options(pull=False))
-    assert world.redis[A] == Record("new words", "running") and A in pushed.waiting_pull
+    assert world.redis[A] == Record("new words", "running") and A in pushed.owed_pull
     world.sync(Options(push=False))
     assert world.agreed() == Record("new words", "running")
     assert kinds(world) == [("stale", "description", "redis")]

@@ -22,7 +22,7 @@ def store(tmp_path: Path) -> StateStore:
 
 def state_with(tasks: dict[str, str], epoch: str | None = "e1") -> SyncState:
     return SyncState(
-        base={k: BaseTask({"description": v, "tags": ("a",)}) for k, v in tasks.items()},
+        base={k: BaseTask.of({"description": v, "tags": ("a",)}) for k, v in tasks.items()},
         uuids={k: f"uuid-{k}" for k in tasks},
         redis_epoch=epoch,
     )

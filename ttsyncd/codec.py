@@ -11,10 +11,10 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final
+from typing import Final, TypeVar
 
 from ttsyncd.model import STATES, TERMINAL_STATES, Record
 
@@ -35,7 +35,10 @@ class BadHash(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RedisTask:
-    """One task hash as read, decoded; `raw` is kept so a write can be guarded on it."""
+    """One task hash as read, decoded; the hash itself (`raw`) is kept so a write can be
+    guarded on it, as two tuples: its field names, in order, one tuple for every hash of the
+    same fields, and their values (a daemon's mirror holds the whole town's: a dict per task
+    would cost ~150 bytes more). The decoded fields are the same str objects as the values."""
 
     key: str
     uuid: str
@@ -47,7 +50,13 @@ class RedisTask:
     parent_id: str | None
     result: str | None
     updated_at: str
-    raw: Mapping[str, str]
+    names: tuple[str, ...]  # the hash's field names, sorted
+    values: tuple[str, ...]  # their values
+
+    @property
+    def raw(self) -> dict[str, str]:
+        """The hash as read (a new dict each time)."""
+        return dict(zip(self.names, self.values, strict=True))
 
 
 def task_key(town: str, task_uuid: str) -> str:
@@ -67,10 +76,8 @@ def is_uuid(text: str) -> bool:
     return UUID_TEXT.match(text) is not None
 
 
-def decode_task(key: str, raw: dict[str, str]) -> RedisTask:
-    """Decode one hash read from `key`; raises BadHash naming the field that is wrong. The task
-    keeps `raw` as it is (no copy: a mirror holds 10,000 of them): callers pass a dict of
-    their own and leave it alone."""
+def decode_task(key: str, raw: Mapping[str, str]) -> RedisTask:
+    """Decode one hash read from `key`; raises BadHash naming the field that is wrong."""
     missing = [name for name in REQUIRED_FIELDS if name not in raw]
     if missing:
         raise BadHash(f"missing field(s) {', '.join(missing)}")
@@ -91,19 +98,50 @@ def decode_task(key: str, raw: dict[str, str]) -> RedisTask:
     if len(plan_tags) > 1:  # which entry is it? Guessing could take another entry's identity.
         raise BadHash(f"tags carry several plan tags ({', '.join(plan_tags)})")
     plan_tag = plan_tags[0] if plan_tags else None
+    names = shared(_SHAPES, tuple(sorted(raw)))
     return RedisTask(
         key=key,
         uuid=task_uuid,
         description=raw["description"],
         state=state,
-        tags=tuple(t for t in all_tags if t != plan_tag),
+        tags=shared_tags(t for t in all_tags if t != plan_tag),
         plan_id=plan_tag[len(PLAN_TAG_PREFIX) :] if plan_tag else None,
         assigned_to=raw.get("assigned_to"),
         parent_id=raw.get("parent_id"),
         result=raw.get("result"),
         updated_at=raw["updated_at"],
-        raw=raw,
+        names=names,
+        values=tuple(map(raw.__getitem__, names)),
     )
+
+
+T = TypeVar("T", str, tuple[str, ...])
+# What a town's hashes repeat, one object each for the life of the process (each table is
+# bounded): the field names of a hash, its tags and the tuples of them ("backend", "api").
+SHARED_LIMIT: Final = 10_000
+_SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_TAGS: dict[str, str] = {}
+_TAG_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def shared(table: dict[T, T], value: T) -> T:
+    """The one object of `table` equal to `value` (added while the table has room)."""
+    kept = table.get(value)
+    if kept is not None:
+        return kept
+    if len(table) < SHARED_LIMIT:
+        table[value] = value
+    return value
+
+
+SHORT_TAG: Final = 40  # characters: longer tags, and tuples with one, are not kept for sharing
+
+
+def shared_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    kept = tuple(shared(_TAGS, tag) if len(tag) <= SHORT_TAG else tag for tag in tags)
+    if len(kept) <= 8 and all(len(tag) <= SHORT_TAG for tag in kept):
+        return shared(_TAG_TUPLES, kept)
+    return kept
 
 
 def decode_tags(text: str) -> list[str]:
@@ -150,6 +188,7 @@ def parse_time(text: str, name: str = "time") -> tuple[datetime, int]:
     return whole_second, int(fraction[1:10].ljust(9, "0"))
 
 
+@functools.lru_cache(maxsize=16)  # one string for every task of one write, not one each
 def rfc3339(moment: datetime) -> str:
     """chrono's `to_rfc3339()` of a UTC time: 0, 3 or 6 fraction digits, `+00:00`."""
     utc = moment.astimezone(UTC)
@@ -160,12 +199,25 @@ def rfc3339(moment: datetime) -> str:
     return utc.isoformat(timespec="microseconds")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True, init=False)  # one per task a sync writes: kept small
 class HashWrite:
-    """One task's write: HDEL of `delete_fields`, then HSET of `set_fields`."""
+    """One task's write: HDEL of `delete_fields`, then HSET of `set_fields`. Kept as tuples
+    (the field names and the deleted fields shared among writes of the same shape), not a
+    dict per task: a first push holds one per task until it ends."""
 
-    set_fields: dict[str, str]
+    names: tuple[str, ...]  # set_fields' names, in order
+    values: tuple[str, ...]  # and their values
     delete_fields: tuple[str, ...]
+
+    def __init__(self, set_fields: Mapping[str, str], delete_fields: tuple[str, ...]) -> None:
+        object.__setattr__(self, "names", shared(_SHAPES, tuple(set_fields)))
+        object.__setattr__(self, "values", tuple(set_fields.values()))
+        object.__setattr__(self, "delete_fields", shared(_SHAPES, tuple(delete_fields)))
+
+    @property
+    def set_fields(self) -> dict[str, str]:
+        """The fields HSET sets, and their values (a new dict each time)."""
+        return dict(zip(self.names, self.values, strict=True))
 
 
 def encode_task(  # noqa: PLR0913 — keyword-only: the record, and each fact of the hash it lands in

@@ -58,6 +58,7 @@ import ctypes.util
 import gc
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -87,6 +88,7 @@ T = TypeVar("T")
 
 SHUTDOWN_FLUSH_S = 4.0  # SIGTERM: flush pending work, and exit within 5 s
 HEARTBEAT_S = 1.0  # the syncer reports progress at least this often while idle
+RELEASE_AFTER_IDLE_S = 2.0  # idle this long after syncs, the daemon releases free memory
 
 # What a part's failure does (the table above).
 POLICY: dict[str, Policy] = {
@@ -122,6 +124,7 @@ class Daemon:
         self.session = RedisSession(
             lambda: self.settings, self.sync_lock, self.schedule, self.wake, self.standing
         )
+        self.last_synced: float | None = None  # monotonic; None: memory released since
         self.parts = Supervisor()
         self.watchdog_interval = systemd.watchdog_interval()
         # How long the syncer may wait idle before it reports progress again: well within the
@@ -310,6 +313,12 @@ class Daemon:
         while True:
             self.parts.progress("syncer")
             timeout = self.seconds_until_due()
+            if timeout is None and self.idle_since_sync() >= RELEASE_AFTER_IDLE_S:
+                # Nothing owed for a while after syncs: hand back the heap they freed (a big
+                # plan's buffers, megabytes each), which glibc keeps otherwise. Not at once:
+                # the next sync would fault those pages in again (~1 ms at 10,000 tasks).
+                self.last_synced = None
+                release_free_memory()
             if timeout is None or timeout > 0:
                 timeout = self.beat_s if timeout is None else min(timeout, self.beat_s)
                 # asyncio.timeout, not wait_for: on 3.11 a cancel racing wait_for's timeout
@@ -320,6 +329,11 @@ class Daemon:
                 self.wake.clear()
                 continue
             await self.sync_due()
+            self.last_synced = time.monotonic()
+
+    def idle_since_sync(self) -> float:
+        """Seconds since the last sync ended; 0 when memory was released since (or no sync)."""
+        return 0.0 if self.last_synced is None else time.monotonic() - self.last_synced
 
     def seconds_until_due(self) -> float | None:
         if not self.session.connected or self.paused_since:
@@ -354,6 +368,8 @@ class Daemon:
                 report = await self.under_way(
                     engine.run_sync, self.settings, sides, request, self.state_store
                 )
+                if scope is None:  # the mirror's new tasks too, before synced() freezes the town
+                    await asyncio.to_thread(mirror.flush)
             except Exception as error:
                 self.sync_failed(batch, error, self.schedule.intended(batch))
                 return

