@@ -52,8 +52,8 @@ def test_a_state_changed_in_place_journals_what_changed(tmp_path: Path) -> None:
     before = SyncState(
         base={"a": cached.base["a"]}, uuids={"a": cached.uuids["a"]}, redis_epoch="e1"
     )
-    cached.base["a"] = BaseTask({"description": "A2", "tags": ("a",)})
-    cached.base["c"] = BaseTask({"description": "C", "tags": ()})
+    cached.base["a"] = BaseTask.of({"description": "A2", "tags": ("a",)})
+    cached.base["c"] = BaseTask.of({"description": "C", "tags": ()})
     cached.uuids["c"] = "uuid-c"
     cached.redis_epoch = "e2"
     first.save(cached, touched={"a", "c"}, before=before)
