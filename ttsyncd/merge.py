@@ -479,25 +479,11 @@ def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
     meant = written_by_step(record) if side == "redis" else frozenset()
     if not changed - meant:
         return frozenset()
+    held_again = held_from_old_copies(history, record, side)
     # The same old copy writing again (an agent's next step from the hash it read before):
     # what that copy wrote before and the task no longer holds is stale again, from whatever
     # point the rest of the copy is (it took in later values through its own writes).
-    again = frozenset(
-        f
-        for change in history
-        if change.side == side and change.old_copy
-        for f, v in change.old_copy.values.items()
-        if f in changed and f not in meant and record.get(f) == v
-    )
-    # The values an old copy of this side had set aside before, held again (changed or not):
-    # known to come from that copy, they say nothing of the point the rest of it is from.
-    held_again = {
-        f
-        for change in history
-        if change.side == side and change.old_copy
-        for f, v in change.old_copy.values.items()
-        if record.get(f) == v
-    }
+    again = frozenset((held_again & changed) - meant)
     newest_change = {f: i for i, change in enumerate(history) for f in change.before}
     at_p = dict(current)  # the task's fields at point p: before history[k]
     changed_since_p: set[str] = set()
@@ -533,6 +519,19 @@ def stale_fields(base: BaseTask, record: Record, side: Side) -> frozenset[str]:
         if went_back and len(went_back) >= len(best):
             best = went_back
     return best | again
+
+
+def held_from_old_copies(history: Iterable[Change], record: Record, side: Side) -> frozenset[str]:
+    """The fields of `record` that hold a value an old copy of `side` had set aside before
+    (changed or not): known to come from that copy, they say nothing of the point the rest
+    of the copy is from."""
+    return frozenset(
+        f
+        for change in history
+        if change.side == side and change.old_copy
+        for f, v in change.old_copy.values.items()
+        if record.get(f) == v
+    )
 
 
 def merge_fields(
