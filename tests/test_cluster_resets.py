@@ -17,7 +17,7 @@ import redis.cluster
 from tests.daemon_harness import QUIET_S, Daemon, FileWrites, wait_until
 from tests.helpers import make_town, plan_records, run_cli, town_records
 from tests.topologies import Cluster, TcpServer, redis_cluster
-from ttsyncd.engine import markers_lost
+from ttsyncd.base_state import markers_lost
 from ttsyncd.markers import Marker, epoch_key, read_markers
 from ttsyncd.state import SyncState
 from ttsyncd.store import Snapshot

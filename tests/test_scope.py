@@ -9,10 +9,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ttsyncd.base_state import advance, advanced, replaced, undo
 from ttsyncd.codec import decode_task, encode_tags, task_key
 from ttsyncd.config import LogSettings, Settings, SyncSettings
 from ttsyncd.endpoints import Endpoint
-from ttsyncd.engine import Decision, SyncReport, advance, advanced, decide, replaced, undo
+from ttsyncd.engine import Decision, SyncReport, decide
 from ttsyncd.identity import IdentityIndex
 from ttsyncd.merge import Options
 from ttsyncd.plan import Plan, parse_plan, render_plan

@@ -2,23 +2,32 @@
 
 The imperative shell around the pure merge. push, pull and the daemon's two-way sync all run
 `sync` with different directions. What a sync holds back (the deletion guard, the writes set
-aside) is decided in ttsyncd/guard.py; a dry run's lines are worded in ttsyncd/changes.py.
+aside) is decided in ttsyncd/guard.py; what the merge's operations become (guarded task writes,
+plan edits) in ttsyncd/writes.py; the base it starts from and the one it leaves in
+ttsyncd/base_state.py; a dry run's lines are worded in ttsyncd/changes.py.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
 import structlog
-from redis.crc import key_slot
 
+from ttsyncd.base_state import (
+    BaseAfter,
+    advance,
+    keep_what_landed,
+    markers_lost,
+    save_advanced,
+    within,
+    without_slots,
+)
 from ttsyncd.changes import TaskChange, describe, task_changes
-from ttsyncd.codec import RedisTask, encode_task, is_uuid, task_key
+from ttsyncd.codec import task_key
 from ttsyncd.config import Settings
 from ttsyncd.errors import PlanError, SyncRefused
 from ttsyncd.guard import (
@@ -29,26 +38,20 @@ from ttsyncd.guard import (
     still_set_aside,
 )
 from ttsyncd.identity import Identified, task_uuid_for
-from ttsyncd.markers import epoch_key
 from ttsyncd.merge import (
     Conflict,
     Delete,
     MergeResult,
-    Op,
     Options,
     Pins,
     Side,
-    Upsert,
     merge,
 )
 from ttsyncd.model import Record
 from ttsyncd.plan import (
-    AddEntry,
     FileEdit,
     Plan,
     PlanReader,
-    RemoveEntry,
-    UpdateEntry,
     parse_plan,
     render_edits,
 )
@@ -62,7 +65,8 @@ from ttsyncd.state import (
 )
 from ttsyncd.store import RedisSource, Snapshot, TaskWrite
 from ttsyncd.topology import RedisClient
-from ttsyncd.views import agent_uuids, file_view, redis_view
+from ttsyncd.views import file_view, redis_view
+from ttsyncd.writes import file_edits, redis_writes
 
 log = structlog.get_logger("ttsyncd.engine")
 T = TypeVar("T")
@@ -188,11 +192,7 @@ def run_sync(
     """Run one sync; retries the whole read-merge-write when either side changed under it."""
     started = time.perf_counter()
     only, force = request.only, request.force
-    options = Options(
-        policy=settings.sync.policy, deletions=settings.sync.deletions,
-        push=request.push, pull=request.pull, force=force,
-        stale=settings.sync.stale_writes == "keep-newer", pins=request.pins or {},
-    )  # fmt: skip
+    options = merge_options(settings, request)
     recorded: list[Conflict] = []
     for _attempt in range(MAX_ATTEMPTS):
         report = SyncReport()
@@ -214,11 +214,8 @@ def run_sync(
             )
             break
         # Record conflicts before writing their winners: a crash in between must not lose
-        # the losing value. (A retry that settles them again does not record them twice.)
-        found = [*decided.merged.settled, *decided.merged.new_pending, *decided.merged.set_aside]
-        fresh = [c for c in found if c not in recorded]
-        append_conflicts(settings.state_dir, fresh, policy=settings.sync.policy, now=clock())
-        recorded.extend(fresh)
+        # the losing value.
+        record_conflicts(settings, decided.merged, recorded, clock())
         epoch = sides.redis.epoch(snapshot)
         markers = sides.redis.markers(snapshot)
         changed = sides.redis.apply(decided.writes)
@@ -235,14 +232,7 @@ def run_sync(
             report.file_written = True
         report.plan = new_plan or plan
         touched, old = decided.touched, decided.state
-        base_after = BaseAfter(old.base, decided.merged.base, touched)
-        report.refused = refusal(settings, old, decided.refused, plan, report.plan, base_after)
-        set_aside = still_set_aside(
-            old.set_aside,
-            decided.merged.set_aside,
-            base_after,
-            only if request.resolving and only is not None else frozenset(),
-        )
+        report.refused, set_aside = what_stands(settings, request, decided, plan, report.plan)
         log_changes(decided.merged)
         sides.redis.confirm(epoch, markers)  # behind Sentinel, on a Cluster
         before = advance(old, decided, touched, epoch, markers)
@@ -259,127 +249,36 @@ def run_sync(
     return report
 
 
-def advanced(
-    old: SyncState, decided: Decision, ids: AbstractSet[str], epoch: str, markers: dict[str, str]
-) -> SyncState:
-    """`old` with what `decided` agreed on for these tasks (the rest carries over), agreed with
-    the Redis whose markers are `epoch` and `markers`: a new state, `old` as it was (its maps
-    copied; `advance` is the in-place form a sync uses)."""
-    merged = decided.merged
-    return SyncState(
-        base=replaced(old.base, ids, within(merged.base, ids)),
-        unresolved_agents=replaced(
-            old.unresolved_agents, ids, within(decided.unresolved_agents, ids)
-        ),
-        pending=replaced(old.pending, ids, within(merged.pending, ids)),
-        uuids=replaced(old.uuids, ids, within(decided.uuids, ids)),
-        redis_epoch=epoch,
-        set_aside=old.set_aside,
-        refused=old.refused,
-        redis_markers=markers,
-    )
+def what_stands(
+    settings: Settings, request: SyncRequest, decided: Decision, read: Plan, left: Plan
+) -> tuple[RefusedDeletions | None, dict[str, list[Conflict]]]:
+    """The refusal and the set-aside writes that stand once this sync, which read the plan
+    `read` and leaves `left`, is done: settled before the state changes (a failover check
+    after them must leave the state as it was)."""
+    old, only = decided.state, request.only
+    base_after = BaseAfter(old.base, decided.merged.base, decided.touched)
+    refused = refusal(settings, old, decided.refused, read, left, base_after)
+    resolved = only if request.resolving and only is not None else frozenset()
+    return refused, still_set_aside(old.set_aside, decided.merged.set_aside, base_after, resolved)
 
 
-def advance(
-    state: SyncState, decided: Decision, ids: AbstractSet[str], epoch: str, markers: dict[str, str]
-) -> SyncState:
-    """`advanced`, in place: `state` takes what `decided` agreed on for these tasks, agreed
-    with the Redis whose markers are `epoch` and `markers`. A big town's base and uuids are
-    not copied (~10 ms each at 100,000 tasks). Returns what it replaced: `state` as it was
-    for these ids (with its epoch, markers, refusal and set-aside), for the journal
-    (`StateStore.save`) and for `undo`.
-
-    Ownership: a state is changed only by the sync that loaded it (under the daemon's sync
-    lock, one at a time); `pending`, which `status` reads from another thread, is replaced,
-    never changed in place."""
-    merged = decided.merged
-    before = SyncState(
-        base=within(state.base, ids),
-        unresolved_agents=within(state.unresolved_agents, ids),
-        pending=within(state.pending, ids),
-        uuids=within(state.uuids, ids),
-        redis_epoch=state.redis_epoch,
-        set_aside=state.set_aside,
-        refused=state.refused,
-        redis_markers=state.redis_markers,
-    )
-    update(state.base, ids, within(merged.base, ids))
-    update(state.unresolved_agents, ids, within(decided.unresolved_agents, ids))
-    update(state.uuids, ids, within(decided.uuids, ids))
-    state.pending = replaced(state.pending, ids, within(merged.pending, ids))
-    state.redis_epoch, state.redis_markers = epoch, markers
-    return before
+def merge_options(settings: Settings, request: SyncRequest) -> Options:
+    return Options(
+        policy=settings.sync.policy, deletions=settings.sync.deletions,
+        push=request.push, pull=request.pull, force=request.force,
+        stale=settings.sync.stale_writes == "keep-newer", pins=request.pins or {},
+    )  # fmt: skip
 
 
-def undo(state: SyncState, before: SyncState, ids: AbstractSet[str]) -> None:
-    """`state` back to what it was before `advance` (ids: the ones it advanced)."""
-    update(state.base, ids, before.base)
-    update(state.unresolved_agents, ids, before.unresolved_agents)
-    update(state.uuids, ids, before.uuids)
-    state.pending = replaced(state.pending, ids, before.pending)
-    state.redis_epoch, state.redis_markers = before.redis_epoch, before.redis_markers
-    state.set_aside, state.refused = before.set_aside, before.refused
-
-
-def save_advanced(
-    state_store: StateStore,
-    state: SyncState,
-    ids: AbstractSet[str],
-    before: SyncState,
-    *,
-    cached: bool,
+def record_conflicts(
+    settings: Settings, merged: MergeResult, recorded: list[Conflict], now: datetime
 ) -> None:
-    """Persist `state`, which `advance` took from `before` for these ids; `cached`: it is the
-    store's own (else: a new base, saved whole). A save that fails leaves `state` as it was,
-    as if this sync had not run: the next one merges from there."""
-    try:
-        if cached:
-            state_store.save(state, ids, before)
-        else:
-            state_store.save(state)
-    except BaseException:
-        undo(state, before, ids)
-        raise
-
-
-class BaseAfter:
-    """Which plan ids the base holds once `advance` has given the touched ids the merge's
-    base: asked before the state changes (a refusal and the set-aside writes are settled
-    before a failover check that must leave the state as it was)."""
-
-    def __init__(
-        self, base: Mapping[str, object], merged: Mapping[str, object], touched: AbstractSet[str]
-    ) -> None:
-        self.base, self.merged, self.touched = base, merged, touched
-
-    def __contains__(self, plan_id: object) -> bool:
-        return plan_id in (self.merged if plan_id in self.touched else self.base)
-
-
-def keep_what_landed(
-    state_store: StateStore,
-    decided: Decision,
-    failed: list[TaskWrite],
-    epoch: str,
-    markers: dict[str, str],
-) -> None:
-    """An attempt that merges again (a side changed under it) keeps in the base the tasks it
-    finished all the same: their Redis writes landed and the file needed nothing. Else the
-    base would miss those changes, and the history the stale rule reads would too."""
-    old = decided.state
-    if old is not state_store.load():
-        return  # another Redis than the base's: the retry starts over anyway
-    failed_uuids = {w.task_uuid for w in failed}
-    in_file = {op.plan_id for op in decided.merged.file_ops}
-    written = {op.plan_id for op in decided.merged.redis_ops}
-    done = frozenset(
-        plan_id
-        for plan_id in written - in_file
-        if decided.uuids.get(plan_id) not in failed_uuids and plan_id in decided.merged.base
-    )
-    if done:
-        before = advance(old, decided, done, epoch, markers)
-        save_advanced(state_store, old, done, before, cached=True)
+    """Append the conflicts this attempt found to the log, and to `recorded`: a retry that
+    settles them again does not record them twice."""
+    found = [*merged.settled, *merged.new_pending, *merged.set_aside]
+    fresh = [c for c in found if c not in recorded]
+    append_conflicts(settings.state_dir, fresh, policy=settings.sync.policy, now=now)
+    recorded.extend(fresh)
 
 
 def decide(  # noqa: PLR0913 — sync()'s inputs, passed on; to split with sync(): issue 12
@@ -516,183 +415,6 @@ def render_checked(plan: Plan, edits: list[FileEdit]) -> Plan | None:
         raise SyncRefused(
             f"not writing {plan.path}: the merged plan would not be valid:\n{error}"
         ) from None
-
-
-def within(values: Mapping[str, T], only: AbstractSet[str]) -> dict[str, T]:
-    if len(only) < len(values):  # a daemon's sync of a few tasks in a big town
-        return {k: values[k] for k in only if k in values}
-    return {k: v for k, v in values.items() if k in only}
-
-
-def replaced(
-    values: Mapping[str, T], touched: AbstractSet[str], new: Mapping[str, T]
-) -> dict[str, T]:
-    """`values` with the entries of the touched ids replaced by `new`'s."""
-    result = dict(values)
-    for key in touched:
-        result.pop(key, None)
-    result.update(new)
-    return result
-
-
-def update(values: dict[str, T], touched: AbstractSet[str], new: Mapping[str, T]) -> None:
-    """`replaced`, in place."""
-    for key in touched:
-        values.pop(key, None)
-    values.update(new)
-
-
-def markers_lost(state: SyncState, snapshot: Snapshot, town: str) -> tuple[bool, frozenset[int]]:
-    """(another Redis than the base's, the slots of the Cluster primaries that came back without
-    their data). A marker whose token is not the one the base was agreed with lost its keys with
-    it; all of them: the whole Redis is another one (or one that restarted empty). Markers the
-    base or the snapshot does not have (a slot map that changed) are not compared."""
-    if state.redis_epoch is None:
-        return False, frozenset()
-    agreed = {epoch_key(town): state.redis_epoch, **state.redis_markers}
-    now = {epoch_key(town): snapshot.epoch, **{k: m.token for k, m in snapshot.markers.items()}}
-    compared = [key for key in agreed if key in now]
-    differ = [key for key in compared if now[key] != agreed[key]]
-    if len(differ) == len(compared):
-        return bool(differ), frozenset()
-    return False, frozenset().union(*(snapshot.markers[key].slots for key in differ))
-
-
-def without_slots(state: SyncState, town: str, slots: frozenset[int]) -> SyncState:
-    """`state` without the tasks whose hash is in these slots: a first sync for them, where a
-    task on one side only is copied to the other."""
-
-    def gone(plan_id: str) -> bool:
-        uuid = state.uuids.get(plan_id) or task_uuid_for(town, plan_id)
-        return key_slot(task_key(town, uuid).encode()) in slots
-
-    def kept(items: dict[str, T]) -> dict[str, T]:
-        return {plan_id: item for plan_id, item in items.items() if not gone(plan_id)}
-
-    refused = state.refused
-    if refused is not None:
-        refused_ids = frozenset(i for i in refused.plan_ids if not gone(i))
-        refused = replace(refused, plan_ids=refused_ids) if refused_ids else None
-    return SyncState(
-        base=kept(state.base),
-        unresolved_agents=kept(state.unresolved_agents),
-        pending=kept(state.pending),
-        uuids=kept(state.uuids),
-        redis_epoch=state.redis_epoch,
-        set_aside=kept(state.set_aside),
-        refused=refused,
-        redis_markers=state.redis_markers,
-    )
-
-
-def redis_writes(
-    town: str,
-    merged: MergeResult,
-    identified: Identified,
-    redis_records: dict[str, Record],
-    agent_names: dict[str, str],
-    previously_unresolved: dict[str, str],
-) -> tuple[list[TaskWrite], dict[str, str]]:
-    """The task writes for the merge's Redis ops plus identity repairs, and the agent names
-    Redis cannot hold (no agent hash carries them) by plan id."""
-    writer = TaskWriter(town, identified.by_plan_id, agent_uuids(agent_names), datetime.now(UTC))
-    writes: list[TaskWrite] = []
-    for op in merged.redis_ops:
-        if isinstance(op, Upsert):
-            writes.append(writer.write(op.plan_id, op.record))
-        elif op.mode == "delete":
-            task = writer.current[op.plan_id]
-            writes.append(TaskWrite(task.key, dict(task.raw), None, task.uuid, backlog_remove=True))
-        elif op.mode == "cancel" and redis_records[op.plan_id].status != "cancelled":
-            cancelled = redis_records[op.plan_id].with_fields({"status": "cancelled"})
-            writes.append(writer.write(op.plan_id, cancelled, backlog_remove=True))
-    writes += repairs(writer, merged, identified, redis_records, previously_unresolved)
-    return writes, writer.unresolved
-
-
-def repairs(
-    writer: TaskWriter,
-    merged: MergeResult,
-    identified: Identified,
-    redis_records: dict[str, Record],
-    previously_unresolved: dict[str, str],
-) -> list[TaskWrite]:
-    """Repairs of tasks both sides agree on, which change no synced field: tag a task pulled in
-    under a derived id with its plan id (so identity is uniform from then on), and assign an
-    agent whose name an agent hash now carries."""
-    writes: list[TaskWrite] = []
-    touched = {op.plan_id for op in merged.redis_ops}
-    for plan_id, base_task in merged.base.items():
-        if plan_id in touched or base_task.tombstone or plan_id not in writer.current:
-            continue
-        record = redis_records[plan_id]
-        unresolved_name = previously_unresolved.get(plan_id)
-        now_resolvable = unresolved_name is not None and unresolved_name in writer.by_name
-        if plan_id in identified.untagged or now_resolvable:
-            writes.append(writer.write(plan_id, record))
-        elif unresolved_name is not None and record.agent == unresolved_name:
-            writer.unresolved[plan_id] = unresolved_name
-    return writes
-
-
-@dataclass
-class TaskWriter:
-    """Makes one sync's task writes: each record as the hash tinytown would hold, guarded by the
-    hash as it was read; notes the agent names Redis cannot hold (`unresolved`, by plan id)."""
-
-    town: str
-    current: Mapping[str, RedisTask]  # the task each plan id maps to, as read
-    by_name: dict[str, str]  # agent name -> agent uuid
-    now: datetime
-    unresolved: dict[str, str] = field(default_factory=dict)
-
-    def uuid_of(self, plan_id: str) -> str:
-        task = self.current.get(plan_id)
-        return task.uuid if task else task_uuid_for(self.town, plan_id)
-
-    def write(self, plan_id: str, record: Record, **flags: bool) -> TaskWrite:
-        task = self.current.get(plan_id)
-        agent_uuid = resolve_agent(record.agent, self.by_name)
-        if record.agent is not None and agent_uuid is None:
-            self.unresolved[plan_id] = record.agent
-        write = encode_task(
-            record,
-            task_uuid=self.uuid_of(plan_id),
-            plan_id=plan_id,
-            current=task,
-            assigned_to=agent_uuid,
-            parent_id=self.uuid_of(record.parent) if record.parent else None,
-            now=self.now,
-        )
-        # A new pending task nobody is assigned to is one agents may claim.
-        claimable = task is None and record.status == "pending" and record.agent is None
-        return TaskWrite(
-            key=task_key(self.town, self.uuid_of(plan_id)),
-            expected=dict(task.raw) if task else {},
-            write=write,
-            task_uuid=self.uuid_of(plan_id),
-            backlog_add=claimable,
-            **flags,
-        )
-
-
-def resolve_agent(name: str | None, by_name: dict[str, str]) -> str | None:
-    """The uuid of the agent called `name`; a uuid written in the file is taken as it is."""
-    if name is None:
-        return None
-    return by_name.get(name) or (name if is_uuid(name) else None)
-
-
-def file_edits(ops: list[Op]) -> list[FileEdit]:
-    edits: list[FileEdit] = []
-    for op in ops:
-        if isinstance(op, Delete):
-            edits.append(RemoveEntry(op.plan_id))
-        elif op.created:
-            edits.append(AddEntry(op.plan_id, op.record))
-        else:
-            edits.append(UpdateEntry(op.plan_id, op.record))
-    return edits
 
 
 def count_changes(report: SyncReport, merged: MergeResult) -> None:

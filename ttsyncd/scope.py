@@ -43,7 +43,7 @@ Invariants
 7. **What is touched is what is saved.** The ids touched are the scope after rules 3-6 and
    everything either view returned; a task whose hash cannot be read is never touched (left
    alone on both sides until it can be). The new base replaces exactly the touched ids
-   (`engine.advanced`), so an id outside the scope keeps its base: sound by rule 1.
+   (`base_state.advanced`), so an id outside the scope keeps its base: sound by rule 1.
 
 8. **`resolve` names its tasks.** A sync limited to some ids (`only`) touches those and no
    other, whatever the scope.

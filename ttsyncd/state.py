@@ -92,7 +92,7 @@ class StateStore:
     ) -> None:
         """Persist `state`; `touched`: the only plan ids whose entries may differ from the
         state last saved (None: any). `before` (with `touched`): `state` is the cached state,
-        updated in place (engine.advance), and `before` what it held for those ids, with its
+        updated in place (base_state.advance), and `before` what it held for those ids, with its
         whole-state fields (epoch, markers, refusal, set-aside) as they were."""
         old = self.load() if before is None else before
         small = touched is not None and len(touched) <= JOURNAL_LINE_TASKS
