@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttsyncd.merge import BaseTask, Delete, MergeResult, Op, Options, Upsert, merge
+from ttsyncd.base import BaseTask
+from ttsyncd.merge import Delete, MergeResult, Op, Options, Upsert, merge
 from ttsyncd.model import FIELDS, Record, Value
 
 POLICIES = ("owner", "file", "redis", "manual")

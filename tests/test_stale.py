@@ -13,17 +13,8 @@ from dataclasses import dataclass, field
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from ttsyncd.merge import (
-    ENTRY,
-    BaseTask,
-    Conflict,
-    Delete,
-    MergeResult,
-    Options,
-    Side,
-    Upsert,
-    merge,
-)
+from ttsyncd.base import BaseTask, Side
+from ttsyncd.merge import ENTRY, Conflict, Delete, MergeResult, Options, Upsert, merge
 from ttsyncd.model import Record
 
 A = "a"

@@ -12,7 +12,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttsyncd.merge import BaseTask, Conflict
+from ttsyncd.base import BaseTask
+from ttsyncd.merge import Conflict
 from ttsyncd.state import JOURNAL_LIMIT, StateStore, SyncState, append_conflicts, read_conflicts
 
 

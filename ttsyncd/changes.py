@@ -9,7 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ttsyncd.merge import ENTRY, Conflict, Delete, MergeResult, Op, Side
+from ttsyncd.base import Side
+from ttsyncd.merge import ENTRY, Conflict, Delete, MergeResult, Op
 from ttsyncd.model import FIELDS, Record, Value
 
 # What a sync did to a task on the side it wrote ("stop syncing": a removal from the file under

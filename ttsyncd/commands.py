@@ -8,12 +8,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from ttsyncd.base import Side
 from ttsyncd.changes import set_aside_line
 from ttsyncd.config import Settings
 from ttsyncd.engine import SyncReport, state_store_for, sync
 from ttsyncd.errors import EXIT_OK, EXIT_PLAN, TtsyncdError
 from ttsyncd.identity import identify
-from ttsyncd.merge import ENTRY, Conflict, Side
+from ttsyncd.merge import ENTRY, Conflict
 from ttsyncd.output import Output as Output  # re-exported: the daemon answers with it
 from ttsyncd.plan import PlanReader, read_text
 from ttsyncd.state import StateStore, SyncState, append_conflicts, conflict, read_conflicts

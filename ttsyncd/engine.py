@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import structlog
 
+from ttsyncd.base import Side
 from ttsyncd.base_state import (
     BaseAfter,
     advance,
@@ -38,15 +39,7 @@ from ttsyncd.guard import (
     still_set_aside,
 )
 from ttsyncd.identity import Identified, task_uuid_for
-from ttsyncd.merge import (
-    Conflict,
-    Delete,
-    MergeResult,
-    Options,
-    Pins,
-    Side,
-    merge,
-)
+from ttsyncd.merge import Conflict, Delete, MergeResult, Options, Pins, merge
 from ttsyncd.model import Record
 from ttsyncd.plan import (
     FileEdit,

@@ -13,8 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ttsyncd.base import BaseTask, Change, OldCopy
 from ttsyncd.fsutil import replace_atomically
-from ttsyncd.merge import BaseTask, Change, Conflict, OldCopy
+from ttsyncd.merge import Conflict
 from ttsyncd.model import Value
 
 # 2: tasks carry their recent history (stale writes), `set_aside` and `refused_deletions`.
