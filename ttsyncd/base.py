@@ -1,5 +1,5 @@
 """What the merge remembers of each task: the values both sides last agreed on and the recent
-history of changes the stale-write rules read (ttsyncd/merge.py, S1-S3), kept small (a daemon
+history of changes the stale-write rules read (ttsyncd/stale.py, S1-S3), kept small (a daemon
 holds the whole town's): a Record rather than a dict per task, and the small values and field
 sets that histories repeat shared, one object each.
 """
