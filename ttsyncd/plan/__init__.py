@@ -3,7 +3,8 @@ style, written atomically.
 
 - model: the plan and its entries, the edits a pull makes
 - grammar: the TOML line grammar reading and rendering share
-- read: text -> Plan, whole or by `[[tasks]]` segments (the incremental re-read, its cache)
+- read: text -> Plan, whole or by `[[tasks]]` segments (the incremental re-read), pure
+- reader: the file's bytes and text, and the PlanReader a daemon keeps (parse on change, echoes)
 - validate: field and graph problems with file:line
 - render: Plan + edits -> text, untouched bytes kept; render_tomlkit: the tomlkit fallback
 """
@@ -19,7 +20,8 @@ from ttsyncd.plan.model import (
     UpdateEntry,
     new_entry_id,
 )
-from ttsyncd.plan.read import PlanReader, forget_parses, parse_plan, read_plan, read_text
+from ttsyncd.plan.read import forget_parses, parse_plan
+from ttsyncd.plan.reader import PlanReader, read_plan, read_text
 from ttsyncd.plan.render import Rendered, render_edits, render_plan
 from ttsyncd.plan.validate import parent_cycles
 
