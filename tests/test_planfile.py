@@ -33,10 +33,9 @@ from ttsyncd.plan import (
     render_plan,
     write_atomic,
 )
+from ttsyncd.plan.entry_text import edit_simple_lines, field_changes
 from ttsyncd.plan.read import _parse_whole
 from ttsyncd.plan.render import (
-    _edit_simple_lines,
-    _field_changes,
     _Render,
     _render_window,
     _resolve,
@@ -890,9 +889,9 @@ def test_simple_line_edits_equal_tomlkits(
         return
     block = data.draw(st.sampled_from(blocks))
     table = tomllib.loads(block)["tasks"][0]
-    changes = _field_changes(table, data.draw(records), data.draw(st.none() | st.just("dev")))
+    changes = field_changes(table, data.draw(records), data.draw(st.none() | st.just("dev")))
     indent = data.draw(st.sampled_from(["", "  "]))
-    simple = _edit_simple_lines(block, changes, indent)
+    simple = edit_simple_lines(block, changes, indent)
     if simple is not None:
         assert simple == _edit_with_tomlkit(block, changes, indent)
 

@@ -6,7 +6,8 @@ style, written atomically.
 - read: text -> Plan, whole or by `[[tasks]]` segments (the incremental re-read), pure
 - reader: the file's bytes and text, and the PlanReader a daemon keeps (parse on change, echoes)
 - validate: field and graph problems with file:line
-- render: Plan + edits -> text, untouched bytes kept; render_tomlkit: the tomlkit fallback
+- render: Plan + edits -> text, untouched bytes kept; entry_text: one entry's line edits;
+  render_tomlkit: the tomlkit fallback
 """
 
 from ttsyncd.fsutil import write_atomic

@@ -6,18 +6,22 @@ the tomlkit fallback (render_tomlkit).
 
 from __future__ import annotations
 
-import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
-from ttsyncd.model import FIELDS, Record
+from ttsyncd.model import Record
+from ttsyncd.plan.entry_text import (
+    body_indent,
+    changed_table,
+    edit_segment,
+    field_changes,
+    new_entry,
+    value_text,
+)
 from ttsyncd.plan.grammar import (
-    _KEY_LINE,
-    _SIMPLE_LINE,
-    _TASKS_HEADER,
     TomlData,
     _load_toml,
     _same,
@@ -35,7 +39,6 @@ from ttsyncd.plan.model import (
 )
 
 # What a missing key means (every other field: None).
-_ABSENT_MEANS: dict[str, Any] = {"status": "pending", "tags": ()}
 
 
 def render_plan(plan: Plan, edits: Sequence[FileEdit]) -> str:
@@ -57,7 +60,8 @@ def render_edits(plan: Plan, edits: Sequence[FileEdit]) -> Rendered:
     if not (outcome.changes or outcome.removed or outcome.added):
         return Rendered(plan.text)
     expected = {
-        index: _changed(_table(plan, index), changes) for index, changes in outcome.changes.items()
+        index: changed_table(_table(plan, index), changes)
+        for index, changes in outcome.changes.items()
     }
     if plan.layout is not None:
         by_segments = _render_by_segments(plan, plan.layout, outcome, expected)
@@ -102,12 +106,12 @@ def _resolve(plan: Plan, edits: Sequence[FileEdit]) -> _Outcome:
             entry_changes["id"] = edited.new_ids[index]
         if index in edited.records:
             entry_changes.update(
-                _field_changes(_table(plan, index), edited.records[index], plan.default_agent)
+                field_changes(_table(plan, index), edited.records[index], plan.default_agent)
             )
         if entry_changes:
             changes[index] = entry_changes
     new_entries = tuple(
-        _new_entry(plan_id, record, plan.default_agent) for plan_id, record in edited.added.items()
+        new_entry(plan_id, record, plan.default_agent) for plan_id, record in edited.added.items()
     )
     return _Outcome(changes, frozenset(edited.removed), new_entries)
 
@@ -166,78 +170,6 @@ class _Edited:
     def unused(self, plan_id: str) -> None:
         if plan_id in self.index_of or plan_id in self.added:
             raise ValueError(f"the id {plan_id!r} is already in the plan")
-
-
-def _field_changes(raw: TomlData, record: Record, default_agent: str | None) -> dict[str, Any]:
-    """The keys to set or remove so that the entry holds `record`; unchanged keys untouched."""
-    changes: dict[str, Any] = {}
-    for key in FIELDS:
-        desired = record.get(key)
-        current = raw.get(key, _ABSENT_MEANS.get(key))
-        if isinstance(current, list):
-            current = tuple(current)
-        if desired == current:
-            continue
-        if key == "agent" and "agent" not in raw and desired == default_agent:
-            continue  # the [meta] default already says it
-        if desired is None or desired == ():
-            changes[key] = None
-        else:
-            changes[key] = list(desired) if isinstance(desired, tuple) else desired
-    return changes
-
-
-def _changed(raw: TomlData, changes: Mapping[str, Any]) -> TomlData:
-    updated = {**raw, **changes}
-    return {key: value for key, value in updated.items() if value is not None}
-
-
-def _new_entry(plan_id: str, record: Record, default_agent: str | None) -> TomlData:
-    values: dict[str, Any] = {
-        "id": plan_id,
-        "description": record.description,
-        "agent": None if record.agent == default_agent else record.agent,
-        "status": record.status,
-        "tags": list(record.tags) or None,
-        "parent": record.parent,
-        "result": record.result,
-    }
-    return {key: value for key, value in values.items() if value is not None}
-
-
-def _value_text(value: Any) -> str:
-    """A string or a list of strings as TOML text. Written here, not with tomlkit.item():
-    a pulled plan of 10,000 entries made 50,000 tomlkit items (~1 s) for a few quotes."""
-    if isinstance(value, str):
-        return _basic_string(value)
-    if isinstance(value, list) and all(isinstance(item, str) for item in value):
-        return "[" + ", ".join(_basic_string(item) for item in value) + "]"
-    import tomlkit  # imported only when needed: a push renders nothing
-
-    text: str = tomlkit.item(value).as_string()
-    return text
-
-
-_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\b": "\\b",
-    "\t": "\\t",
-    "\n": "\\n",
-    "\f": "\\f",
-    "\r": "\\r",
-}
-_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f]')
-
-
-def _basic_string(text: str) -> str:
-    """A TOML basic string: quotes, backslashes and control characters escaped."""
-
-    def escape(match: re.Match[str]) -> str:
-        char = match.group()
-        return _ESCAPES.get(char) or f"\\u{ord(char):04x}"
-
-    return '"' + _NEEDS_ESCAPE.sub(escape, text) + '"'
 
 
 # --- the fast path: segments
@@ -388,8 +320,8 @@ def _replacements(
         if not job.trusted and not _holds(segment_text, job.tables[index]):
             return None
         if index in outcome.changes:
-            indent = _body_indent(lines[segment.header + 1 : segment.end])
-            new_text = _edit_segment(segment_text, outcome.changes[index], indent)
+            indent = body_indent(lines[segment.header + 1 : segment.end])
+            new_text = edit_segment(segment_text, outcome.changes[index], indent)
             if not _holds(new_text, job.expected[index]):
                 return None
             replacements[index] = _with_line_endings(
@@ -445,7 +377,7 @@ def _append_entries(out: list[str], added: Sequence[TomlData], carriage: str) ->
         if out:
             out.append(carriage)
         out.append("[[tasks]]" + carriage)
-        out.extend(f"{key} = {_value_text(value)}{carriage}" for key, value in entry.items())
+        out.extend(f"{key} = {value_text(value)}{carriage}" for key, value in entry.items())
 
 
 def _with_line_endings(new: list[str], old: list[str]) -> list[str]:
@@ -474,58 +406,3 @@ def _line_ending(text: str) -> str:
     if "\r" not in text:  # (one quick scan: most files have no CR at all)
         return ""
     return "\r" if 2 * text.count("\r\n") > text.count("\n") else ""
-
-
-def _body_indent(body: list[str]) -> str:
-    for line in body:
-        stripped = line.lstrip()
-        if stripped and not stripped.startswith("#"):
-            return line[: len(line) - len(stripped)]
-    return ""
-
-
-def _edit_segment(segment_text: str, changes: Mapping[str, Any], indent: str) -> str:
-    fields = {key: value for key, value in changes.items() if key != "id"}
-    new_text = _edit_simple_lines(segment_text, fields, indent)
-    if new_text is None:
-        from ttsyncd.plan.render_tomlkit import _edit_with_tomlkit
-
-        new_text = _edit_with_tomlkit(segment_text, fields, indent)
-    if "id" not in changes:
-        return new_text
-    lines = new_text.split("\n")  # the id goes first
-    header = next(n for n, line in enumerate(lines) if _TASKS_HEADER.match(line))
-    lines.insert(header + 1, f"{indent}id = {_value_text(changes['id'])}")
-    return "\n".join(lines)
-
-
-def _edit_simple_lines(segment_text: str, changes: Mapping[str, Any], indent: str) -> str | None:
-    """What `_edit_with_tomlkit` makes of an entry whose changed keys sit on simple lines,
-    written directly: tomlkit takes ~1 ms an entry, and a burst pulls hundreds of them.
-    None when a changed key is not on such a line (tomlkit edits it)."""
-    lines = segment_text.split("\n")
-    keys: dict[str, int] = {}
-    for number, line in enumerate(lines):
-        match = _KEY_LINE.match(line)
-        if match:
-            if match.group("key") in keys:
-                return None
-            keys[match.group("key")] = number
-    removed: set[int] = set()
-    appended: list[str] = []
-    for key, value in changes.items():
-        at = keys.get(key)
-        if at is None:
-            if value is None:
-                return None
-            appended.append(f"{indent}{key} = {_value_text(value)}")
-            continue
-        simple = _SIMPLE_LINE.fullmatch(lines[at])
-        if simple is None:
-            return None
-        if value is None:
-            removed.add(at)
-        else:
-            lines[at] = simple.group("lead") + _value_text(value) + simple.group("rest")
-    kept = [line for number, line in enumerate(lines[:-1]) if number not in removed]
-    return "\n".join([*kept, *appended, lines[-1]])
