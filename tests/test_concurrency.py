@@ -10,8 +10,6 @@ run's choices (the timing of a race cannot be replayed).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import functools
 import json
 import os
@@ -47,6 +45,7 @@ from tests.workflow_helpers import (
 )
 from tests.workflow_helpers import start as start_step
 from ttsyncd.codec import backlog_key, rfc3339, task_key
+from ttsyncd.fsutil import exchange  # the editor's atomic swap is the daemon's own
 from ttsyncd.identity import task_uuid_for
 from ttsyncd.model import STATES, TERMINAL_STATES, Record, Value
 from ttsyncd.tinytown import new_task, register_agent, set_task
@@ -190,24 +189,6 @@ def frozen(value: Any) -> Value:
 
 
 # ---------------------------------------------------------------------------- the file side
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (renameat2 RENAME_EXCHANGE); False where unsupported."""
-    renameat2 = getattr(_libc, "renameat2", None)
-    if renameat2 is None:
-        return False
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
 
 
 @dataclass
