@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from time import perf_counter
+from time import perf_counter, sleep
 from typing import Any
 
 import redis
@@ -36,6 +36,11 @@ from ttsyncd.tinytown import register_agent
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "latest.json"
 READY_TIMEOUT_S = 300.0  # the first sync of a big town, on a slow machine
+
+# Each memory reading waits this long with the daemon idle: an idle daemon hands the heap its
+# syncs freed back after RELEASE_AFTER_IDLE_S (2 s), and a reading taken before would count
+# it (bench.memory reads the same way).
+SETTLE_S = 4.0
 
 
 @dataclass(frozen=True)
@@ -213,10 +218,12 @@ def measure_live(
         progress(started, "  daemon: first sync")
         daemon.wait_ready(READY_TIMEOUT_S)
         out["first_sync_s"] = perf_counter() - daemon.started
+        live = LiveTown(town, size, daemon, client, db=0, debounce=SyncSettings())
+        live.settle()
+        sleep(SETTLE_S)
         out["memory_after_start"] = memory_mb(daemon.pid)
         if size == max(params.sizes):
             out["command_start"] = command_start_ms(town)
-        live = LiveTown(town, size, daemon, client, db=0, debounce=SyncSettings())
         progress(started, f"  save -> Redis x{params.repeat}")
         out["save_to_redis"] = with_summary(save_to_redis(live, params.repeat))
         progress(started, f"  Redis -> file x{params.repeat}")
@@ -229,6 +236,8 @@ def measure_live(
         if size == max(params.sizes):
             progress(started, f"  idle {params.idle_s:.0f} s")
             out["idle"] = idle(live, params.idle_s)
+        live.settle()
+        sleep(SETTLE_S)
         out["memory"] = memory_mb(daemon.pid)
     finally:
         out["stop_exit_code"] = daemon.stop()
@@ -262,6 +271,7 @@ def empty_daemon_memory(workdir: Path, server: RedisServer) -> dict[str, float]:
     daemon = Daemon(town, server.url, workdir / "daemon-empty.log")
     try:
         daemon.wait_ready(READY_TIMEOUT_S)
+        sleep(SETTLE_S)
         return memory_mb(daemon.pid)
     finally:
         daemon.stop()
