@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, TypeVar
+from typing import Final
 
-from ttsyncd.model import STATES, TERMINAL_STATES, Record
+from ttsyncd.model import STATES, TERMINAL_STATES, Record, shared, shared_tags
 
 PLAN_TAG_PREFIX: Final = "plan:"
 OPTIONAL_FIELDS: Final = ("assigned_to", "started_at", "completed_at", "result", "parent_id")
@@ -115,33 +115,9 @@ def decode_task(key: str, raw: Mapping[str, str]) -> RedisTask:
     )
 
 
-T = TypeVar("T", str, tuple[str, ...])
-# What a town's hashes repeat, one object each for the life of the process (each table is
-# bounded): the field names of a hash, its tags and the tuples of them ("backend", "api").
-SHARED_LIMIT: Final = 10_000
+# The field names of a hash, one tuple for every hash of the same fields (bounded, as
+# model.shared's tables are).
 _SHAPES: dict[tuple[str, ...], tuple[str, ...]] = {}
-_TAGS: dict[str, str] = {}
-_TAG_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
-
-
-def shared(table: dict[T, T], value: T) -> T:
-    """The one object of `table` equal to `value` (added while the table has room)."""
-    kept = table.get(value)
-    if kept is not None:
-        return kept
-    if len(table) < SHARED_LIMIT:
-        table[value] = value
-    return value
-
-
-SHORT_TAG: Final = 40  # characters: longer tags, and tuples with one, are not kept for sharing
-
-
-def shared_tags(tags: Iterable[str]) -> tuple[str, ...]:
-    kept = tuple(shared(_TAGS, tag) if len(tag) <= SHORT_TAG else tag for tag in tags)
-    if len(kept) <= 8 and all(len(tag) <= SHORT_TAG for tag in kept):
-        return shared(_TAG_TUPLES, kept)
-    return kept
 
 
 def decode_tags(text: str) -> list[str]:

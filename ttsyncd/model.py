@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
-from typing import Final
+from typing import Final, TypeVar
 
 # Every state tinytown's Redis can hold; the file accepts all of them.
 STATES: Final = ("pending", "assigned", "running", "completed", "failed", "cancelled")
@@ -71,3 +72,38 @@ def new_record(
     _SET_PARENT(record, parent)
     _SET_RESULT(record, result)
     return record
+
+
+T = TypeVar("T", str, tuple[str, ...])
+# What a town's tasks repeat, one object each for the life of the process (each table is
+# bounded), for the plan's entries and the mirror's hashes alike: tags and the tuples of them
+# ("backend", "api"), statuses and agent names.
+SHARED_LIMIT: Final = 10_000
+_TAGS: dict[str, str] = {}
+_TAG_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
+_WORDS: dict[str, str] = {}
+SHORT_TAG: Final = 40  # characters: longer tags, and tuples with one, are not kept for sharing
+
+
+def shared(table: dict[T, T], value: T) -> T:
+    """The one object of `table` equal to `value` (added while the table has room)."""
+    kept = table.get(value)
+    if kept is not None:
+        return kept
+    if len(table) < SHARED_LIMIT:
+        table[value] = value
+    return value
+
+
+def shared_tags(tags: Iterable[str]) -> tuple[str, ...]:
+    kept = tuple(shared(_TAGS, tag) if len(tag) <= SHORT_TAG else tag for tag in tags)
+    if len(kept) <= 8 and all(len(tag) <= SHORT_TAG for tag in kept):
+        return shared(_TAG_TUPLES, kept)
+    return kept
+
+
+def shared_word(word: str | None) -> str | None:
+    """A short value many tasks hold (a status, an agent name) as one object."""
+    if word is None or len(word) > SHORT_TAG:
+        return word
+    return shared(_WORDS, word)

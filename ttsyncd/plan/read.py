@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from ttsyncd.errors import PlanError
-from ttsyncd.model import Record, new_record
+from ttsyncd.model import Record, new_record, shared_tags, shared_word
 from ttsyncd.plan.grammar import TomlData, _load_toml, loads
 from ttsyncd.plan.model import Layout, Plan, PlanEntry
 from ttsyncd.plan.validate import (
@@ -432,11 +432,13 @@ def _syntax_problem(where: str, text: str, error: tomllib.TOMLDecodeError) -> st
 def _record(raw: TomlData) -> Record:
     get = raw.get  # (positional arguments: a cold read builds 10,000 of these)
     tags = get("tags")
+    # What many entries repeat (a status, an agent, tags) is one object each: the base and
+    # the mirror share the same ones (model.shared_*), ~140 bytes per entry in a big town.
     return new_record(
         raw["description"],
-        get("status", "pending"),
-        get("agent"),
-        tuple(tags) if tags else (),
+        shared_word(get("status", "pending")),  # type: ignore[arg-type]
+        shared_word(get("agent")),
+        shared_tags(tags) if tags else (),
         get("parent"),
         get("result"),
     )
