@@ -16,7 +16,7 @@ from typing import Any
 from ttsyncd.base import BaseTask, Change, OldCopy
 from ttsyncd.fsutil import replace_atomically
 from ttsyncd.merge import Conflict
-from ttsyncd.model import Value
+from ttsyncd.model import Value, shared_tags, shared_word
 
 # 2: tasks carry their recent history (stale writes), `set_aside` and `refused_deletions`.
 # A version 1 base loads as one with no history.
@@ -274,14 +274,24 @@ def freeze(value: Any) -> Value:
     return tuple(value) if isinstance(value, list) else value
 
 
+def field_value(name: str, value: Any) -> Value:
+    """A saved field's value; what many tasks repeat (a status, an agent, tags) as the one
+    object the plan's entries and the mirror hold too (model.shared_*)."""
+    if name == "tags" and isinstance(value, list):
+        return shared_tags(value)
+    if name in ("status", "agent") and (value is None or isinstance(value, str)):
+        return shared_word(value)
+    return freeze(value)
+
+
 def base_task(entry: dict[str, Any]) -> BaseTask:
     return BaseTask.of(
-        {name: freeze(value) for name, value in entry["fields"].items()},
+        {name: field_value(name, value) for name, value in entry["fields"].items()},
         tombstone=entry.get("tombstone", False),
         history=tuple(
             Change(
                 change["side"],
-                {name: freeze(value) for name, value in change["before"].items()},
+                {name: field_value(name, value) for name, value in change["before"].items()},
                 bool(change.get("created", False)),
                 frozenset(change.get("overtaken", ())),
                 old_copy_from(change.get("old_copy")),
