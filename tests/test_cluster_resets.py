@@ -217,3 +217,27 @@ def test_a_one_shot_command_on_a_cluster_that_lost_a_primary_says_so_in_one_line
         lines = ran.stderr.strip().splitlines()
         assert len(lines) == 1 and f"failed during the {command}" in lines[0], ran.stderr
         assert path.read_bytes() == edited
+
+
+def test_a_command_through_the_daemon_on_a_cluster_that_lost_a_primary_says_so_in_one_line(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """The daemon serves the town; a primary dies and a push goes through the daemon before
+    (or after) its session notices: exit 3 and one line either way, the file untouched."""
+    town = make_town(tmp_path / "town", TOWN, plan_text(COUNT))
+    path = town / "tasks.toml"
+    daemon = Daemon(town, cluster.url)
+    try:
+        assert daemon.wait_ready()["last_error"] is None, daemon.log()
+        daemon.wait_idle()
+        victims(cluster)[0].kill()
+        original = path.read_bytes()
+        for command in ("push", "check"):
+            ran = run_cli(town, command, redis_url=None)
+            assert ran.returncode == 3, ran.stdout + ran.stderr
+            lines = ran.stderr.strip().splitlines()
+            assert len(lines) == 1 and "Redis" in lines[0], ran.stderr
+            assert "Error" not in lines[0].split(":")[1], ran.stderr  # no exception's name first
+        assert path.read_bytes() == original
+    finally:
+        daemon.terminate()  # (its exit code is not this test's business: Redis is half gone)

@@ -16,6 +16,7 @@ import structlog
 
 from ttsyncd import activity, background, commands, control, systemd
 from ttsyncd.commands import Town
+from ttsyncd.connection import LOST_REDIS, lost_during
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 
 if TYPE_CHECKING:
@@ -120,7 +121,10 @@ async def run_command(daemon: Daemon, command: str, message: dict[str, Any]) -> 
                 return commands.repair(town, dry_run=dry_run)
             return commands.push_or_pull(town, command, force=force, dry_run=dry_run)
 
-        output = await daemon.under_way(run)
+        try:
+            output = await daemon.under_way(run)
+        except LOST_REDIS as error:  # (the session notices too, and reconnects)
+            raise lost_during(error, settings.endpoint, command) from None
         for report, push, pull, wrote_nothing in town.synced:  # recorded as its own are
             if wrote_nothing:
                 said = command if command == "check" else f"{command} --dry-run"
