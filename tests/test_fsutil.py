@@ -126,3 +126,35 @@ def test_without_a_race_the_pull_lands_and_leaves_nothing_behind(tmp_path: Path)
     assert path.read_text() == OURS
     assert path.stat().st_ino != inode  # a new file, swapped in whole
     assert os.listdir(tmp_path) == ["tasks.toml"]
+
+
+@needs_exchange
+def test_a_save_is_kept_even_when_the_check_after_the_swap_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swapped-out file cannot be read (too many open files, an I/O error): it may be the
+    user's save, so it is kept beside the plan, never deleted, and the error goes on up."""
+    path = tmp_path / "tasks.toml"
+    path.write_text(READ)
+    save_right_after_the_check(monkeypatch, lambda: save_by_rename(path, "the user's save\n"))
+
+    def unreadable(path: Path, expected: bytes) -> bool:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(fsutil, "holds", unreadable)
+    with pytest.raises(OSError, match="Too many open files"):
+        write_atomic(path, OURS, READ)
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("tasks.toml.saved-")]
+    assert [p.read_text() for p in kept] == ["the user's save\n"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_saves_kept_in_the_same_second_each_get_a_name_of_their_own(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.toml"
+    path.write_text(OURS)
+    for n in range(3):
+        displaced = tmp_path / f".tasks.toml.{n}.tmp"
+        displaced.write_text(f"save {n}\n")
+        fsutil.keep_beside(displaced, path, OURS.encode())
+    kept = sorted(p.read_text() for p in tmp_path.iterdir() if ".saved-" in p.name)
+    assert kept == ["save 0\n", "save 1\n", "save 2\n"]

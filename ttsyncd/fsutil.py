@@ -92,13 +92,19 @@ def replace_atomically(
                 with contextlib.suppress(PermissionError):
                     os.fchown(temp.fileno(), *owner)
             os.fsync(temp.fileno())
-        if unless_changed_from is None:
-            os.replace(temp_name, target)
-        elif not replace_unless_changed(Path(temp_name), target, data, unless_changed_from):
-            return False
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+    if unless_changed_from is None:
+        try:
+            os.replace(temp_name, target)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+    # From here the temp name may hold someone's save (what the swap displaced): only
+    # replace_unless_changed may delete it, once it knows it is not.
+    elif not replace_unless_changed(Path(temp_name), target, data, unless_changed_from):
+        return False
     directory = os.open(target.parent, os.O_RDONLY)  # (the rename itself, made durable)
     try:
         os.fsync(directory)
@@ -119,18 +125,24 @@ def replace_unless_changed(temp: Path, target: Path, data: bytes, expected: byte
             temp.unlink(missing_ok=True)
             return False
         return link_in(temp, target)  # we read "missing": create it only if it still is
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     with current:
-        if not file_holds(current, expected):  # most saves show here, before anything moves
-            temp.unlink(missing_ok=True)
-            return False
         try:
-            swapped = exchange(temp, target)
-        except FileNotFoundError:  # deleted in the gap: a change the caller merges
+            unchanged = file_holds(current, expected)  # most saves show here, nothing moved
+            swapped = unchanged and exchange(temp, target)
+            if unchanged and not swapped:  # no renameat2 here: check-then-rename
+                os.replace(temp, target)
+                return True
+        except BaseException as error:
+            temp.unlink(missing_ok=True)  # (still ours: nothing was swapped)
+            if isinstance(error, FileNotFoundError):
+                return False  # deleted in the gap: a change the caller merges
+            raise
+        if not unchanged:
             temp.unlink(missing_ok=True)
             return False
-        if not swapped:  # no renameat2 here: check-then-rename
-            os.replace(temp, target)
-            return True
         try:
             return settle_displaced(temp, target, data, expected)
         except BaseException:
@@ -157,14 +169,26 @@ def settle_displaced(temp: Path, target: Path, data: bytes, expected: bytes) -> 
 
 
 def keep_beside(temp: Path, target: Path, data: bytes) -> None:
-    """`temp`, unless it holds our own `data` (or is gone), kept as `<plan>.saved-<time>`."""
+    """`temp`, unless it holds our own `data` (or is gone), kept as `<plan>.saved-<time>[-n]`
+    (a new name each time: a hard link never replaces). Kept too when it cannot be read."""
     with contextlib.suppress(FileNotFoundError):
-        if holds(temp, data):
+        try:
+            ours = holds(temp, data)
+        except OSError:
+            ours = False
+        if ours:
             temp.unlink()
             return
-        kept = target.with_name(f"{target.name}.saved-{time.strftime('%Y%m%dT%H%M%S')}")
-        os.replace(temp, kept)
-        log.warning("saves raced a pull: one is kept beside the plan", kept=str(kept))
+        stamp = f"{target.name}.saved-{time.strftime('%Y%m%dT%H%M%S')}"
+        for n in range(1000):
+            kept = target.with_name(stamp if n == 0 else f"{stamp}-{n}")
+            try:
+                os.link(temp, kept)
+            except FileExistsError:
+                continue
+            temp.unlink()
+            log.warning("saves raced a pull: one is kept beside the plan", kept=str(kept))
+            return
 
 
 def exchange(a: Path, b: Path) -> bool:
