@@ -185,14 +185,13 @@ def run_here(args: argparse.Namespace, settings: Settings) -> Output:
     import redis
 
     from ttsyncd import commands, log
-    from ttsyncd.connection import LOST_REDIS, connect, lost_during, refused_by_acl
+    from ttsyncd.connection import LOST_REDIS, command_failure, connect
+    from ttsyncd.handlers import WRITING
 
     log.configure("info" if args.verbose else "warning", args.log_format or settings.log.format)
     if args.command == "conflicts":
         return commands.conflicts(settings, as_json=args.json)
-    writes = args.command in ("push", "pull", "resolve", "repair") and not getattr(
-        args, "dry_run", False
-    )
+    writes = args.command in WRITING and not getattr(args, "dry_run", False)
     since = paused_since(settings) if writes else None
     if since is not None:  # as a paused daemon answers: the town is paused
         return commands.Output(
@@ -208,13 +207,11 @@ def run_here(args: argparse.Namespace, settings: Settings) -> Output:
         if args.command == "repair":
             return commands.repair(town, dry_run=args.dry_run)
         return commands.push_or_pull(town, args.command, force=args.force, dry_run=args.dry_run)
-    except LOST_REDIS as error:  # (before ResponseError: CLUSTERDOWN is one of those too)
-        raise lost_during(error, settings.endpoint, args.command) from None
-    except redis.ResponseError as error:
-        refused = refused_by_acl(error, settings.endpoint)
-        if refused is None:
+    except (redis.RedisError, *LOST_REDIS) as error:
+        failure = command_failure(error, settings.endpoint, args.command)
+        if failure is None:
             raise
-        raise refused from None
+        raise failure from None
 
 
 def paused_since(settings: Settings) -> str | None:

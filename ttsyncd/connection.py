@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Final
 
 import redis
 from redis.exceptions import NoPermissionError
@@ -10,8 +11,8 @@ from redis.exceptions import NoPermissionError
 from ttsyncd.config import Settings
 from ttsyncd.embedded import ensure_embedded
 from ttsyncd.endpoints import Endpoint
-from ttsyncd.errors import RedisUnavailable
-from ttsyncd.topology import RedisClient, open_client, remember_cluster_nodes
+from ttsyncd.errors import RedisUnavailable, TtsyncdError
+from ttsyncd.topology import UNREACHABLE, RedisClient, open_client, remember_cluster_nodes
 
 # The reason in an ssl error as redis-py passes it on, e.g. "[SSL: CERTIFICATE_VERIFY_FAILED]
 # certificate verify failed: ...": it names no credentials.
@@ -87,14 +88,25 @@ def refused_by_acl(error: redis.ResponseError, endpoint: Endpoint) -> RedisUnava
 
 
 # What a command meets when Redis goes away after it connected: a node that died, a Cluster
-# that lost a slot range (CLUSTERDOWN), a server too slow to answer.
-LOST_REDIS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterError)
+# that lost a slot range (CLUSTERDOWN, a slot with no node), a server too slow to answer. The
+# daemon's own list (topology.UNREACHABLE) less OSError: a failed write of the plan file is
+# no Redis failure.
+LOST_REDIS: Final = tuple(error for error in UNREACHABLE if error is not OSError)
 
 
-def lost_during(error: Exception, endpoint: Endpoint, command: str) -> RedisUnavailable:
-    """One line for Redis failing part way through a one-shot command. Each task's write is
-    guarded and the base is saved only after a whole sync, so what landed is found again by
-    the next run: running the command again is all it takes."""
+def command_failure(error: Exception, endpoint: Endpoint, command: str) -> TtsyncdError | None:
+    """The one line for a Redis error a command met, run here or by the daemon: a command
+    the ACL refuses this user, or Redis failing part way; None for any other error. Each
+    task's write is guarded and the base is saved only after a whole sync, so what landed is
+    found again by the next run: running the command again is all it takes."""
+    if isinstance(error, RedisUnavailable):
+        return error  # (NotReplicated: it says why itself)
+    if isinstance(error, redis.ResponseError):
+        refused = refused_by_acl(error, endpoint)
+        if refused is not None:
+            return refused
+    if not isinstance(error, LOST_REDIS):
+        return None
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
     return RedisUnavailable(
         f"Redis at {endpoint.redacted()} failed during the {command} ({reason}): "

@@ -12,11 +12,12 @@ import asyncio
 import os
 from typing import TYPE_CHECKING, Any
 
+import redis
 import structlog
 
 from ttsyncd import activity, background, commands, control, systemd
 from ttsyncd.commands import Town
-from ttsyncd.connection import LOST_REDIS, lost_during
+from ttsyncd.connection import LOST_REDIS, command_failure
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 
 if TYPE_CHECKING:
@@ -123,8 +124,11 @@ async def run_command(daemon: Daemon, command: str, message: dict[str, Any]) -> 
 
         try:
             output = await daemon.under_way(run)
-        except LOST_REDIS as error:  # (the session notices too, and reconnects)
-            raise lost_during(error, settings.endpoint, command) from None
+        except (redis.RedisError, *LOST_REDIS) as error:  # (the session notices, reconnects)
+            failure = command_failure(error, settings.endpoint, command)
+            if failure is None:
+                raise
+            raise failure from None
         for report, push, pull, wrote_nothing in town.synced:  # recorded as its own are
             if wrote_nothing:
                 said = command if command == "check" else f"{command} --dry-run"
