@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ttsyncd import sides
 from ttsyncd.errors import PlanError
 from ttsyncd.plan import PlanReader, parse_plan
 from ttsyncd.sides import FileSide
@@ -76,3 +77,32 @@ def test_the_file_side_tells_a_save_from_the_echo_of_its_own_write(tmp_path: Pat
     path.write_bytes(b"\xff\n")
     with pytest.raises(PlanError):
         side.differs()  # not UTF-8
+
+
+def test_a_save_of_the_old_text_right_after_the_write_is_no_echo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stale buffer (or an undo) saves the text from before the pull right after the pull
+    lands, and the watcher asks before the sync has returned: that is a change, not the echo
+    of what the side knew before its write. A write that did not land leaves it as it was."""
+    path = tmp_path / "tasks.toml"
+    path.write_text(BEFORE)
+    side = FileSide(PlanReader(path))
+    read = side.read()
+    asked: list[bool] = []
+    real = sides.write_atomic
+
+    def write_then_stale_save(target: Path, data: bytes, expected: bytes | None) -> bool:
+        landed = real(target, data, expected)
+        path.write_text(BEFORE)
+        asked.append(side.differs())
+        return landed
+
+    monkeypatch.setattr(sides, "write_atomic", write_then_stale_save)
+    assert side.apply(parse_plan(path, AFTER, previous=read), over=read)
+    assert asked == [True]
+
+    monkeypatch.setattr(sides, "write_atomic", lambda *args: False)
+    now = side.read()
+    assert not side.apply(parse_plan(path, AFTER, previous=now), over=now)
+    assert not side.differs() and side.read() is now  # as it was before the attempt

@@ -39,10 +39,18 @@ class FileSide:
         """Write `plan` in place of `over` (atomically); False when the file no longer holds
         `over`'s text (changed since it was read: the caller merges again)."""
         data = plan.text.encode("utf-8")
-        if not write_atomic(self.reader.path, data, self.reader.raw_of(over)):
-            return False
-        self.reader.wrote(plan, data)
-        return True
+        expected = self.reader.raw_of(over)
+        # Known as ours before it lands: a save of the old text right after our write (a
+        # stale buffer, an undo) must not pass for the echo of what the reader last knew.
+        before = self.reader.wrote(plan, data)
+        try:
+            written = write_atomic(self.reader.path, data, expected)
+        except BaseException:
+            self.reader.unwrote(before)
+            raise
+        if not written:
+            self.reader.unwrote(before)
+        return written
 
     def knows(self, text: str) -> bool:
         """Whether `text` is what this side last read or wrote (a save of it is an echo)."""

@@ -5,6 +5,7 @@ the echo of its own write from a save. The parse itself is read.py's (text -> Pl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from ttsyncd.errors import PlanError
@@ -38,6 +39,15 @@ def decoded(path: Path, raw: bytes) -> str:
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         raise PlanError([f"{path}:{line}: not UTF-8 text"]) from None
+
+
+@dataclass(frozen=True)
+class Remembered:
+    """What a PlanReader knows of the file: the last plan's bytes, the plan, the text seen."""
+
+    raw: bytes | None
+    last: Plan | None
+    seen: str | None
 
 
 class PlanReader:
@@ -79,11 +89,18 @@ class PlanReader:
             return self.raw
         return plan.text.encode("utf-8")
 
-    def wrote(self, plan: Plan, raw: bytes | None = None) -> None:
+    def wrote(self, plan: Plan, raw: bytes | None = None) -> Remembered:
         """The daemon wrote this plan (as `raw`, its text's bytes): its echo is no change,
-        and it needs no parse."""
+        and it needs no parse. Returns what was remembered before, for `unwrote`."""
+        before = Remembered(self.raw, self.last, self.seen)
         self.raw = raw if raw is not None else plan.text.encode("utf-8")
         self.last, self.seen = plan, plan.text  # (after raw, in this order: `differs`)
+        return before
+
+    def unwrote(self, before: Remembered) -> None:
+        """The write `wrote` announced did not happen: back to what was remembered."""
+        self.raw = before.raw
+        self.last, self.seen = before.last, before.seen  # (in this order: `differs`)
 
     def is_known(self, text: str) -> bool:
         """True when `text` is what was last read or written (the latest of the two): a file
