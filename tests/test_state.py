@@ -9,9 +9,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ttsyncd import state as state_module
 from ttsyncd.base import BaseTask
 from ttsyncd.merge import Conflict
 from ttsyncd.state import JOURNAL_LIMIT, StateStore, SyncState, append_conflicts, read_conflicts
@@ -154,3 +156,24 @@ def test_a_clusters_markers_are_saved_and_journaled(tmp_path: Path) -> None:
     assert store(tmp_path).load() == remarked
     first.save(state_with({"a": "A"}), touched={"a"})  # a server that is no Cluster any more
     assert store(tmp_path).load().redis_markers == {}
+
+
+def test_a_whole_save_that_fails_leaves_the_journal_counting_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole save that fails (a full disk) leaves the base file and its journal as they
+    were: the journal lines after it must still be read back at the next start."""
+    first = store(tmp_path)
+    first.save(state_with({"a": "A"}))
+    first.save(state_with({"a": "A2"}), touched={"a"})
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state_module, "save_state", full_disk)
+    with pytest.raises(OSError):
+        first.save(state_with({"a": "A3", "b": "B"}))
+    monkeypatch.undo()
+    last = state_with({"a": "A4"})
+    first.save(last, touched={"a"})
+    assert store(tmp_path).load() == last

@@ -115,10 +115,9 @@ class StateStore:
             return
         if touched is None and state == old and not self.journal_lines:
             return
-        self.generation += 1
-        save_state(
-            self.path, state, town=self.town, endpoint=self.endpoint, generation=self.generation
-        )
+        generation = self.generation + 1  # (counted once saved: a failed save changes nothing)
+        save_state(self.path, state, town=self.town, endpoint=self.endpoint, generation=generation)
+        self.generation = generation
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.journal)
         self.journal_lines = 0
