@@ -313,7 +313,11 @@ class Daemon:
         while True:
             self.parts.progress("syncer")
             timeout = self.seconds_until_due()
-            if timeout is None and self.idle_since_sync() >= RELEASE_AFTER_IDLE_S:
+            if (
+                timeout is None
+                and not self.syncing
+                and self.idle_since_sync() >= RELEASE_AFTER_IDLE_S
+            ):
                 # Nothing owed for a while after syncs: hand back the heap they freed (a big
                 # plan's buffers, megabytes each), which glibc keeps otherwise. Not at once:
                 # the next sync would fault those pages in again (~1 ms at 10,000 tasks).
@@ -329,7 +333,6 @@ class Daemon:
                 self.wake.clear()
                 continue
             await self.sync_due()
-            self.last_synced = time.monotonic()
 
     def idle_since_sync(self) -> float:
         """Seconds since the last sync ended; 0 when memory was released since (or no sync)."""
@@ -425,6 +428,7 @@ class Daemon:
             return await asyncio.to_thread(work, *args)
         finally:
             self.syncing = False
+            self.last_synced = time.monotonic()  # (the idle release counts from here)
 
     def fail(self, error: str) -> None:
         self.standing.report_problem("sync", error)
