@@ -4,12 +4,13 @@ edits on either side, that must decide exactly what merging every task decides."
 from __future__ import annotations
 
 import copy
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ttsyncd.base_state import advance, advanced, replaced, undo
+from ttsyncd.base_state import advance, replaced, undo, within
 from ttsyncd.codec import decode_task, encode_tags, task_key
 from ttsyncd.config import LogSettings, Settings, SyncSettings
 from ttsyncd.endpoints import Endpoint
@@ -56,6 +57,27 @@ def apply(decision: Decision, plan: Plan, index: IdentityIndex, state: SyncState
         pending=replaced(old.pending, touched, decision.merged.pending),
         uuids=replaced(old.uuids, touched, decision.uuids),
         redis_epoch="e",
+    )
+
+
+def advanced(
+    old: SyncState, decided: Decision, ids: AbstractSet[str], epoch: str, markers: dict[str, str]
+) -> SyncState:
+    """What `base_state.advance` must leave, built as a new state: `old` with what `decided`
+    agreed on for these tasks (the rest carries over), agreed with the Redis whose markers
+    are `epoch` and `markers`."""
+    merged = decided.merged
+    return SyncState(
+        base=replaced(old.base, ids, within(merged.base, ids)),
+        unresolved_agents=replaced(
+            old.unresolved_agents, ids, within(decided.unresolved_agents, ids)
+        ),
+        pending=replaced(old.pending, ids, within(merged.pending, ids)),
+        uuids=replaced(old.uuids, ids, within(decided.uuids, ids)),
+        redis_epoch=epoch,
+        set_aside=old.set_aside,
+        refused=old.refused,
+        redis_markers=markers,
     )
 
 

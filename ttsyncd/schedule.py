@@ -149,9 +149,6 @@ class Schedule:
         """Connected to Redis (again): what happened meanwhile is unknown, sync in full."""
         self.owed_now.reread = self.owed_now.full = True
 
-    def pull_owed(self) -> None:
-        self.owed_now.pull = True
-
     def verify_found(self, *, file_differed: bool, redis_differed: bool) -> None:
         """An anti-entropy pass found a side out of sync: sync every task."""
         if file_differed:
