@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from ttsyncd.model import FIELDS, Record, Value, new_record
+from ttsyncd.model import FIELDS, SHORT_VALUE, Record, Value, new_record, shared
 
 Side = Literal["file", "redis"]
 SIDES: Final[tuple[Side, Side]] = ("file", "redis")
@@ -61,17 +61,11 @@ class Change:
 _FIELD_SETS: dict[frozenset[str], frozenset[str]] = {}
 _VALUES: dict[tuple[tuple[str, Value], ...], Mapping[str, Value]] = {}
 SHARED_VALUES_LIMIT: Final = 4096
-SHORT_VALUE: Final = 40  # characters: a state, an agent name; not a description
 
 
 def shared_fields(names: frozenset[str]) -> frozenset[str]:
     """One frozenset for equal sets of field names (while the table has room)."""
-    kept = _FIELD_SETS.get(names)
-    if kept is None:
-        kept = names
-        if len(_FIELD_SETS) < SHARED_VALUES_LIMIT:
-            _FIELD_SETS[names] = names
-    return kept
+    return shared(_FIELD_SETS, names)
 
 
 def shared_values(values: Mapping[str, Value]) -> Mapping[str, Value]:

@@ -212,7 +212,7 @@ def encode_task(  # noqa: PLR0913 — keyword-only: the record, and each fact of
     from `current`; lifecycle times follow the state as tinytown's start/complete/fail do.
     """
     stamp = rfc3339(now)
-    old = dict(current.raw) if current else {}
+    old = current.raw if current else {}
     new: dict[str, str] = {
         "id": task_uuid,
         "description": record.description,

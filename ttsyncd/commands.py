@@ -252,7 +252,7 @@ def repair(town: Town, *, dry_run: bool) -> Output:
     if dry_run or not extras:
         out.stdout.append(f"{len(extras)} duplicate task(s){' (dry run)' if dry_run else ''}")
         return out
-    writes = [TaskWrite(t.key, dict(t.raw), None, t.uuid, backlog_remove=True) for t in extras]
+    writes = [TaskWrite(t.key, t.raw, None, t.uuid, backlog_remove=True) for t in extras]
     changed = apply_writes(client, name, writes)
     out.stdout.append(f"deleted {len(writes) - len(changed)} duplicate task(s)")
     if changed:

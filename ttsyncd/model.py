@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, fields, replace
 from typing import Final, TypeVar
 
@@ -74,7 +74,7 @@ def new_record(
     return record
 
 
-T = TypeVar("T", str, tuple[str, ...])
+T = TypeVar("T", bound=Hashable)
 # What a town's tasks repeat, one object each for the life of the process (each table is
 # bounded), for the plan's entries and the mirror's hashes alike: tags and the tuples of them
 # ("backend", "api"), statuses and agent names.
@@ -82,7 +82,9 @@ SHARED_LIMIT: Final = 10_000
 _TAGS: dict[str, str] = {}
 _TAG_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
 _WORDS: dict[str, str] = {}
-SHORT_TAG: Final = 40  # characters: longer tags, and tuples with one, are not kept for sharing
+SHORT_VALUE: Final = (
+    40  # characters: longer values (a description), and tuples with one, are not kept for sharing
+)
 
 
 def shared(table: dict[T, T], value: T) -> T:
@@ -96,14 +98,14 @@ def shared(table: dict[T, T], value: T) -> T:
 
 
 def shared_tags(tags: Iterable[str]) -> tuple[str, ...]:
-    kept = tuple(shared(_TAGS, tag) if len(tag) <= SHORT_TAG else tag for tag in tags)
-    if len(kept) <= 8 and all(len(tag) <= SHORT_TAG for tag in kept):
+    kept = tuple(shared(_TAGS, tag) if len(tag) <= SHORT_VALUE else tag for tag in tags)
+    if len(kept) <= 8 and all(len(tag) <= SHORT_VALUE for tag in kept):
         return shared(_TAG_TUPLES, kept)
     return kept
 
 
 def shared_word(word: str | None) -> str | None:
     """A short value many tasks hold (a status, an agent name) as one object."""
-    if word is None or len(word) > SHORT_TAG:
+    if word is None or len(word) > SHORT_VALUE:
         return word
     return shared(_WORDS, word)

@@ -33,7 +33,7 @@ def redis_writes(
             writes.append(writer.write(op.plan_id, op.record))
         elif op.mode == "delete":
             task = writer.current[op.plan_id]
-            writes.append(TaskWrite(task.key, dict(task.raw), None, task.uuid, backlog_remove=True))
+            writes.append(TaskWrite(task.key, task.raw, None, task.uuid, backlog_remove=True))
         elif op.mode == "cancel" and redis_records[op.plan_id].status != "cancelled":
             cancelled = redis_records[op.plan_id].with_fields({"status": "cancelled"})
             writes.append(writer.write(op.plan_id, cancelled, backlog_remove=True))
@@ -99,7 +99,7 @@ class TaskWriter:
         claimable = task is None and record.status == "pending" and record.agent is None
         return TaskWrite(
             key=task_key(self.town, self.uuid_of(plan_id)),
-            expected=dict(task.raw) if task else {},
+            expected=task.raw if task else {},
             write=write,
             task_uuid=self.uuid_of(plan_id),
             backlog_add=claimable,
