@@ -186,12 +186,11 @@ def run_here(args: argparse.Namespace, settings: Settings) -> Output:
 
     from ttsyncd import commands, log
     from ttsyncd.connection import LOST_REDIS, command_failure, connect
-    from ttsyncd.handlers import WRITING
 
     log.configure("info" if args.verbose else "warning", args.log_format or settings.log.format)
     if args.command == "conflicts":
         return commands.conflicts(settings, as_json=args.json)
-    writes = args.command in WRITING and not getattr(args, "dry_run", False)
+    writes = args.command in commands.WRITING and not getattr(args, "dry_run", False)
     since = paused_since(settings) if writes else None
     if since is not None:  # as a paused daemon answers: the town is paused
         return commands.Output(

@@ -24,6 +24,8 @@ from ttsyncd.topology import RedisClient
 PUSH_LINE = "⬆️  Pushed {n} tasks from {file} to Redis"
 PULL_LINE = "⬇️  Pulled {n} tasks from Redis to {file}"
 
+WRITING = ("push", "pull", "resolve", "repair")  # the commands a pause refuses (unless dry runs)
+
 
 @dataclass
 class Town:

@@ -16,7 +16,7 @@ import redis
 import structlog
 
 from ttsyncd import activity, background, commands, control, systemd
-from ttsyncd.commands import Town
+from ttsyncd.commands import WRITING, Town
 from ttsyncd.connection import LOST_REDIS, command_failure
 from ttsyncd.errors import RedisUnavailable, TtsyncdError
 
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from ttsyncd.daemon import Daemon
 
 logger = structlog.get_logger("ttsyncd.daemon")
-
-WRITING = ("push", "pull", "resolve", "repair")  # the commands a pause refuses (unless dry runs)
 
 
 class Paused(TtsyncdError):
